@@ -1,0 +1,128 @@
+"""Reading images and the geometric preprocessing every model shares.
+
+Images enter eac as H×W×3 ``uint8`` RGB arrays. :func:`load_image` accepts
+files (JPEG, PNG, WebP, BMP, TIFF) and arrays; it converts grayscale, RGBA and
+16-bit inputs and respects EXIF orientation (opencv applies it when decoding).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .concepts import Frame
+from .errors import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def to_rgb_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Convert an image array to H×W×3 ``uint8`` RGB.
+
+    Accepts H×W (gray), H×W×1, H×W×3 (RGB) and H×W×4 (RGBA; alpha dropped),
+    as ``uint8``, ``uint16`` (scaled by 1/257), bool, or floats in [0, 1].
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ImageError(f"{name}: expected an H×W, H×W×3 or H×W×4 image, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(f"{name}: empty image (shape {array.shape})")
+    array = array[:, :, :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return np.ascontiguousarray((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError(f"{name}: image has NaN or infinite values")
+        if array.min() < 0 or array.max() > 1:
+            raise ImageError(f"{name}: float images must lie in [0, 1] (got {array.min():.3g}..{array.max():.3g})")
+        return np.round(array * 255).astype(np.uint8)
+    raise ImageError(f"{name}: unsupported image dtype {array.dtype}")
+
+
+def load_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """Load an image file (or take an array) as H×W×3 ``uint8`` RGB.
+
+    Raises
+    ------
+    ImageError
+        Missing, unreadable or corrupt file, or an unsupported array.
+    """
+    if isinstance(source, np.ndarray):
+        return to_rgb_uint8(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc})") from exc
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    # IMREAD_COLOR | IMREAD_ANYDEPTH keeps 16-bit data and applies EXIF orientation
+    # (IMREAD_UNCHANGED would ignore orientation).
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if decoded is None:
+        raise ImageError(f"{path}: corrupt or unsupported image (opencv could not decode it)")
+    rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    return to_rgb_uint8(rgb, name=str(path))
+
+
+def resize_crop_frame(hw: tuple[int, int], resize: int | None, crop: int | tuple[int, int] | None) -> Frame:
+    """The :class:`Frame` of "resize the shorter side to ``resize``, centre-crop ``crop``".
+
+    ``resize=None`` keeps the size; ``crop=None`` keeps the whole resized image.
+    Rounding follows torchvision: the longer side is ``int(resize * long / short)``
+    and the crop offsets are ``round((size - crop) / 2)``.
+    """
+    h, w = int(hw[0]), int(hw[1])
+    if resize is None:
+        rh, rw = h, w
+    elif h <= w:
+        rh, rw = int(resize), int(resize * w / h)
+    else:
+        rh, rw = int(resize * h / w), int(resize)
+    if crop is None:
+        ch, cw = rh, rw
+    else:
+        ch, cw = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
+    if ch > rh or cw > rw:
+        raise ImageError(f"crop {ch}×{cw} is larger than the resized image {rh}×{rw}")
+    top = int(round((rh - ch) / 2.0))
+    left = int(round((rw - cw) / 2.0))
+    return Frame((h, w), (rh, rw), (top, left, ch, cw))
+
+
+def apply_frame(image: np.ndarray, frame: Frame) -> np.ndarray:
+    """Resize ``image`` (H×W×C) as ``frame`` says and return the crop (h×w×C).
+
+    Downscaling uses area interpolation (close to antialiased bilinear),
+    upscaling bilinear.
+    """
+    rh, rw = frame.resized_hw
+    if (rh, rw) != image.shape[:2]:
+        shrink = rh * rw < image.shape[0] * image.shape[1]
+        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    top, left, h, w = frame.box
+    return np.ascontiguousarray(image[top : top + h, left : left + w])
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(p)
+    return found

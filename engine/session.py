@@ -1,0 +1,298 @@
+"""ONNX Runtime sessions: the one place where eac creates them.
+
+Provider choice
+---------------
+``"auto"`` picks, among the providers this onnxruntime build offers, TensorRT,
+then CUDA, then CPU (CPU is always appended as the fallback ORT needs). A user
+may instead name providers explicitly (``["cuda", "cpu"]``) and set options
+through :class:`SessionOptions`. The provider a session actually runs on is
+reported by :func:`active_provider` and recorded in every result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelFolderError, ProviderError
+
+#: Short names accepted on the command line → ONNX Runtime provider names.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+#: Preference order for ``providers="auto"``.
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class TensorRTProfile:
+    """Optimisation profile of TensorRT for one dynamic batch axis.
+
+    ``input_shapes`` maps an input name to its shape with the batch dimension
+    replaced by ``None``; min/opt/max batch sizes fill that dimension.
+    """
+
+    input_shapes: dict[str, tuple[int | None, ...]]
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 256
+
+    def as_options(self) -> dict[str, str]:
+        def render(batch: int) -> str:
+            parts = []
+            for name, shape in self.input_shapes.items():
+                dims = [str(batch if d is None else d) for d in shape]
+                parts.append(f"{name}:{'x'.join(dims)}")
+            return ",".join(parts)
+
+        return {
+            "trt_profile_min_shapes": render(self.min_batch),
+            "trt_profile_opt_shapes": render(self.opt_batch),
+            "trt_profile_max_shapes": render(self.max_batch),
+        }
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How to create ONNX Runtime sessions.
+
+    Parameters
+    ----------
+    providers : "auto" or sequence of str
+        ``"auto"`` or provider names (full ORT names or ``tensorrt``/``cuda``/``cpu``).
+    cpu_threads : int, optional
+        Intra-op threads of the CPU provider (ORT's default, all cores, when None).
+    cuda_device_id : int
+        GPU used by the CUDA and TensorRT providers.
+    cudnn_conv_algo_search : {"EXHAUSTIVE", "HEURISTIC", "DEFAULT"}
+        cuDNN convolution algorithm search of the CUDA provider.
+    trt_fp16 : bool
+        Let TensorRT build fp16 engines.
+    trt_cache_dir : str, optional
+        Folder where TensorRT keeps built engines between runs.
+    graph_optimization : {"all", "extended", "basic", "disabled"}
+        ORT graph optimisation level.
+    """
+
+    providers: str | Sequence[str] = "auto"
+    cpu_threads: int | None = None
+    cuda_device_id: int = 0
+    cudnn_conv_algo_search: str = "HEURISTIC"
+    trt_fp16: bool = False
+    trt_cache_dir: str | None = None
+    graph_optimization: str = "all"
+    extra_provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_GRAPH_LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def available_providers() -> list[str]:
+    """Providers offered by the installed onnxruntime build."""
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[str] = "auto", available: Sequence[str] | None = None) -> list[str]:
+    """Turn a provider request into ORT provider names, in order.
+
+    Parameters
+    ----------
+    providers : "auto" or sequence of str
+        The request.
+    available : sequence of str, optional
+        Providers of this build (queried from onnxruntime when None).
+
+    Returns
+    -------
+    list of str
+        Provider names, always ending with ``CPUExecutionProvider``.
+
+    Raises
+    ------
+    ProviderError
+        A named provider is unknown or not offered by this onnxruntime build.
+    """
+    available = list(available_providers() if available is None else available)
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()] if providers != "auto" else "auto"
+    if providers == "auto":
+        chosen = [p for p in AUTO_ORDER if p in available]
+    else:
+        chosen = []
+        for name in providers:
+            full = PROVIDER_ALIASES.get(name.lower(), name)
+            if full not in available:
+                hint = (
+                    " (install onnxruntime-gpu instead of onnxruntime for CUDA/TensorRT)"
+                    if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+                    else ""
+                )
+                raise ProviderError(
+                    f"execution provider {name!r} is not available in this onnxruntime build; "
+                    f"available: {', '.join(available)}{hint}"
+                )
+            if full not in chosen:
+                chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def provider_options(
+    names: Sequence[str], options: SessionOptions, trt_profile: TensorRTProfile | None = None
+) -> list[dict[str, Any]]:
+    """Per-provider option dictionaries for :class:`onnxruntime.InferenceSession`."""
+    result = []
+    for name in names:
+        opts: dict[str, Any] = {}
+        if name == "CUDAExecutionProvider":
+            opts = {
+                "device_id": options.cuda_device_id,
+                "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            }
+        elif name == "TensorrtExecutionProvider":
+            opts = {"device_id": options.cuda_device_id, "trt_fp16_enable": options.trt_fp16}
+            if options.trt_cache_dir:
+                opts["trt_engine_cache_enable"] = True
+                opts["trt_engine_cache_path"] = str(options.trt_cache_dir)
+            if trt_profile is not None:
+                opts.update(trt_profile.as_options())
+        opts.update(options.extra_provider_options.get(name, {}))
+        result.append(opts)
+    return result
+
+
+def create_session(
+    path: str | os.PathLike,
+    options: SessionOptions | None = None,
+    trt_profile: TensorRTProfile | None = None,
+) -> ort.InferenceSession:
+    """Create an ONNX Runtime session for ``path`` as ``options`` asks.
+
+    Raises
+    ------
+    ModelFolderError
+        The file is missing or ONNX Runtime cannot load it.
+    ProviderError
+        A requested provider is unavailable.
+    """
+    options = options or SessionOptions()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: ONNX file not found; re-run the export")
+    names = resolve_providers(options.providers)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+    if options.cpu_threads is not None:
+        so.intra_op_num_threads = int(options.cpu_threads)
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=so, providers=names, provider_options=provider_options(names, options, trt_profile)
+        )
+    except Exception as exc:  # onnxruntime raises several unrelated exception types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFolderError(f"{path}: ONNX Runtime cannot load this model ({first_line}); re-run the export") from exc
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider doing the work (the first one ORT kept for this session)."""
+    return session.get_providers()[0]
+
+
+class BoundRunner:
+    """Runs one session through I/O binding, reusing device buffers across calls.
+
+    On CUDA, feeding numpy arrays to ``session.run`` copies inputs to the device
+    and allocates outputs on every call. This runner keeps one ``OrtValue`` per
+    input and output per (name, shape) and reuses it while shapes repeat (the
+    usual case: every batch but the last has the same size). On the CPU provider
+    it works too (device ``"cpu"``), which is how its logic is tested.
+
+    A runner is not shared between threads; :class:`SessionPool` hands one to
+    each thread.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device: str = "cuda", device_id: int = 0):
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self._inputs: dict[str, ort.OrtValue] = {}
+        self._outputs: dict[str, ort.OrtValue] = {}
+        self._output_shapes: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
+        self.allocations = 0
+
+    def _input_value(self, name: str, array: np.ndarray) -> ort.OrtValue:
+        value = self._inputs.get(name)
+        if value is not None and tuple(value.shape()) == array.shape and value.data_type() == _ort_type(array.dtype):
+            value.update_inplace(array)
+            return value
+        value = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
+        self.allocations += 1
+        self._inputs[name] = value
+        return value
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run the session on ``feeds``; return outputs as numpy arrays (host copies)."""
+        output_names = list(output_names or [o.name for o in self.session.get_outputs()])
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array)
+            value = self._input_value(name, array)
+            binding.bind_ortvalue_input(name, value)
+        for name in output_names:
+            # Outputs: let ORT allocate on the device; the binding keeps them until copied.
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return [v.numpy() for v in binding.get_outputs()]
+
+
+def _ort_type(dtype: np.dtype) -> str:
+    return {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
+            np.dtype(np.int64): "tensor(int64)", np.dtype(np.int32): "tensor(int32)"}.get(np.dtype(dtype), "")
+
+
+def uses_device_memory(session: ort.InferenceSession) -> bool:
+    """True when the session runs on a GPU provider (where I/O binding pays off)."""
+    return active_provider(session) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+class SessionRunner:
+    """Thread-safe front of one session: plain ``run`` on CPU, I/O binding on GPU.
+
+    ``InferenceSession.run`` is thread-safe in ONNX Runtime; I/O-binding buffers
+    are not, so each thread gets its own :class:`BoundRunner`.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device_id: int = 0, use_binding: bool | None = None):
+        self.session = session
+        self.provider = active_provider(session)
+        self.use_binding = uses_device_memory(session) if use_binding is None else use_binding
+        self._device = "cuda" if uses_device_memory(session) else "cpu"
+        self._device_id = device_id
+        self._local = threading.local()
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        if not self.use_binding:
+            return self.session.run(list(output_names) if output_names else None, feeds)
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = BoundRunner(self.session, self._device, self._device_id)
+            self._local.runner = runner
+        return runner.run(feeds, output_names)

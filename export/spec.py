@@ -1,0 +1,108 @@
+"""Declarative specs of every model eac exports: names, dynamic axes, opset, tolerances.
+
+One :class:`ExportSpec` per exported graph. Exporters, validators, manifests and
+the runtime all read names from here, so a rename happens in one place.
+
+Opset 17: the first opset with a native ``LayerNormalization`` operator (SAM's
+ViT blocks and ``LayerNorm2d`` are LayerNorm-heavy; a fused op is faster in
+ONNX Runtime and keeps fp16 exports numerically sane), supported by every
+onnxruntime ≥ 1.14 and by TensorRT ≥ 8.6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_OPSET = 17
+#: Lowest opset the exporters accept with ``--opset`` (LayerNormalization needs 17).
+MIN_OPSET = 17
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What one exported ONNX graph looks like.
+
+    Attributes
+    ----------
+    name : str
+        Model role (``"sam_encoder"``...).
+    filename : str
+        File written in the output folder.
+    inputs, outputs : tuple of str
+        Graph input and output names, in order.
+    dynamic_axes : dict
+        ``{tensor name: {axis: symbolic name}}`` as ``torch.onnx.export`` takes it.
+    shapes : dict
+        Documented shapes, symbolic dimensions as strings (recorded in manifests).
+    tolerance : dict of str to float
+        Largest absolute difference to PyTorch fp32 allowed per output (fp32 export).
+    tolerance_fp16 : dict of str to float
+        The same for ``--fp16`` exports.
+    opset : int
+        Default opset.
+    """
+
+    name: str
+    filename: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+    shapes: dict[str, list] = field(default_factory=dict)
+    tolerance: dict[str, float] = field(default_factory=dict)
+    tolerance_fp16: dict[str, float] = field(default_factory=dict)
+    opset: int = DEFAULT_OPSET
+
+    def tolerances(self, fp16: bool = False) -> dict[str, float]:
+        return dict(self.tolerance_fp16 if fp16 else self.tolerance)
+
+
+SAM_ENCODER = ExportSpec(
+    name="sam_encoder",
+    filename="encoder.onnx",
+    inputs=("image",),
+    outputs=("image_embeddings",),
+    dynamic_axes={},
+    # image: resized so the longest side is 1024, normalised with pixel mean/std
+    # *outside* the graph, zero-padded bottom/right to 1024×1024.
+    shapes={"image": [1, 3, 1024, 1024], "image_embeddings": [1, 256, 64, 64]},
+    tolerance={"image_embeddings": 1e-3},
+    tolerance_fp16={"image_embeddings": 5e-2},
+)
+
+SAM_DECODER = ExportSpec(
+    name="sam_decoder",
+    filename="decoder.onnx",
+    inputs=("image_embeddings", "point_coords", "point_labels"),
+    outputs=("low_res_masks", "iou_predictions"),
+    dynamic_axes={
+        "point_coords": {0: "batch", 1: "points"},
+        "point_labels": {0: "batch", 1: "points"},
+        "low_res_masks": {0: "batch"},
+        "iou_predictions": {0: "batch"},
+    },
+    # point_coords in the 1024 input frame (x, y), labels 1 = foreground, 0 = background,
+    # -1 = padding. Outputs: 3 multimask logits per prompt and their predicted IoUs.
+    shapes={
+        "image_embeddings": [1, 256, 64, 64],
+        "point_coords": ["batch", "points", 2],
+        "point_labels": ["batch", "points"],
+        "low_res_masks": ["batch", 3, 256, 256],
+        "iou_predictions": ["batch", 3],
+    },
+    tolerance={"low_res_masks": 1e-2, "iou_predictions": 1e-3},
+    tolerance_fp16={"low_res_masks": 0.25, "iou_predictions": 2e-2},
+)
+
+CLASSIFIER = ExportSpec(
+    name="classifier",
+    filename="classifier.onnx",
+    inputs=("input",),
+    outputs=("logits", "features"),
+    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+    shapes={"input": ["batch", 3, "height", "width"], "logits": ["batch", "classes"], "features": ["batch", "features"]},
+    tolerance={"logits": 1e-3, "features": 1e-3},
+    tolerance_fp16={"logits": 5e-2, "features": 5e-2},
+)
+
+#: Name of the file holding the classifier's final linear layer (weight K×D, bias K).
+HEAD_FILENAME = "head.npz"
