@@ -1,0 +1,262 @@
+"""`eac export classifier`: tiny CNNs through the CLI, parity with PyTorch, error paths."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from eac.engine.cli import main  # noqa: E402
+from eac.export import classifier as export_mod  # noqa: E402
+from eac.export.classifier import export_classifier  # noqa: E402
+from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
+from tests import tiny_models  # noqa: E402
+
+SIZE = 32
+RESIZE = 36
+#: Parity of ONNX Runtime fp32 with PyTorch fp32 on these tiny models.
+PARITY_ATOL = 1e-4
+
+
+def _export_cli(out: Path, *extra: str) -> int:
+    return main(
+        ["export", "classifier", "--out", str(out), "--input-size", str(SIZE), "--resize", str(RESIZE), *extra]
+    )
+
+
+def _no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "small"
+    assert _export_cli(out, "--module", "tests.tiny_models:small_cnn") == 0
+    return out
+
+
+def _ort_run(folder: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(folder / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {"input": x})))
+
+
+def test_cli_writes_complete_folder(small_folder):
+    assert sorted(p.name for p in small_folder.iterdir()) == ["classifier.onnx", "head.npz", "manifest.json"]
+    m = json.loads((small_folder / "manifest.json").read_text())
+    assert m["kind"] == "classifier"
+    assert m["num_classes"] == tiny_models.NUM_CLASSES
+    assert m["feature_dim"] == tiny_models.FEATURE_DIM
+    assert m["input"] == {"name": "input", "height": SIZE, "width": SIZE, "batch": None, "layout": "NCHW",
+                          "dtype": "float32"}
+    assert m["outputs"] == {"logits": "logits", "features": "features"}
+    assert m["output_kind"] == "logits"
+    assert m["preprocess"]["resize"] == RESIZE and m["preprocess"]["crop"] == SIZE
+    assert m["preprocess"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert m["source"]["feature_layer"] == "fc"
+    val = m["validation"]
+    assert val["passed"] and val["batch"] != val["traced_batch"]
+    assert set(val["max_abs_diff"]) == {"logits", "features"}
+    assert all(val["max_abs_diff"][k] <= val["tolerance"][k] for k in val["tolerance"])
+
+
+def test_onnx_matches_pytorch_on_other_batch_sizes(small_folder):
+    model = tiny_models.small_cnn()
+    feats = {}
+    model.fc.register_forward_hook(lambda mod, args, out: feats.__setitem__("x", args[0]))
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+        got = _ort_run(small_folder, x)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        assert got["logits"].shape == (batch, tiny_models.NUM_CLASSES)
+        np.testing.assert_allclose(got["logits"], ref, atol=PARITY_ATOL)
+        np.testing.assert_allclose(got["features"], feats["x"].numpy(), atol=PARITY_ATOL)
+
+
+def test_head_reproduces_logits_from_features(small_folder):
+    head = np.load(small_folder / "head.npz")
+    model = tiny_models.small_cnn()
+    np.testing.assert_array_equal(head["weight"], model.fc.weight.detach().numpy())
+    np.testing.assert_array_equal(head["bias"], model.fc.bias.detach().numpy())
+    assert head["weight"].dtype == np.float32
+    x = np.random.default_rng(7).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    got = _ort_run(small_folder, x)
+    np.testing.assert_allclose(got["features"] @ head["weight"].T + head["bias"], got["logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "factory, layer, dim",
+    [("sequential_head_cnn", "classifier.3", 24), ("decoy_linear_cnn", "head", 10)],
+)
+def test_head_found_automatically(tmp_path, factory, layer, dim):
+    m = export_classifier(tmp_path / "out", module=f"tests.tiny_models:{factory}", input_size=SIZE, resize=RESIZE)
+    assert m["source"]["feature_layer"] == layer
+    assert m["feature_dim"] == dim
+    assert np.load(tmp_path / "out" / "head.npz")["weight"].shape == (tiny_models.NUM_CLASSES, dim)
+
+
+def test_feature_layer_override_and_errors(tmp_path):
+    m = export_classifier(tmp_path / "ok", module="tests.tiny_models:small_cnn", feature_layer="fc",
+                          input_size=SIZE, resize=RESIZE)
+    assert m["source"]["feature_layer"] == "fc"
+    with pytest.raises(ExportError, match="not a torch.nn.Linear"):
+        export_classifier(tmp_path / "conv", module="tests.tiny_models:small_cnn", feature_layer="body.0",
+                          input_size=SIZE, resize=RESIZE)
+    with pytest.raises(ExportError, match="no such module"):
+        export_classifier(tmp_path / "none", module="tests.tiny_models:small_cnn", feature_layer="nope",
+                          input_size=SIZE, resize=RESIZE)
+    # decoy: 'aux' has K outputs but its output is not the model's output
+    with pytest.raises(ExportError, match="not the model's output"):
+        export_classifier(tmp_path / "aux", module="tests.tiny_models:decoy_linear_cnn", feature_layer="aux",
+                          input_size=SIZE, resize=RESIZE)
+    assert _no_leftovers(tmp_path) and not (tmp_path / "conv").exists()
+
+
+def test_model_with_softmax_after_head_is_refused(tmp_path, capsys):
+    assert _export_cli(tmp_path / "sm", "--module", "tests.tiny_models:softmax_cnn") != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--feature-layer" in err
+    assert not (tmp_path / "sm").exists() and _no_leftovers(tmp_path)
+
+
+def test_validation_failure_raises_and_leaves_nothing(tmp_path):
+    with pytest.raises(ValidationError) as info:
+        export_classifier(tmp_path / "bad", module="tests.tiny_models:tracing_mismatch_cnn",
+                          input_size=SIZE, resize=RESIZE)
+    err = info.value
+    assert err.output == "logits" and err.kind == "values"
+    assert err.max_abs_diff == pytest.approx(1.0, abs=1e-4)
+    assert err.tolerance == export_mod.CLASSIFIER.tolerance["logits"]
+    assert not (tmp_path / "bad").exists() and _no_leftovers(tmp_path)
+
+
+def test_validation_uses_spec_tolerance(tmp_path, monkeypatch):
+    strict = dataclasses.replace(export_mod.CLASSIFIER, tolerance={"logits": -1.0, "features": -1.0})
+    monkeypatch.setattr(export_mod, "CLASSIFIER", strict)
+    with pytest.raises(ValidationError):
+        export_classifier(tmp_path / "x", module="tests.tiny_models:small_cnn", input_size=SIZE, resize=RESIZE)
+
+
+def test_skip_validation_and_exit_code_of_mismatch(tmp_path, capsys):
+    assert _export_cli(tmp_path / "mm", "--module", "tests.tiny_models:tracing_mismatch_cnn") == 2
+    assert "differs from PyTorch" in capsys.readouterr().err
+    assert _export_cli(tmp_path / "skip", "--module", "tests.tiny_models:tracing_mismatch_cnn",
+                       "--skip-validation") == 0
+    assert json.loads((tmp_path / "skip" / "manifest.json").read_text())["validation"] == {"skipped": True}
+
+
+def test_fp16_export_is_validated(tmp_path):
+    m = export_classifier(tmp_path / "h", module="tests.tiny_models:small_cnn", input_size=SIZE, resize=RESIZE,
+                          fp16=True)
+    assert m["precision"] == "fp16"
+    assert m["validation"]["tolerance"] == export_mod.CLASSIFIER.tolerance_fp16
+    sess = ort.InferenceSession(str(tmp_path / "h" / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)"
+    assert {o.type for o in sess.get_outputs()} == {"tensor(float)"}
+
+
+def test_labels(tmp_path):
+    names = tmp_path / "labels.txt"
+    names.write_text("cat\ndog\nbird\nfish\nfrog\n\n")
+    m = export_classifier(tmp_path / "l", module="tests.tiny_models:small_cnn", labels=names,
+                          input_size=SIZE, resize=RESIZE)
+    assert m["labels"] == ["cat", "dog", "bird", "fish", "frog"]
+    names.write_text("cat\ndog\n")
+    with pytest.raises(ExportError, match="2 labels but the model has 5 classes"):
+        export_classifier(tmp_path / "l2", module="tests.tiny_models:small_cnn", labels=names,
+                          input_size=SIZE, resize=RESIZE)
+
+
+def test_checkpoint_is_loaded(tmp_path):
+    model = tiny_models.small_cnn()
+    state = {k: v * 2 for k, v in model.state_dict().items()}
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ckpt.pt")
+    m = export_classifier(tmp_path / "c", module="tests.tiny_models:small_cnn", checkpoint=tmp_path / "ckpt.pt",
+                          input_size=SIZE, resize=RESIZE)
+    assert m["source"]["checkpoint"]["tensors"] == len(state)
+    np.testing.assert_array_equal(np.load(tmp_path / "c" / "head.npz")["weight"], state["fc.weight"].numpy())
+
+
+def test_bad_checkpoints(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(tiny_models.small_cnn().state_dict(), good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    other = tmp_path / "other.pt"
+    torch.save(tiny_models.sequential_head_cnn().state_dict(), other)
+    cases = {
+        tmp_path / "missing.pt": "not found",
+        truncated: "cannot read",
+        other: "does not fit this model",
+    }
+    for i, (path, message) in enumerate(cases.items()):
+        with pytest.raises(CheckpointError, match=message) as info:
+            export_classifier(tmp_path / f"o{i}", module="tests.tiny_models:small_cnn", checkpoint=path,
+                              input_size=SIZE, resize=RESIZE)
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / f"o{i}").exists()
+    assert _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tests.tiny_models", "PKG.MODULE:FACTORY"),
+        ("tests.no_such_module:f", "cannot import"),
+        ("tests.tiny_models:no_such_factory", "no attribute"),
+        ("tests.tiny_models:not_a_module", "not a torch.nn.Module"),
+    ],
+)
+def test_bad_module_specs(tmp_path, spec, message):
+    with pytest.raises(ExportError, match=message):
+        export_classifier(tmp_path / "o", module=spec, input_size=SIZE, resize=RESIZE)
+    assert not (tmp_path / "o").exists() and _no_leftovers(tmp_path)
+
+
+def test_output_folder_rules(tmp_path, small_folder, capsys):
+    # non-empty existing folder refused, untouched
+    before = sorted(p.name for p in small_folder.iterdir())
+    assert _export_cli(small_folder, "--module", "tests.tiny_models:small_cnn") == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in small_folder.iterdir()) == before
+    # empty existing folder accepted
+    (tmp_path / "empty").mkdir()
+    assert _export_cli(tmp_path / "empty", "--module", "tests.tiny_models:small_cnn") == 0
+    # unwritable location: the parent is a file
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _export_cli(blocker / "sub", "--module", "tests.tiny_models:small_cnn") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot create the output folder" in err
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ExportError, match="exactly one"):
+        export_classifier(tmp_path / "o")
+    with pytest.raises(ExportError, match="--resize"):
+        export_classifier(tmp_path / "o", module="tests.tiny_models:small_cnn", input_size=SIZE, resize=SIZE - 1)
+    with pytest.raises(ExportError, match="--opset"):
+        export_classifier(tmp_path / "o", module="tests.tiny_models:small_cnn", opset=5)
+    with pytest.raises(ExportError, match="--checkpoint goes with --module"):
+        export_classifier(tmp_path / "o", torchvision="resnet18", checkpoint="x.pt")
+
+
+def test_torchvision_missing_gives_clear_error(tmp_path, capsys):
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torchvision is installed here")
+    assert main(["export", "classifier", "--out", str(tmp_path / "tv"), "--torchvision", "resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "torchvision is not installed" in err and "--module" in err
+    assert not (tmp_path / "tv").exists() and _no_leftovers(tmp_path)
