@@ -61,7 +61,7 @@ def baseline_pixels(image: np.ndarray, kind: str = "black") -> np.ndarray:
 def flatten_masks(masks: np.ndarray) -> np.ndarray:
     """N×h×w boolean masks → N×P ``float32`` matrix (P = h·w) used by :func:`compose_batch`."""
     masks = np.asarray(masks)
-    return np.ascontiguousarray(masks.reshape(masks.shape[0], -1), dtype=np.float32)
+    return np.ascontiguousarray(masks.reshape(masks.shape[0], int(np.prod(masks.shape[1:]))), dtype=np.float32)
 
 
 def union_keep(coalitions: np.ndarray, masks_flat: np.ndarray, invert: bool = False) -> np.ndarray:
@@ -127,15 +127,14 @@ def compose_batch(
         out = np.empty((b, c, h, w), dtype=np.float32)
     elif out.shape[0] < b or out.shape[1:] != (c, h, w) or out.dtype != np.float32:
         raise ValueError(f"out buffer {out.shape} {out.dtype} cannot hold a {b}×{c}×{h}×{w} float32 batch")
-    keep = union_keep(coalitions, masks_flat, invert=invert).astype(np.float32)  # B×P
-    img = image_norm.reshape(c, 1, h * w)
-    base = baseline_norm.reshape(c, 1, h * w)
-    diff = (img - base).reshape(c, h * w)
+    keep = union_keep(coalitions, masks_flat, invert=invert)  # B×P bool
+    img = image_norm.reshape(c, h * w)
+    base = baseline_norm.reshape(c, h * w)
     view = out[:b].reshape(b, c, h * w)
-    # out = base + keep * (img - base), one channel at a time to avoid a B×C×P temporary.
+    # Exact selection (no arithmetic): kept pixels are bit-identical to the image.
     for ch in range(c):
-        np.multiply(keep, diff[ch], out=view[:, ch, :])
-        view[:, ch, :] += base[ch]
+        view[:, ch, :] = base[ch]
+        np.copyto(view[:, ch, :], np.broadcast_to(img[ch], (b, h * w)), where=keep)
     return out[:b]
 
 

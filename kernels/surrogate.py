@@ -62,8 +62,9 @@ def pie_init(n: int, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 def bce(pred: np.ndarray, target: np.ndarray) -> float:
     """Mean binary cross-entropy as ``torch.nn.BCELoss`` computes it (log clamped at −100)."""
     pred = np.asarray(pred, dtype=np.float64)
-    log_p = np.maximum(np.log(np.maximum(pred, 0.0)), BCE_LOG_CLAMP)
-    log_q = np.maximum(np.log(np.maximum(1.0 - pred, 0.0)), BCE_LOG_CLAMP)
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(np.maximum(pred, 0.0)), BCE_LOG_CLAMP)
+        log_q = np.maximum(np.log(np.maximum(1.0 - pred, 0.0)), BCE_LOG_CLAMP)
     return float(-(target * log_p + (1.0 - target) * log_q).mean())
 
 
