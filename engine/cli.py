@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", required=True, help="folder from `eac export classifier` or `eac import-onnx`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--sam", default=None, help="SAM folder: concepts from SAM (the EAC method)")
-    src.add_argument("--concepts", default=None, choices=("superpixels", "slic", "felzenszwalb", "grid"),
+    src.add_argument("--concepts", default=None, choices=("superpixels", "slic", "grid"),
                      help="concepts without SAM")
     src.add_argument("--masks", default=None, help="N×H×W .npy/.npz masks or a label image (PNG/.npy)")
     p.add_argument("--method", default="eac",
