@@ -305,6 +305,9 @@ class Explainer:
         sampler = {"kernel": kernel_coalitions, "uniform": uniform_coalitions}.get(o["sampler"])
         if sampler is None:
             raise ExplainError(f"eac sampler must be 'kernel' or 'uniform', got {o['sampler']!r}")
+        # One fixed stream for the value estimator (N > exact_max_n): the same permutations every
+        # round, so round-to-round changes come from the fit, and sampling is independent of it.
+        value_seed = int(rng.integers(2**63))
         anchors = np.array([np.zeros(n, bool), np.ones(n, bool)])
         coal_parts, logit_parts = [anchors], [ev.evaluate(anchors).logits]
         previous = None
@@ -324,7 +327,7 @@ class Explainer:
             a, const = fit_linear_logits(np.concatenate(coal_parts), np.concatenate(logit_parts), ridge=o["ridge"])
             timings["fit"] += time.perf_counter() - start
             start = time.perf_counter()
-            values, stderr = self._surrogate_values(a, const, targets, rng)
+            values, stderr = self._surrogate_values(a, const, targets, value_seed)
             timings["values"] += time.perf_counter() - start
             done = ev.num_evaluations - 1 >= o["min_evaluations"]
             if previous is not None and done:
@@ -340,12 +343,12 @@ class Explainer:
                      "values_exact_on_surrogate": n <= o["exact_max_n"]})
         return values, stderr
 
-    def _surrogate_values(self, a, const, targets, rng):
+    def _surrogate_values(self, a, const, targets, value_seed):
         n = a.shape[1]
         if n <= self.options["exact_max_n"]:
             return surrogate_exact_values(a, const, targets, kind="shapley").T, None
         vals, err = permutation_shapley(softmax_value_fn(a, const, targets), n, self.options["permutations"],
-                                        np.random.default_rng(rng.integers(2**63)))
+                                        np.random.default_rng(value_seed))
         return vals.T, err.T
 
     def _run_eac_faithful(self, ev, targets, full_probs, rng, timings, info):

@@ -29,6 +29,9 @@ ValueFn = Callable[[np.ndarray], np.ndarray]
 
 #: Largest N for which :func:`all_coalitions` / exact enumeration is allowed (2^22 rows).
 MAX_ENUMERATION_N = 22
+#: Classes whose logit stays this far below another class's for *every* coalition are
+#: dropped from the surrogate softmax (their share is below e^-40 ≈ 4e-18 of the sum).
+PRUNE_MARGIN = 40.0
 #: Rows of coalitions per call to a value function in the estimators.
 DEFAULT_ROWS_PER_CALL = 65536
 
@@ -136,9 +139,18 @@ def softmax_value_fn(a: np.ndarray, const: np.ndarray, targets: np.ndarray) -> V
     callable
         M×N coalitions → M×T probabilities (float64).
     """
-    a_t = np.ascontiguousarray(np.asarray(a, dtype=np.float64).T)  # N×K
+    a = np.asarray(a, dtype=np.float64)
     const = np.asarray(const, dtype=np.float64)
     targets = np.atleast_1d(np.asarray(targets, dtype=np.int64))
+    # Exact-to-rounding pruning: logit bounds over all of {0,1}^N.
+    upper = const + np.clip(a, 0, None).sum(axis=1)
+    lower = const + np.clip(a, None, 0).sum(axis=1)
+    keep = upper >= lower.max() - PRUNE_MARGIN
+    keep[targets] = True
+    kept = np.nonzero(keep)[0]
+    a_t = np.ascontiguousarray(a[kept].T)  # N×K'
+    const = const[kept]
+    targets = np.searchsorted(kept, targets)
 
     def value(coalitions: np.ndarray) -> np.ndarray:
         logits = np.asarray(coalitions, dtype=np.float64) @ a_t + const
