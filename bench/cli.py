@@ -1,0 +1,103 @@
+"""``eac bench``: engine vs the faithful PyTorch reference, side by side, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .harness import QUICK_LABEL
+
+#: What --help says about run times (measured on a 2-core CPU, see README "Performance").
+DESCRIPTION = """\
+Time the eac engine (ONNX Runtime) against a faithful PyTorch-eager re-implementation
+of the reference EAC pipeline, on the same machine, in the same run, and print per-stage
+median/min/max seconds, their ratio, classifier evaluations, peak memory, the provider,
+the CPU/GPU model, thread counts and versions. --json FILE writes every number.
+
+workloads:
+  explain     one skimage photograph (224×224 crop), N concept masks (default 32),
+              ResNet-50 (bench-built, random weights) or --classifier DIR:
+              engine method `eac` vs the reference (2500 evaluations, PIE SGD fit,
+              50 000-sample Monte-Carlo per concept).
+  concepts    SAM ViT-B (random weights, or --sam-checkpoint / --sam) on the same crop,
+              32×32 point grid: engine generator vs segment-anything's own generator,
+              plus an untimed mask-agreement check with every candidate kept.
+  end-to-end  both stages.
+  fidelity    the small trained scene classifier, scenes with ≤ 12 concepts: Spearman
+              vs exact Shapley values, top-1/top-3 agreement, insertion/deletion AUC and
+              evaluations for eac, eac-faithful, kernelshap, lime and the reference.
+
+how long (2-core CPU, one repeat): full runs are slow because the reference is —
+  explain ≈ 7 min (reference ≈ 6 min: 2500 ResNet-50 evaluations in PyTorch eager),
+  concepts ≈ 6-10 min (reference generator ≈ 4 min, plus the agreement check),
+  end-to-end ≈ 12 min, fidelity ≈ 2-5 min (first run also trains the scene
+  classifier, ≈ 2 min). Models are exported once into $EAC_CACHE/bench.
+  --quick runs tiny models with fewer evaluations in well under a minute; its
+  results are labelled QUICK and say nothing about product speed.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``eac bench`` to the ``eac`` command's subparsers."""
+    from .workloads import DEFAULT_PHOTO, WORKLOADS
+
+    p = subparsers.add_parser(
+        "bench", help="benchmark the engine against the faithful PyTorch reference",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("workload", choices=WORKLOADS, help="what to measure")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs per side (median/min/max over them; default 1)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed runs per side before timing (default 0; 1 with --quick)")
+    p.add_argument("--providers", default="auto",
+                   help="ONNX Runtime providers for the engine: auto, or a comma list such as cuda,cpu")
+    p.add_argument("--threads", type=int, default=None, help="engine CPU intra-op threads (default: all cores)")
+    p.add_argument("--json", metavar="FILE", default=None, help="write every number to this JSON file")
+    p.add_argument("--quick", action="store_true",
+                   help=f"reduced run (tiny models, fewer evaluations, smaller grid), labelled {QUICK_LABEL}")
+    p.add_argument("--classifier", metavar="DIR", default=None,
+                   help="classifier folder (explain/end-to-end/fidelity); the reference rebuilds its PyTorch model "
+                        "from the manifest's source (--module + --checkpoint, or a torchvision resnet50 state dict)")
+    p.add_argument("--sam", metavar="DIR", default=None, help="SAM folder for the engine (needs its checkpoint)")
+    p.add_argument("--sam-checkpoint", metavar="PATH", default=None,
+                   help="segment-anything ViT-B checkpoint: both sides use it (exported once for the engine)")
+    p.add_argument("--n-concepts", type=int, default=None, help="concept masks of the explain workload (default 32)")
+    p.add_argument("--photo", default=DEFAULT_PHOTO, help="skimage.data image (astronaut, chelsea, coffee, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of both sides' random draws")
+    p.add_argument("--no-agreement", action="store_true", help="concepts: skip the untimed mask-agreement check")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=bench_command)
+    return p
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed (``eac bench ...``), or rebuilt from the workload when called in-process."""
+    argv = sys.argv[1:]
+    if "bench" in argv:
+        return "eac " + " ".join(shlex.quote(a) for a in argv[argv.index("bench"):])
+    return f"eac bench {args.workload}" + (" --quick" if args.quick else "")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run one workload, print its table, write JSON when asked."""
+    from .workloads import BenchOptions, run_workload
+
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
+
+    def progress(line: str) -> None:
+        print(f"[bench{' ' + QUICK_LABEL if args.quick else ''}] {line}", file=sys.stderr, flush=True)
+
+    opts = BenchOptions(
+        workload=args.workload, repeat=args.repeat, warmup=warmup, providers=args.providers,
+        threads=args.threads, quick=args.quick, classifier=args.classifier, sam=args.sam,
+        sam_checkpoint=args.sam_checkpoint, n_concepts=args.n_concepts, photo=args.photo, seed=args.seed,
+        agreement=not args.no_agreement, progress=None if args.quiet else progress,
+        command=_command_line(args),
+    )
+    report = run_workload(opts)
+    print(report.render())
+    if args.json:
+        path = report.write_json(args.json)
+        print(f"wrote {path}")
+    return 0

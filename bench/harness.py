@@ -1,0 +1,534 @@
+"""Timing harness: repeated runs, per-stage statistics, peak memory, machine facts.
+
+A *side* (the engine or the reference) is a callable that runs one full
+workload and returns a :class:`RunRecord`: seconds per stage measured inside
+with :func:`time.perf_counter`, and counts (classifier evaluations, concepts).
+:func:`measure` runs a side ``warmup`` times untimed and ``repeat`` times
+timed, tracking the peak resident memory of each timed run, and
+:func:`compare` puts two sides together, computing every ratio from the
+measured medians. Nothing here ever invents a number: a stage a side did not
+measure has no entry, and a ratio exists only where both sides measured it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..engine.errors import EacError
+
+#: Seconds between two samples of the resident set size.
+RSS_SAMPLE_INTERVAL_S = 0.005
+#: Label put on reduced runs, everywhere their results are printed or written.
+QUICK_LABEL = "QUICK"
+#: Name of the stage holding a run's total wall time.
+TOTAL = "total"
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+class BenchError(EacError):
+    """A benchmark cannot run (missing model, missing engine piece, bad option)."""
+
+
+@dataclass
+class RunRecord:
+    """What one run of one side measured.
+
+    Attributes
+    ----------
+    stages : dict of str to float
+        Seconds per stage, in the order the stages ran. :func:`measure` adds
+        ``"total"`` (wall time of the whole call) when absent.
+    counts : dict of str to int or float
+        Workload counts: ``"evaluations"`` (classifier evaluations),
+        ``"concepts"``, ...
+    info : dict
+        Anything else worth keeping (settings, provider, the result itself).
+    """
+
+    stages: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class StageClock:
+    """Time consecutive stages: ``with clock("encoder"): ...``; ``clock.stages``."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, name: str) -> "_StageContext":
+        return _StageContext(self, name)
+
+
+class _StageContext:
+    def __init__(self, clock: StageClock, name: str) -> None:
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.clock.stages[self.name] = self.clock.stages.get(self.name, 0.0) + elapsed
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (0 when it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil absent or unsupported platform
+        return 0
+
+
+def _read_hwm() -> int | None:
+    """Peak RSS since the last reset (``VmHWM``), bytes; None where unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * _KIB
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs`` 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Track the peak resident memory of this process during a block.
+
+    Uses the kernel's counter (``VmHWM``, reset through ``/proc/self/clear_refs``)
+    when possible, and a sampling thread otherwise (and in addition: the larger
+    of the two is kept). ``peak`` is in bytes, ``baseline`` the RSS on entry,
+    ``method`` says how it was measured.
+    """
+
+    def __init__(self, interval: float = RSS_SAMPLE_INTERVAL_S) -> None:
+        self.interval = interval
+        self.peak = 0
+        self.baseline = 0
+        self.method = "sampled"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._kernel = False
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, current_rss())
+
+    def __enter__(self) -> "PeakMemory":
+        self.baseline = current_rss()
+        self.peak = self.baseline
+        self._kernel = _reset_hwm() and _read_hwm() is not None
+        self.method = "kernel VmHWM" if self._kernel else "sampled"
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, name="eac-bench-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, current_rss())
+        if self._kernel:
+            hwm = _read_hwm()
+            if hwm is not None:
+                self.peak = max(self.peak, hwm)
+        if self.peak == 0:  # no /proc, no psutil: the process-lifetime peak is all there is
+            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB
+            self.method = "process lifetime ru_maxrss"
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StageStats:
+    """Median, min and max seconds of one stage over the timed runs."""
+
+    median: float
+    min: float
+    max: float
+    runs: list[float]
+
+    @classmethod
+    def of(cls, values: list[float]) -> "StageStats":
+        return cls(float(statistics.median(values)), float(min(values)), float(max(values)), [float(v) for v in values])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_s": self.median, "min_s": self.min, "max_s": self.max, "runs_s": self.runs}
+
+
+@dataclass
+class SideResult:
+    """Everything measured for one side over its timed runs."""
+
+    name: str
+    stages: dict[str, StageStats]
+    counts: dict[str, float]
+    peak_rss_bytes: int
+    peak_rss_increase_bytes: int
+    memory_method: str
+    warmup: int
+    repeat: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stages": {k: v.to_dict() for k, v in self.stages.items()},
+            "counts": self.counts,
+            "peak_rss_mb": self.peak_rss_bytes / _MIB,
+            "peak_rss_increase_mb": self.peak_rss_increase_bytes / _MIB,
+            "memory_method": self.memory_method,
+            "warmup": self.warmup,
+            "repeat": self.repeat,
+            "info": self.info,
+        }
+
+
+def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: int = 1,
+            progress: Callable[[str], None] | None = None) -> SideResult:
+    """Run one side ``warmup`` times untimed, then ``repeat`` times timed.
+
+    Parameters
+    ----------
+    name : str
+        The side's name ("engine", "reference").
+    run : callable
+        Runs the whole workload once and returns its :class:`RunRecord`.
+    warmup, repeat : int
+        Untimed and timed runs (``repeat`` ≥ 1).
+    progress : callable, optional
+        Receives one line per run.
+
+    Returns
+    -------
+    SideResult
+        Per-stage statistics, the counts of the last run (they must not change
+        between runs; a change raises), and the peak RSS over the timed runs.
+    """
+    if repeat < 1:
+        raise BenchError(f"--repeat must be at least 1 (got {repeat})")
+    if warmup < 0:
+        raise BenchError(f"--warmup must be 0 or more (got {warmup})")
+    for i in range(warmup):
+        if progress:
+            progress(f"{name}: warm-up {i + 1}/{warmup}")
+        run()
+    per_stage: dict[str, list[float]] = {}
+    counts: dict[str, float] | None = None
+    info: dict[str, Any] = {}
+    peak, increase, method = 0, 0, "sampled"
+    for i in range(repeat):
+        if progress:
+            progress(f"{name}: run {i + 1}/{repeat}")
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            record = run()
+            wall = time.perf_counter() - start
+        stages = dict(record.stages)
+        stages.setdefault(TOTAL, wall)
+        for stage, seconds in stages.items():
+            per_stage.setdefault(stage, []).append(float(seconds))
+        if counts is not None and counts != record.counts:
+            raise BenchError(f"{name}: counts changed between runs ({counts} then {record.counts}); runs must be seeded")
+        counts = dict(record.counts)
+        info = record.info
+        peak = max(peak, mem.peak)
+        increase = max(increase, mem.peak - mem.baseline)
+        method = mem.method
+    missing = [s for s, v in per_stage.items() if len(v) != repeat]
+    if missing:
+        raise BenchError(f"{name}: stages {missing} were not measured in every run")
+    return SideResult(
+        name=name,
+        stages={s: StageStats.of(v) for s, v in per_stage.items()},
+        counts=counts or {},
+        peak_rss_bytes=int(peak),
+        peak_rss_increase_bytes=int(max(increase, 0)),
+        memory_method=method,
+        warmup=warmup,
+        repeat=repeat,
+        info=info,
+    )
+
+
+def ratios(engine: SideResult, reference: SideResult) -> dict[str, float]:
+    """reference median / engine median for every stage both sides measured."""
+    out: dict[str, float] = {}
+    for stage, ref in reference.stages.items():
+        eng = engine.stages.get(stage)
+        if eng is not None and eng.median > 0:
+            out[stage] = ref.median / eng.median
+    return out
+
+
+# --- machine -------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def gpu_model() -> str | None:
+    """The first GPU's name, from ``nvidia-smi`` (None when there is none)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return names[0] if names else None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def machine_info(ort_threads: int | None = None) -> dict[str, Any]:
+    """Machine and software facts recorded with every result."""
+    from ..engine.manifest import eac_version
+
+    info: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_model(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": {
+            "eac": eac_version(),
+            "numpy": _version("numpy"),
+            "onnxruntime": _version("onnxruntime"),
+            "torch": _version("torch"),
+            "opencv": _version("cv2"),
+            "segment_anything": None,
+        },
+        "threads": {"onnxruntime_intra_op": ort_threads if ort_threads is not None else os.cpu_count()},
+    }
+    try:
+        from importlib.metadata import version
+
+        info["versions"]["segment_anything"] = version("segment-anything")
+    except Exception:  # not installed
+        pass
+    try:
+        import torch
+
+        info["threads"]["torch_intra_op"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchReport:
+    """A finished benchmark: sides, ratios, extra tables, machine facts."""
+
+    workload: str
+    quick: bool
+    command: str
+    sides: dict[str, SideResult]
+    ratios: dict[str, float]
+    machine: dict[str, Any]
+    provider: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload} ({QUICK_LABEL} reduced run)" if self.quick else self.workload
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "quick": self.quick,
+            "label": QUICK_LABEL if self.quick else "full",
+            "command": self.command,
+            "provider": self.provider,
+            "settings": self.settings,
+            "machine": self.machine,
+            "sides": {k: v.to_dict() for k, v in self.sides.items()},
+            "ratios": self.ratios,
+            "extra": self.extra,
+        }
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Write every number as JSON (atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        tmp.replace(path)
+        return path
+
+    def render(self) -> str:
+        """The printed report: header, stage table, extra tables, machine facts."""
+        lines = []
+        banner = f"eac bench {self.label}"
+        if self.quick:
+            banner += f" — {QUICK_LABEL}: tiny models / fewer evaluations; NOT comparable with full runs"
+        lines.append(banner)
+        lines.append(f"command: {self.command}")
+        if self.sides:
+            lines.append("")
+            lines.append(format_stage_table(self))
+        for title, header, rows in self.tables:
+            lines.append("")
+            lines.append(f"{title}{' [' + QUICK_LABEL + ']' if self.quick else ''}")
+            lines.append(format_table(header, rows))
+        m = self.machine
+        v = m.get("versions", {})
+        lines.append("")
+        lines.append(
+            f"machine: {m.get('cpu')} ({m.get('cpu_count')} logical CPUs)"
+            + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+            + f"; provider {self.provider or 'n/a'}; threads {json.dumps(m.get('threads', {}))}"
+        )
+        lines.append(
+            "versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None)
+            + f"; python {m.get('python')}; {m.get('date_utc')}"
+        )
+        if self.quick:
+            lines.append(f"[{QUICK_LABEL}] reduced run: numbers show that the harness works, not product speed")
+        return "\n".join(lines)
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _fmt_seconds(s: float) -> str:
+    if s >= 100:
+        return f"{s:.0f}"
+    if s >= 10:
+        return f"{s:.1f}"
+    if s >= 0.1:
+        return f"{s:.2f}"
+    return f"{s:.3f}"
+
+
+def _fmt_stat(stats: StageStats | None, repeat: int) -> str:
+    if stats is None:
+        return "—"
+    if repeat == 1:
+        return _fmt_seconds(stats.median)
+    return f"{_fmt_seconds(stats.median)} [{_fmt_seconds(stats.min)}–{_fmt_seconds(stats.max)}]"
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain monospace table (also valid Markdown)."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def format_stage_table(report: BenchReport) -> str:
+    """Per stage: engine and reference median [min–max] seconds, and their ratio."""
+    engine = report.sides.get("engine")
+    reference = report.sides.get("reference")
+    order: list[str] = []
+    for side in (reference, engine):
+        if side is not None:
+            order.extend(s for s in side.stages if s not in order and s != TOTAL)
+    order.append(TOTAL)
+    header = ["stage", "engine s (median [min–max])", "reference s (median [min–max])", "speed-up"]
+    rows = []
+    for stage in order:
+        e = engine.stages.get(stage) if engine else None
+        r = reference.stages.get(stage) if reference else None
+        ratio = report.ratios.get(stage)
+        rows.append([stage, _fmt_stat(e, engine.repeat if engine else 1), _fmt_stat(r, reference.repeat if reference else 1),
+                     f"{ratio:.1f}×" if ratio is not None else "—"])
+    count_keys: list[str] = []
+    for side in (engine, reference):
+        if side is not None:
+            count_keys.extend(k for k in side.counts if k not in count_keys)
+    for key in count_keys:
+        rows.append([f"# {key}", _fmt_count(engine.counts.get(key) if engine else None),
+                     _fmt_count(reference.counts.get(key) if reference else None), ""])
+    rows.append(["peak RSS MB (rise in run)",
+                 _fmt_mem(engine) if engine else "—", _fmt_mem(reference) if reference else "—", ""])
+    title = f"runs: warm-up {max(s.warmup for s in report.sides.values())}, timed {max(s.repeat for s in report.sides.values())}"
+    if report.quick:
+        title += f" [{QUICK_LABEL}]"
+    return title + "\n" + format_table(header, rows)
+
+
+def _fmt_count(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{int(value)}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def _fmt_mem(side: SideResult) -> str:
+    return f"{side.peak_rss_bytes / _MIB:.0f} (+{side.peak_rss_increase_bytes / _MIB:.0f})"
