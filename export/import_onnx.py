@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,6 +60,8 @@ PROBE_SEED = 0
 _PASSTHROUGH_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Dropout")
 _FLOAT_TYPES = {1: "float32", 10: "float16"}  # onnx.TensorProto.FLOAT / FLOAT16
 BATCH_DIM_NAME = "batch"
+#: ONNX Runtime's message for files with a too-new IR version.
+_IR_TOO_NEW = re.compile(r"max supported IR version: (\d+)")
 #: ONNX Runtime log severities.
 _ORT_ERRORS = 3
 _ORT_FATAL_ONLY = 4
@@ -145,7 +148,7 @@ def import_onnx(
     with staged as tmp:
         path = tmp / MODEL_FILENAME
         files = _save(proto, path)
-        session = _session(path)
+        session = _open_fitting_ir(proto, path, rewrites)
         probe_batch = fixed_batch or 1
         rng = np.random.default_rng(PROBE_SEED)
         shape = _nchw_to_layout((probe_batch, 3, height, width), layout)
@@ -391,6 +394,24 @@ def _session(path: Path, quiet: bool = False):
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot load this model ({first_line(exc)})") from exc
+
+
+def _open_fitting_ir(proto, path: Path, rewrites: list[str]):
+    """Open ``path``; if this onnxruntime reads only older IR versions, lower the IR version and retry.
+
+    Files saved by a newer onnx package carry a newer IR version than the
+    operators they use need; ONNX Runtime refuses them outright.
+    """
+    try:
+        return _session(path)
+    except ExportError as exc:
+        match = _IR_TOO_NEW.search(str(exc))
+        if match is None or proto.ir_version <= int(match.group(1)):
+            raise
+        old, proto.ir_version = proto.ir_version, int(match.group(1))
+        _save(proto, path)
+        rewrites.append(f"IR version lowered from {old} to {proto.ir_version} (the newest this onnxruntime reads)")
+        return _session(path)
 
 
 def _run(session, input_name: str, x: np.ndarray, output_names=None) -> list[np.ndarray]:

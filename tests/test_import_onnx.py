@@ -1,0 +1,327 @@
+"""`eac import-onnx` on ONNX files written here with the awkward properties of files found in the wild."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from eac.engine.classifier import Classifier
+from eac.engine.cli import main
+from eac.export.errors import ExportError
+from eac.export.import_onnx import import_onnx
+
+K = 4
+D = 6
+HW = 8
+#: IR version written by these tests (this onnx writes newer IR than some onnxruntime builds read).
+ORT_IR_VERSION = 8
+#: Same graph, same input: the imported folder reproduces the original file to float rounding.
+ATOL = 1e-5
+
+
+def _graph_classifier(
+    path: Path,
+    *,
+    layout: str = "NCHW",
+    batch: int | str | None = 1,
+    tail: str = "none",
+    features: bool = False,
+    opset: int = 9,
+    hw: tuple = (HW, HW),
+    input_name: str = "data_0:0",
+    init_as_inputs: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny classifier with onnx.helper: 1×1 conv → ReLU → global pool → flatten → Gemm → tail.
+
+    tail: "none" (logits), "softmax" (a Softmax node), "manual_softmax" (Exp/ReduceSum/Div),
+    "conv_head" (the classifier is a 1×1 conv: output B×K×1×1).
+    """
+    rng = np.random.default_rng(seed)
+    conv_w = numpy_helper.from_array(rng.standard_normal((D, 3, 1, 1)).astype(np.float32), "conv.w:0")
+    fc_w = numpy_helper.from_array(rng.standard_normal((K, D)).astype(np.float32), "fc.w:0")
+    fc_b = numpy_helper.from_array(rng.standard_normal(K).astype(np.float32), "fc.b:0")
+    head_w = numpy_helper.from_array(rng.standard_normal((K, D, 1, 1)).astype(np.float32), "head.w:0")
+    inits = [conv_w, fc_w, fc_b] + ([head_w] if tail == "conv_head" else [])
+    h, w = hw
+    in_shape = [batch, 3, h, w] if layout == "NCHW" else [batch, h, w, 3]
+    nodes = []
+    x = input_name
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
+        x = "nchw"
+    nodes += [
+        helper.make_node("Conv", [x, "conv.w:0"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+    ]
+    out_batch = batch if batch is not None else "N"
+    outputs = []
+    if tail == "conv_head":
+        nodes.append(helper.make_node("Conv", ["g", "head.w:0"], ["scores:0"]))
+        outputs.append(helper.make_tensor_value_info("scores:0", TensorProto.FLOAT, [out_batch, K, 1, 1]))
+    else:
+        nodes += [
+            helper.make_node("Flatten", ["g"], ["pool:0"], axis=1),
+            helper.make_node("Gemm", ["pool:0", "fc.w:0", "fc.b:0"], ["fc:0"], transB=1),
+        ]
+        final = "fc:0"
+        if tail == "softmax":
+            nodes.append(helper.make_node("Softmax", ["fc:0"], ["prob:0"], axis=1))
+            final = "prob:0"
+        elif tail == "manual_softmax":
+            nodes += [
+                helper.make_node("Exp", ["fc:0"], ["e"]),
+                helper.make_node("ReduceSum", ["e"], ["s"], axes=[1], keepdims=1),
+                helper.make_node("Div", ["e", "s"], ["prob:0"]),
+            ]
+            final = "prob:0"
+        outputs.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, [out_batch, K]))
+        if features:
+            outputs.append(helper.make_tensor_value_info("pool:0", TensorProto.FLOAT, [out_batch, D]))
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, in_shape)]
+    if init_as_inputs:
+        inputs += [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "wild", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="test")
+    model.ir_version = 4 if opset <= 9 else ORT_IR_VERSION
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _original_run(path: Path, x_nchw: np.ndarray, layout: str = "NCHW", batch: int = 1) -> np.ndarray:
+    """Run the original file item by item (its batch is fixed)."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    xs = x_nchw if layout == "NCHW" else x_nchw.transpose(0, 2, 3, 1)
+    return np.concatenate([sess.run(None, {name: xs[i : i + batch]})[0] for i in range(0, len(xs), batch)])
+
+
+def _batch(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, HW, HW)).astype(np.float32)
+
+
+def test_wild_softmax_file_opset9(tmp_path):
+    src = _graph_classifier(tmp_path / "wild.onnx", tail="softmax")
+    assert len(onnx.load(str(src)).graph.input) == 4  # weights listed as inputs
+    m = import_onnx(src, tmp_path / "out")
+    assert m["opset"] == 9
+    assert m["input"]["name"] == "data_0:0" and m["input"]["batch"] is None and m["input"]["layout"] == "NCHW"
+    assert m["outputs"] == {"logits": "prob:0", "features": None}
+    assert m["output_kind"] == "probabilities" and "Softmax" in m["source"]["output_kind_reason"]
+    assert m["num_classes"] == K and m["feature_dim"] is None and "head" not in m["files"]
+    assert m["validation"]["batch_check"]["dynamic"] is True
+    assert any("initializers removed" in r for r in m["source"]["rewrites"])
+    assert any("dynamic" in r for r in m["source"]["rewrites"])
+    # defaults are reported, not silently assumed
+    assert m["preprocess"]["crop"] == HW and m["preprocess"]["resize"] == round(HW * 256 / 224)
+    assert "ImageNet mean" in m["source"]["assumed"]
+    imported = onnx.load(str(tmp_path / "out" / "classifier.onnx"))
+    assert [i.name for i in imported.graph.input] == ["data_0:0"]
+    assert imported.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    clf = Classifier.from_folder(tmp_path / "out")
+    x = _batch(5)
+    np.testing.assert_allclose(clf(x), np.log(_original_run(src, x)), atol=ATOL)
+
+
+def test_hard_coded_batch_stays_fixed_and_runtime_batches(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tests import tiny_models
+
+    class HardBatch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = tiny_models.small_cnn()
+
+        def forward(self, x):
+            return torch.softmax(self.m.fc(self.m.pool(self.m.body(x)).reshape(1, -1)), dim=1)
+
+    src = tmp_path / "hard.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(HardBatch().eval(), (torch.zeros(1, 3, HW, HW),), str(src), input_names=["input.1"],
+                          output_names=["output:0"], opset_version=9, dynamo=False, keep_initializers_as_inputs=True)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["input"]["batch"] == 1
+    check = m["validation"]["batch_check"]
+    assert check["dynamic"] is False and check["reason"]
+    assert not any("dynamic" in r for r in m["source"]["rewrites"])
+    clf = Classifier.from_folder(tmp_path / "out")
+    assert clf.max_batch == 1 and clf.output_kind == "probabilities"
+    x = _batch(6)
+    logp = clf(x)
+    np.testing.assert_allclose(logp, np.log(_original_run(src, x)), atol=ATOL)
+    with torch.no_grad():
+        ref = torch.log_softmax(tiny_models.small_cnn()(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(logp, ref, atol=1e-4)
+
+
+def test_fixed_batch_larger_than_one(tmp_path):
+    src = _graph_classifier(tmp_path / "b3.onnx", batch=3)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["input"]["batch"] is None  # this graph allows any batch size
+    x = _batch(5)
+    ref = _original_run(src, np.concatenate([x, np.zeros((1, 3, HW, HW), np.float32)]), batch=3)[:5]
+    np.testing.assert_allclose(Classifier.from_folder(tmp_path / "out")(x), ref, atol=ATOL)
+
+
+def test_softmax_detected_from_values(tmp_path):
+    src = _graph_classifier(tmp_path / "manual.onnx", tail="manual_softmax")
+    m = import_onnx(src, tmp_path / "out")
+    assert m["output_kind"] == "probabilities"
+    assert "sum to 1" in m["source"]["output_kind_reason"]
+
+
+def test_logits_model_and_forced_probabilities(tmp_path):
+    src = _graph_classifier(tmp_path / "logits.onnx", tail="none")
+    m = import_onnx(src, tmp_path / "a")
+    assert m["output_kind"] == "logits"
+    clf = Classifier.from_folder(tmp_path / "a")
+    x = _batch(3)
+    np.testing.assert_allclose(clf(x), _original_run(src, x), atol=ATOL)
+    src2 = _graph_classifier(tmp_path / "p.onnx", tail="manual_softmax")
+    assert main(["import-onnx", str(src2), "--out", str(tmp_path / "b"), "--probabilities"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["output_kind"] == "probabilities" and "given" in manifest["source"]["output_kind_reason"]
+
+
+def test_nhwc_input(tmp_path):
+    src = _graph_classifier(tmp_path / "nhwc.onnx", layout="NHWC", tail="softmax", input_name="images")
+    m = import_onnx(src, tmp_path / "out")
+    assert m["input"]["layout"] == "NHWC" and m["input"]["height"] == HW
+    clf = Classifier.from_folder(tmp_path / "out")
+    x = _batch(3)
+    np.testing.assert_allclose(clf(x), np.log(_original_run(src, x, layout="NHWC")), atol=ATOL)
+
+
+def test_conv_head_output_is_flattened(tmp_path):
+    src = _graph_classifier(tmp_path / "conv.onnx", tail="conv_head", opset=11)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["outputs"]["logits"] != "scores:0" and any("flattened" in r for r in m["source"]["rewrites"])
+    clf = Classifier.from_folder(tmp_path / "out")
+    x = _batch(3)
+    np.testing.assert_allclose(clf(x), _original_run(src, x).reshape(3, K), atol=ATOL)
+
+
+def test_features_output(tmp_path):
+    src = _graph_classifier(tmp_path / "f.onnx", features=True, tail="none")
+    m = import_onnx(src, tmp_path / "out", features_output="pool:0")
+    assert m["outputs"] == {"logits": "fc:0", "features": "pool:0"}
+    assert m["feature_dim"] == D and "head" not in m["files"]
+    clf = Classifier.from_folder(tmp_path / "out")
+    out = clf.run(_batch(2))
+    assert out.features.shape == (2, D) and clf.head is None
+    with pytest.raises(ExportError, match="not an output"):
+        import_onnx(src, tmp_path / "bad", features_output="nope")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_dynamic_spatial_size_needs_input_size(tmp_path):
+    src = _graph_classifier(tmp_path / "dyn.onnx", batch="N", hw=("H", "W"), opset=13, init_as_inputs=False)
+    with pytest.raises(ExportError, match="--input-size"):
+        import_onnx(src, tmp_path / "a")
+    m = import_onnx(src, tmp_path / "b", input_size=HW, resize=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert m["input"]["height"] == HW and m["input"]["batch"] is None
+    assert m["source"]["assumed"] == []
+    assert Classifier.from_folder(tmp_path / "b")(_batch(2)).shape == (2, K)
+    with pytest.raises(ExportError, match="--input-size"):
+        import_onnx(_graph_classifier(tmp_path / "s.onnx"), tmp_path / "c", input_size=HW * 2)
+
+
+def _model(graph) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = ORT_IR_VERSION
+    return model
+
+
+def _two_input_model(path: Path) -> Path:
+    a = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, HW, HW])
+    b = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 3, HW, HW])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, HW, HW])
+    graph = helper.make_graph([helper.make_node("Add", ["image", "mask"], ["y"])], "g", [a, b], [y])
+    onnx.save(_model(graph), str(path))
+    return path
+
+
+def _segmenter(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((K, 3, 1, 1)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, HW, HW])
+    y = helper.make_tensor_value_info("seg", TensorProto.FLOAT, [1, K, HW, HW])
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["seg"])], "g", [x], [y], initializer=[w])
+    onnx.save(_model(graph), str(path))
+    return path
+
+
+def _gray_input(path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, HW, HW])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, HW * HW])
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"], axis=1)], "g", [x], [y])
+    onnx.save(_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (_two_input_model, ["exactly one image input", "image", "mask"]),
+        (_segmenter, ["no B×K output", "seg", f"(1, {K}, {HW}, {HW})"]),
+        (_gray_input, ["3-channel", "x [1, 1, 8, 8]"]),
+    ],
+)
+def test_non_classifiers_refused(tmp_path, capsys, make, words):
+    src = make(tmp_path / "m.onnx")
+    assert main(["import-onnx", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for word in words:
+        assert word in err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_bad_files_and_folders(tmp_path):
+    with pytest.raises(ExportError, match="no such ONNX file"):
+        import_onnx(tmp_path / "missing.onnx", tmp_path / "a")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a protobuf" * 10)
+    with pytest.raises(ExportError, match="not a readable ONNX model"):
+        import_onnx(junk, tmp_path / "b")
+    src = _graph_classifier(tmp_path / "ok.onnx")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ExportError, match="not an empty folder"):
+        import_onnx(src, tmp_path / "full")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    with pytest.raises(ExportError, match=f"2 labels but the model has {K} classes"):
+        import_onnx(src, tmp_path / "c", labels=labels)
+    labels.write_text("".join(f"class {i}\n" for i in range(K)))
+    assert import_onnx(src, tmp_path / "d", labels=labels)["labels"] == [f"class {i}" for i in range(K)]
+
+
+def test_too_new_ir_version_is_lowered(tmp_path):
+    src = _graph_classifier(tmp_path / "new.onnx", opset=13, init_as_inputs=False)
+    model = onnx.load(str(src))
+    model.ir_version = onnx.IR_VERSION  # what `helper.make_model` writes with this onnx
+    onnx.save(model, str(src))
+    try:
+        ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    except Exception:
+        pass
+    else:
+        pytest.skip("this onnxruntime reads the newest IR version")
+    m = import_onnx(src, tmp_path / "out")
+    assert any("IR version lowered" in r for r in m["source"]["rewrites"])
+    x = _batch(2)
+    ref = ort.InferenceSession(str(tmp_path / "out" / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(Classifier.from_folder(tmp_path / "out")(x), ref.run(None, {"data_0:0": x})[0])
