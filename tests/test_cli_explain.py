@@ -1,0 +1,82 @@
+"""`eac explain` and `eac demo` end to end on the shipped demo classifier."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from eac.engine.cli import main
+from eac.engine.scenes import SHAPES, make_scene
+
+
+def _write_scene(path, seed):
+    scene = make_scene(np.random.default_rng(seed), 128)
+    cv2.imwrite(str(path), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    return scene
+
+
+def test_demo_finds_the_red_shape(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    scene = make_scene(np.random.default_rng(0), 128)
+    assert data["labels"] == [SHAPES[scene.label]]
+    masks = np.load(tmp_path / "d" / "masks.npz")
+    shape = tuple(masks["shape"])
+    masks = np.unpackbits(masks["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+    top = data["ranking"][0]
+    on_key = (masks[top] & scene.key_mask).sum() / masks[top].sum()
+    assert on_key > 0.8
+    assert data["info"]["metrics"]["insertion_auc"] > data["info"]["metrics"]["deletion_auc"]
+    for name in ("overlay.png", "concept_1.png", "input.png", "explanation.json"):
+        assert (tmp_path / "d" / name).is_file()
+
+
+def test_explain_folder_skips_bad_images_and_keeps_the_rest(tmp_path, demo_classifier_folder, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    scenes = [_write_scene(images / f"s{i}.png", 100 + i) for i in range(2)]
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    out = tmp_path / "out"
+    code = main(["explain", str(images), "--classifier", str(demo_classifier_folder), "--concepts", "grid",
+                 "--n-segments", "16", "--out", str(out), "--json", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1  # one image failed...
+    assert "broken.jpg" in captured.err and "corrupt" in captured.err
+    results = json.loads(captured.out)  # ...but the others were explained and saved
+    assert len(results) == 2
+    for i, scene in enumerate(scenes):
+        folder = out / f"s{i}"
+        assert (folder / "explanation.json").is_file() and (folder / "overlay.png").is_file()
+        assert results[i]["targets"] == [scene.label]
+
+
+def test_explain_with_label_masks_target_name_and_metrics(tmp_path, demo_classifier_folder, capsys):
+    scene = _write_scene(tmp_path / "scene.png", 7)
+    labels = np.zeros((128, 128), np.uint8)
+    for i, m in enumerate(scene.object_masks, start=1):
+        labels[m] = i
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    other = SHAPES[(scene.label + 1) % len(SHAPES)]
+    code = main(["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+                 "--masks", str(tmp_path / "labels.png"), "--target", other, "--metrics",
+                 "--method", "shapley-exact", "--out", str(tmp_path / "o"), "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["labels"] == [other]
+    assert data["num_concepts"] == len(scene.object_masks)
+    assert data["value_type"] == "shapley"
+    assert 0 <= data["info"]["metrics"]["insertion_auc"] <= 100
+
+
+def test_explain_errors_are_one_line(tmp_path, demo_classifier_folder, capsys):
+    _write_scene(tmp_path / "scene.png", 3)
+    code = main(["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+                 "--target", "7", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code != 0 and "out of range" in err and "Traceback" not in err
+    code = main(["explain", str(tmp_path / "scene.png"), "--classifier", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no such model folder" in err and len(err.strip().splitlines()) == 1
