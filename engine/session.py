@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from .errors import ModelFolderError, ProviderError
+from .errors import EacError, ModelFolderError, ProviderError
+
+try:
+    import onnxruntime as ort
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise EacError(
+        "ONNX Runtime is not installed: pip install 'eac[cpu]' (or 'eac[gpu]' with onnxruntime-gpu on NVIDIA GPUs)"
+    ) from _exc
 
 #: Short names accepted on the command line → ONNX Runtime provider names.
 PROVIDER_ALIASES = {
