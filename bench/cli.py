@@ -8,6 +8,10 @@ import sys
 
 from .harness import QUICK_LABEL
 
+#: Workload names and the default photograph (mirrored in :mod:`.workloads`, which imports torch).
+WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity")
+DEFAULT_PHOTO = "astronaut"
+
 #: What --help says about run times (measured on a 2-core CPU, see README "Performance").
 DESCRIPTION = """\
 Time the eac engine (ONNX Runtime) against a faithful PyTorch-eager re-implementation
@@ -39,8 +43,12 @@ how long (2-core CPU, one repeat): full runs are slow because the reference is â
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``eac bench`` to the ``eac`` command's subparsers."""
-    from .workloads import DEFAULT_PHOTO, WORKLOADS
+    """Add ``eac bench`` to the ``eac`` command's subparsers.
+
+    Registration runs on every ``eac`` command, so it must stay light: it may not
+    import torch (or anything that does) â€” :mod:`.workloads` is imported only when
+    a benchmark runs.
+    """
 
     p = subparsers.add_parser(
         "bench", help="benchmark the engine against the faithful PyTorch reference",
