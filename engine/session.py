@@ -247,7 +247,10 @@ class BoundRunner:
         if value is not None and tuple(value.shape()) == array.shape and value.data_type() == _ort_type(array.dtype):
             value.update_inplace(array)
             return value
-        value = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
+        # On the CPU device the OrtValue wraps the numpy memory instead of copying it;
+        # give it a private copy so later in-place updates never touch the caller's array.
+        owned = array.copy() if self.device == "cpu" else array
+        value = ort.OrtValue.ortvalue_from_numpy(owned, self.device, self.device_id)
         self.allocations += 1
         self._inputs[name] = value
         return value
@@ -264,7 +267,8 @@ class BoundRunner:
             # Outputs: let ORT allocate on the device; the binding keeps them until copied.
             binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
-        return [v.numpy() for v in binding.get_outputs()]
+        # .numpy() of a CPU OrtValue is a view of memory ORT reuses on the next run: copy.
+        return [np.array(v.numpy(), copy=True) for v in binding.get_outputs()]
 
 
 def _ort_type(dtype: np.dtype) -> str:
