@@ -449,8 +449,11 @@ def _torch_export(wrapper, example, path: Path, opset: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.no_grad():
-                # The TorchScript exporter: fast, and handles every opset from 11 to 20.
+            # The TorchScript exporter: fast, and handles every opset from 11 to 20. Not under
+            # no_grad: with grad disabled, nn.MultiheadAttention / TransformerEncoderLayer take
+            # their fused "fast path" (aten::_native_multi_head_attention), which has no ONNX
+            # symbolic; with grad enabled they run the plain ops, which export.
+            with torch.enable_grad():
                 torch.onnx.export(wrapper, (example,), str(path), dynamo=False, **kwargs)
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: {first_line(exc)})") from exc

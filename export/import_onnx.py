@@ -91,8 +91,8 @@ def import_onnx(
         Output folder (new or empty; written atomically).
     features_output : str, optional
         Name of a ``B×D`` features output of the graph.
-    probabilities : True or None
-        True: the model outputs probabilities. None: detect it.
+    probabilities : bool or None
+        True: the model outputs probabilities; False: it outputs logits; None: detect it.
     input_size : int, optional
         Crop side; required when the graph's input size is not static, and must
         agree with it when it is.
@@ -478,6 +478,8 @@ def _output_kind(proto, session, input_name, logits_name, layout, dtype, height,
                  probabilities, rng) -> tuple[str, str]:
     if probabilities:
         return "probabilities", "given (--probabilities)"
+    if probabilities is False:
+        return "logits", "given (probabilities=False)"
     if _producer_is_softmax(proto, logits_name):
         return "probabilities", "the output is produced by a Softmax node"
     rows = []

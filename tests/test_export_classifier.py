@@ -93,13 +93,25 @@ def test_head_reproduces_logits_from_features(small_folder):
 
 @pytest.mark.parametrize(
     "factory, layer, dim",
-    [("sequential_head_cnn", "classifier.3", 24), ("decoy_linear_cnn", "head", 10)],
+    [
+        ("sequential_head_cnn", "classifier.3", 24),
+        ("decoy_linear_cnn", "head", 10),
+        ("efficient_head_cnn", "classifier.1", tiny_models.FEATURE_DIM),
+        ("tiny_vit", "heads.head", tiny_models.FEATURE_DIM),
+    ],
 )
 def test_head_found_automatically(tmp_path, factory, layer, dim):
     m = export_classifier(tmp_path / "out", module=f"tests.tiny_models:{factory}", input_size=SIZE, resize=RESIZE)
     assert m["source"]["feature_layer"] == layer
     assert m["feature_dim"] == dim
-    assert np.load(tmp_path / "out" / "head.npz")["weight"].shape == (tiny_models.NUM_CLASSES, dim)
+    head = np.load(tmp_path / "out" / "head.npz")
+    assert head["weight"].shape == (tiny_models.NUM_CLASSES, dim)
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    got = _ort_run(tmp_path / "out", x)
+    with torch.no_grad():
+        ref = getattr(tiny_models, factory)()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got["logits"], ref, atol=PARITY_ATOL)
+    np.testing.assert_allclose(got["features"] @ head["weight"].T + head["bias"], got["logits"], atol=1e-5)
 
 
 def test_feature_layer_override_and_errors(tmp_path):
@@ -260,3 +272,76 @@ def test_torchvision_missing_gives_clear_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "torchvision is not installed" in err and "--module" in err
     assert not (tmp_path / "tv").exists() and _no_leftovers(tmp_path)
+
+
+class _FakeWeights:
+    """Stands in for a torchvision weights enum member."""
+
+    meta = {"categories": [f"tv{i}" for i in range(tiny_models.NUM_CLASSES)]}
+
+    def __str__(self) -> str:
+        return "SmallCNN_Weights.IMAGENET1K_V1"
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    """A torchvision with ``models.get_model`` / ``get_model_weights`` serving the tiny CNN as 'small_cnn'."""
+    import sys
+    import types
+
+    calls = []
+    tv = types.ModuleType("torchvision")
+    tv.__version__ = "0.0+fake"
+    models = types.ModuleType("torchvision.models")
+
+    def get_model(name, weights=None):
+        calls.append((name, weights))
+        if name != "small_cnn":
+            raise ValueError(f"Unknown model {name}")
+        model = tiny_models.small_cnn()
+        if weights is not None:  # "pretrained": recognisably different weights
+            with torch.no_grad():
+                model.fc.weight.mul_(3)
+        return model
+
+    def get_model_weights(name):
+        return types.SimpleNamespace(DEFAULT=_FakeWeights())
+
+    models.get_model = get_model
+    models.get_model_weights = get_model_weights
+    tv.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    return calls
+
+
+def test_torchvision_path(tmp_path, fake_torchvision):
+    fc = tiny_models.small_cnn().fc.weight.detach().numpy()
+    m = export_classifier(tmp_path / "rand", torchvision="small_cnn", input_size=SIZE, resize=RESIZE)
+    assert m["source"]["torchvision"] == "small_cnn" and "random" in m["source"]["weights_note"]
+    assert m["labels"] is None
+    m = export_classifier(tmp_path / "def", torchvision="small_cnn", weights="default", input_size=SIZE,
+                          resize=RESIZE)
+    assert m["source"]["weights"] == "SmallCNN_Weights.IMAGENET1K_V1"
+    assert m["labels"] == _FakeWeights.meta["categories"]
+    np.testing.assert_allclose(np.load(tmp_path / "def" / "head.npz")["weight"], 3 * fc, rtol=1e-6)
+    state = tiny_models.small_cnn().state_dict()
+    state["fc.bias"] = state["fc.bias"] + 1
+    torch.save(state, tmp_path / "w.pth")
+    m = export_classifier(tmp_path / "path", torchvision="small_cnn", weights=tmp_path / "w.pth",
+                          input_size=SIZE, resize=RESIZE)
+    np.testing.assert_allclose(np.load(tmp_path / "path" / "head.npz")["bias"], state["fc.bias"].numpy())
+    with pytest.raises(ExportError, match="Unknown model"):
+        export_classifier(tmp_path / "unknown", torchvision="resnet9000", input_size=SIZE, resize=RESIZE)
+    with pytest.raises(CheckpointError):
+        export_classifier(tmp_path / "bad", torchvision="small_cnn", weights=tmp_path / "nope.pth",
+                          input_size=SIZE, resize=RESIZE)
+
+
+@pytest.mark.slow
+def test_resnet50_sized_export(tmp_path):
+    """A ResNet-50 (bench's torchvision-layout copy, random weights) at 224: head found, parity holds."""
+    pytest.importorskip("eac.bench.models")
+    m = export_classifier(tmp_path / "r50", module="eac.bench.models:resnet50_factory")
+    assert m["source"]["feature_layer"] == "fc" and m["feature_dim"] == 2048 and m["num_classes"] == 1000
+    assert all(m["validation"]["max_abs_diff"][k] <= m["validation"]["tolerance"][k] for k in ("logits", "features"))

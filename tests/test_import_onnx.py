@@ -192,6 +192,7 @@ def test_logits_model_and_forced_probabilities(tmp_path):
     assert main(["import-onnx", str(src2), "--out", str(tmp_path / "b"), "--probabilities"]) == 0
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["output_kind"] == "probabilities" and "given" in manifest["source"]["output_kind_reason"]
+    assert import_onnx(src2, tmp_path / "c", probabilities=False)["output_kind"] == "logits"
 
 
 def test_nhwc_input(tmp_path):

@@ -8,6 +8,8 @@ They cover the shapes of head an exporter meets in common architectures:
 * :func:`sequential_head_cnn` — ``classifier = Sequential(Dropout, Linear, ReLU, Linear)``
   (VGG/EfficientNet-like: the head is ``classifier.3``; an earlier Linear has
   another width).
+* :func:`efficient_head_cnn` — ``classifier = Sequential(Dropout, Linear)``: head ``classifier.1``.
+* :func:`tiny_vit` — torchvision's ViT layout: head ``heads.head`` applied to the class token.
 * :func:`decoy_linear_cnn` — two Linear layers with K outputs; the last one in
   module order is the head.
 * :func:`softmax_cnn` — applies softmax after the head (its output is not logits).
@@ -17,11 +19,16 @@ They cover the shapes of head an exporter meets in common architectures:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
 NUM_CLASSES = 5
 FEATURE_DIM = 16
+VIT_IMAGE = 32
+VIT_PATCH = 8
+VIT_HEADS = 2
 _SEED = 1234
 
 
@@ -103,6 +110,55 @@ class TracingMismatchCNN(SmallCNN):
         if torch.onnx.is_in_onnx_export():
             out = out + 1.0
         return out
+
+
+class TinyViT(nn.Module):
+    """A ViT in torchvision's layout: patch conv, class token, encoder, ``heads.head``.
+
+    Input side :data:`VIT_IMAGE` (the position embedding fixes it).
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, dim: int = FEATURE_DIM, patch: int = VIT_PATCH,
+                 image: int = VIT_IMAGE):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, dim, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, dim))
+        self.attn = nn.MultiheadAttention(dim, VIT_HEADS, batch_first=True)
+        self.ln1 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.ln2 = nn.LayerNorm(dim)
+        self.ln = nn.LayerNorm(dim)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(dim, num_classes)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embedding
+        y = self.ln1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.mlp(self.ln2(x))
+        return self.heads(self.ln(x)[:, 0])
+
+
+class EfficientHeadCNN(nn.Module):
+    """EfficientNet/MobileNet-like: ``avgpool`` then ``classifier = Sequential(Dropout, Linear)``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, width: int = FEATURE_DIM):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.SiLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def tiny_vit() -> nn.Module:
+    return _init(TinyViT())
+
+
+def efficient_head_cnn() -> nn.Module:
+    return _init(EfficientHeadCNN())
 
 
 def small_cnn() -> nn.Module:
