@@ -182,8 +182,8 @@ class Classifier:
         for dim, want in zip(shape, expected):
             if isinstance(dim, int) and want is not None and dim != want:
                 raise self._bad(mismatch)
-        if self.max_batch is None and isinstance(shape[0], int) and shape[0] != 1:
-            # A graph with a static batch other than what the manifest says cannot run any batch size.
+        if self.max_batch is None and isinstance(shape[0], int):
+            # The manifest promises any batch size, but the graph's batch axis is static.
             raise self._bad(mismatch)
         if inputs[0].type not in _ORT_FLOAT_TYPES:
             raise self._bad(f"input type {inputs[0].type} is not float32/float16")

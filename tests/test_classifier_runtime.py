@@ -262,3 +262,21 @@ def test_concurrent_calls_equal_sequential(folder, prob_folder):
         assert not errors
         for got, ref in zip(results, sequential):
             np.testing.assert_array_equal(got, ref)
+
+
+def test_fp16_folder(tmp_path, folder):
+    export_classifier(tmp_path / "h", module="tests.tiny_models:small_cnn", input_size=SIZE, resize=RESIZE,
+                      mean=MEAN, std=STD, fp16=True)
+    half = Classifier.from_folder(tmp_path / "h")
+    x = np.random.default_rng(5).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    out, ref = half.run(x), Classifier.from_folder(folder).run(x)
+    assert out.logits.dtype == np.float32 and out.features.dtype == np.float32
+    np.testing.assert_allclose(out.logits, ref.logits, atol=5e-2)
+
+
+def test_static_batch_graph_with_dynamic_manifest_refused(prob_folder, tmp_path):
+    dst = tmp_path / "p"
+    shutil.copytree(prob_folder, dst)
+    _edit_manifest(dst, input__batch=None)
+    with pytest.raises(ModelFolderError, match="does not match"):
+        Classifier.from_folder(dst)
