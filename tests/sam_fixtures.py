@@ -23,10 +23,10 @@ TINY_SAM = SamArchitecture(
     iou_head_hidden_dim=32,
     mask_in_chans=8,
 )
-#: Scale applied to the mask head's hypernetwork output so random-weight masks
-#: have logits of a few units (not all near 0): thresholding then gives
-#: masks of varied size instead of noise around the threshold.
-MASK_LOGIT_GAIN = 4.0
+#: Scale applied to the mask head's hypernetwork output. Random weights give
+#: logits of about ±0.1, so every stability score would be 0; this gain brings
+#: them to a few units (the sign, hence the masks, is unchanged).
+MASK_LOGIT_GAIN = 64.0
 
 
 def build_tiny_sam(seed: int = 0, arch: SamArchitecture = TINY_SAM):
@@ -37,9 +37,14 @@ def build_tiny_sam(seed: int = 0, arch: SamArchitecture = TINY_SAM):
     try:
         torch.manual_seed(seed)
         sam = build_sam_model(arch)
-        # Random init leaves the positional-encoding matrix at scale 1; everything else as
-        # built. Strengthen the mask logits so masks are non-degenerate.
+        # Random transposed-convolution kernels make every 4×4 block of the low-res
+        # masks a random pattern (salt-and-pepper masks); with the kernel shared by
+        # the 2×2 positions the upscaling is a nearest-neighbour one and the masks
+        # follow the image embedding: regions, as a trained SAM gives.
         with torch.no_grad():
+            for layer in sam.mask_decoder.output_upscaling:
+                if isinstance(layer, torch.nn.ConvTranspose2d):
+                    layer.weight.copy_(layer.weight.mean(dim=(2, 3), keepdim=True).expand_as(layer.weight))
             for mlp in sam.mask_decoder.output_hypernetworks_mlps:
                 mlp.layers[-1].weight.mul_(MASK_LOGIT_GAIN)
                 mlp.layers[-1].bias.mul_(MASK_LOGIT_GAIN)

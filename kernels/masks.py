@@ -1,0 +1,270 @@
+"""Vectorised post-processing of SAM mask candidates (numpy + opencv, plain arrays in and out).
+
+The automatic mask generator produces 3 candidate masks per point prompt as
+low-resolution logits (256×256 for SAM, covering the padded 1024×1024 encoder
+input). These kernels score and filter them *at low resolution*, map the
+survivors straight into the output frame (one bilinear resampling, no
+1024×1024 intermediate), and remove duplicates:
+
+* :func:`point_grid` — the regular grid of single-point prompts;
+* :func:`longest_side_shape` — SAM's ``ResizeLongestSide`` target shape;
+* :func:`stability_scores` — IoU of the masks thresholded at ``t ± offset``;
+* :func:`logits_to_frame` — low-res logits → logits over an h×w output frame;
+* :func:`masks_to_boxes`, :func:`box_iou`, :func:`nms` — boxes and greedy NMS;
+* :func:`remove_small_regions` — fill small holes and drop small islands.
+
+Conventions follow segment-anything: boxes are ``x0, y0, x1, y1`` with
+*inclusive* pixel coordinates (a one-pixel mask has the box ``x, y, x, y``)
+and areas ``(x1 - x0) · (y1 - y0)`` in the IoU, as torchvision computes them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+#: Largest number of boxes whose pairwise IoU matrix :func:`nms` builds at once.
+NMS_BLOCK = 2048
+
+
+def point_grid(n_per_side: int) -> np.ndarray:
+    """Points evenly spaced in the unit square, cell centres, row-major (x varies fastest).
+
+    Parameters
+    ----------
+    n_per_side : int
+        Points per side (SAM's ``points_per_side``).
+
+    Returns
+    -------
+    ndarray of float64, (n_per_side², 2)
+        ``(x, y)`` in [0, 1], as ``segment_anything.utils.amg.build_point_grid``.
+    """
+    if n_per_side < 1:
+        raise ValueError(f"points per side must be at least 1, got {n_per_side}")
+    offset = 1.0 / (2 * n_per_side)
+    side = np.linspace(offset, 1.0 - offset, n_per_side)
+    xs, ys = np.meshgrid(side, side)  # xs varies along columns
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def longest_side_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) after resizing so the longest side is ``long_side`` (rounded half up, as SAM)."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def stability_scores(logits: np.ndarray, threshold: float = 0.0, offset: float = 1.0) -> np.ndarray:
+    """Stability score of each mask: IoU of ``logits > t + offset`` and ``logits > t - offset``.
+
+    Parameters
+    ----------
+    logits : ndarray, N×H×W
+        Mask logits (any resolution; the generator uses the low-res ones).
+    threshold : float
+        Mask threshold ``t`` (0 for SAM).
+    offset : float
+        Threshold offset (SAM's ``stability_score_offset``, 1.0).
+
+    Returns
+    -------
+    ndarray of float32, N
+        Scores in [0, 1]. The high mask is a subset of the low one, so the IoU is
+        a ratio of counts; a mask empty at the low threshold scores 0.
+    """
+    logits = np.asarray(logits)
+    n = logits.shape[0]
+    flat = logits.reshape(n, int(np.prod(logits.shape[1:])))
+    inter = np.count_nonzero(flat > threshold + offset, axis=1)
+    union = np.count_nonzero(flat > threshold - offset, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return score.astype(np.float32)
+
+
+def frame_affine(out_hw: tuple[int, int], valid_hw: tuple[float, float]) -> np.ndarray:
+    """Affine map from output-frame pixel (x, y) to low-res logit coordinates.
+
+    The output frame (h×w) is the image that was resized to the encoder input
+    and whose resized extent covers ``valid_hw`` low-res pixels (input size / 4,
+    possibly fractional). Pixel centres are aligned as in two chained
+    ``F.interpolate(..., align_corners=False)`` calls (low-res → input → frame),
+    which compose to a single bilinear sampling at these coordinates.
+
+    Returns
+    -------
+    ndarray of float64, 2×3
+        ``[[sx, 0, tx], [0, sy, ty]]`` for ``cv2.warpAffine(..., WARP_INVERSE_MAP)``.
+    """
+    h, w = out_hw
+    sy, sx = valid_hw[0] / h, valid_hw[1] / w
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]], dtype=np.float64)
+
+
+def logits_to_frame(logits: np.ndarray, out_hw: tuple[int, int], valid_hw: tuple[float, float]) -> np.ndarray:
+    """Resample low-res mask logits into the output frame (bilinear, edge-clamped).
+
+    Parameters
+    ----------
+    logits : ndarray of float32, N×L×L
+        Low-resolution logits over the padded encoder input (L = 256 for SAM).
+    out_hw : (int, int)
+        Output frame size (h, w): the image given to SAM, e.g. a 224×224 crop.
+    valid_hw : (float, float)
+        Extent of the resized image inside the low-res grid, in low-res pixels
+        (``resized_h / 4, resized_w / 4``); the padding beyond it is ignored.
+
+    Returns
+    -------
+    ndarray of float32, N×h×w
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    n = logits.shape[0]
+    h, w = int(out_hw[0]), int(out_hw[1])
+    out = np.empty((n, h, w), dtype=np.float32)
+    if n == 0:
+        return out
+    matrix = frame_affine((h, w), valid_hw)
+    # Only rows/columns up to the valid extent (+1 for interpolation) are ever read.
+    rows = min(logits.shape[1], int(math.ceil(valid_hw[0])) + 1)
+    cols = min(logits.shape[2], int(math.ceil(valid_hw[1])) + 1)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    for i in range(n):
+        out[i] = cv2.warpAffine(logits[i, :rows, :cols], matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Bounding boxes of boolean masks.
+
+    Parameters
+    ----------
+    masks : ndarray of bool, N×H×W
+
+    Returns
+    -------
+    ndarray of int64, N×4
+        ``x0, y0, x1, y1`` (inclusive); ``0, 0, 0, 0`` for an empty mask.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    n, h, w = masks.shape
+    if n == 0:
+        return np.zeros((0, 4), np.int64)
+    rows = masks.any(axis=2)  # N×H
+    cols = masks.any(axis=1)  # N×W
+    top = rows.argmax(axis=1)
+    bottom = h - 1 - rows[:, ::-1].argmax(axis=1)
+    left = cols.argmax(axis=1)
+    right = w - 1 - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([left, top, right, bottom], axis=1).astype(np.int64)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
+
+
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Areas ``(x1 - x0)·(y1 - y0)`` of N×4 boxes (N,)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of N×4 and M×4 boxes (N×M float64; NaN for two zero-area boxes)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(bottom_right - top_left, 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / union
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression.
+
+    Boxes are visited in descending score order (stable for ties); a box is
+    kept unless its IoU with an already kept box is greater than
+    ``iou_threshold``.
+
+    Parameters
+    ----------
+    boxes : ndarray, N×4
+    scores : ndarray, N
+    iou_threshold : float
+
+    Returns
+    -------
+    ndarray of int64, K
+        Indices of kept boxes, highest score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    n = boxes.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    boxes = boxes[order]
+    removed = np.zeros(n, dtype=bool)
+    keep = []
+    for start in range(0, n, NMS_BLOCK):
+        stop = min(n, start + NMS_BLOCK)
+        # Suppression of this block by boxes kept in earlier blocks.
+        if keep:
+            kept = np.asarray(keep)
+            removed[start:stop] |= (box_iou(boxes[kept], boxes[start:stop]) > iou_threshold).any(axis=0)
+        iou = box_iou(boxes[start:stop], boxes[start:])  # block × rest
+        for i in range(stop - start):
+            if removed[start + i]:
+                continue
+            keep.append(start + i)
+            removed[start:] |= iou[i] > iou_threshold
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def remove_small_regions(masks: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill holes and remove islands smaller than ``min_area`` pixels (8-connectivity).
+
+    As segment-anything's ``remove_small_regions`` applied with ``"holes"``
+    then ``"islands"``: every background component (a hole, or a piece of the
+    outside) smaller than ``min_area`` is filled; then foreground components
+    smaller than ``min_area`` are removed, except that the largest one is kept
+    when all are small.
+
+    Parameters
+    ----------
+    masks : ndarray of bool, N×H×W
+    min_area : int
+
+    Returns
+    -------
+    masks : ndarray of bool, N×H×W
+        Cleaned masks (new array).
+    changed : ndarray of bool, N
+        Whether each mask was modified.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    out = masks.copy()
+    changed = np.zeros(len(masks), dtype=bool)
+    if min_area <= 0:
+        return out, changed
+    for i in range(len(masks)):
+        mask = out[i]
+        for fill_holes in (True, False):
+            working = (mask ^ fill_holes).astype(np.uint8)
+            count, labels, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)
+            sizes = stats[1:, cv2.CC_STAT_AREA]
+            small = np.flatnonzero(sizes < min_area) + 1
+            if small.size == 0:
+                continue
+            changed[i] = True
+            if fill_holes:
+                mask = mask | np.isin(labels, small)
+            else:
+                keep = np.setdiff1d(np.arange(1, count), small)
+                if keep.size == 0:
+                    keep = np.array([int(np.argmax(sizes)) + 1])
+                mask = np.isin(labels, keep)
+        out[i] = mask
+    return out, changed
