@@ -97,7 +97,7 @@ def import_onnx(
         Crop side; required when the graph's input size is not static, and must
         agree with it when it is.
     resize : int, optional
-        Shorter side before the crop (default ``round(input_size * 256 / 224)``).
+        Shorter side before the crop (default ``round(max(H, W) * 256 / 224)``).
     mean, std : 3 floats, optional
         R, G, B normalisation on the 0-1 scale (default ImageNet's).
     channel_order : {"RGB", "BGR"}
@@ -143,6 +143,22 @@ def import_onnx(
         _set_static_hw(proto, layout, height, width)
         rewrites.append(f"input {name!r}: spatial size fixed to {height}×{width}")
 
+    crop_side = height if height == width else None
+    if resize is None:
+        resize = int(round(max(height, width) * RESIZE_RATIO))  # the crop fits either orientation
+        assumed.append(f"resize {resize} (round(crop × 256/224))")
+    elif resize < max(height, width):
+        raise ExportError(f"--resize {resize} is smaller than the input size {height}×{width}")
+    if mean is None:
+        mean = IMAGENET_MEAN
+        assumed.append("ImageNet mean")
+    if std is None:
+        std = IMAGENET_STD
+        assumed.append("ImageNet std")
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not np.all(np.isfinite(mean)):
+        raise ExportError("--mean and --std take three numbers each (R G B, 0-1 scale), std positive")
+
     out = Path(out)
     staged = StagedFolder(out)
     with staged as tmp:
@@ -171,7 +187,7 @@ def import_onnx(
                                          probe_batch, probabilities, rng)
 
         batch, batch_check = fixed_batch, None
-        dynamic = _make_batch_dynamic(proto)
+        dynamic = _make_batch_dynamic(proto, fixed_batch)
         check_dir = tmp / _CHECK_DIR
         check_dir.mkdir()
         ok, batch_check = _check_dynamic(dynamic, check_dir / MODEL_FILENAME, session, name, output_names, layout,
@@ -191,21 +207,6 @@ def import_onnx(
 
         if label_list is not None and len(label_list) != num_classes:
             raise ExportError(f"{labels}: {len(label_list)} labels but the model has {num_classes} classes")
-        crop_side = height if height == width else None
-        if resize is None:
-            resize = int(round(min(height, width) * RESIZE_RATIO))
-            assumed.append(f"resize {resize} (round(crop × 256/224))")
-        elif resize < min(height, width):
-            raise ExportError(f"--resize {resize} is smaller than the input size {height}×{width}")
-        if mean is None:
-            mean = IMAGENET_MEAN
-            assumed.append("ImageNet mean")
-        if std is None:
-            std = IMAGENET_STD
-            assumed.append("ImageNet std")
-        mean, std = [float(v) for v in mean], [float(v) for v in std]
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ExportError("--mean and --std take three numbers each (R G B, 0-1 scale), std positive")
 
         manifest = {
             "kind": "classifier",
@@ -344,15 +345,22 @@ def _flatten_output(proto, name: str, rewrites: list[str]) -> str:
     return new_name
 
 
-def _make_batch_dynamic(proto):
-    """A copy of ``proto`` with dim 0 of the input and of every output symbolic."""
+def _make_batch_dynamic(proto, batch: int | None):
+    """A copy of ``proto`` whose input batch axis is symbolic.
+
+    Outputs whose first axis is the batch (``batch`` when static, or not static)
+    get the same symbolic axis; other outputs keep their shapes.
+    """
     dyn = copy.deepcopy(proto)
     graph = dyn.graph
-    for value in list(graph.input) + list(graph.output):
+    for i, value in enumerate(list(graph.input) + list(graph.output)):
         t = value.type.tensor_type
-        if t.HasField("shape") and len(t.shape.dim) >= 1:
-            t.shape.dim[0].Clear()
-            t.shape.dim[0].dim_param = BATCH_DIM_NAME
+        if not t.HasField("shape") or len(t.shape.dim) < 1:
+            continue
+        first = t.shape.dim[0]
+        if i == 0 or not first.HasField("dim_value") or first.dim_value == batch:
+            first.Clear()
+            first.dim_param = BATCH_DIM_NAME
     # Intermediate shapes recorded for the fixed batch would contradict the new one.
     del graph.value_info[:]
     return dyn
