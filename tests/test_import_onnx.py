@@ -326,3 +326,16 @@ def test_too_new_ir_version_is_lowered(tmp_path):
     x = _batch(2)
     ref = ort.InferenceSession(str(tmp_path / "out" / "classifier.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(Classifier.from_folder(tmp_path / "out")(x), ref.run(None, {"data_0:0": x})[0])
+
+
+def test_non_square_input(tmp_path):
+    src = _graph_classifier(tmp_path / "wide.onnx", hw=(HW, HW + 4))
+    m = import_onnx(src, tmp_path / "out")
+    assert m["preprocess"]["crop"] == [HW, HW + 4]
+    assert m["preprocess"]["resize"] == round((HW + 4) * 256 / 224)
+    clf = Classifier.from_folder(tmp_path / "out")
+    assert clf.input_hw == (HW, HW + 4)
+    for shape in ((30, 20, 3), (20, 30, 3)):  # portrait and landscape both fit
+        crop, frame = clf.crop(np.zeros(shape, np.uint8))
+        assert crop.shape == (HW, HW + 4, 3) and frame.hw == (HW, HW + 4)
+    assert clf.run(clf.normalize(crop)).logits.shape == (1, K)
