@@ -124,6 +124,7 @@ def export_classifier(
     ValidationError
         ONNX Runtime disagrees with PyTorch beyond tolerance.
     """
+    _require_torch()
     opset = CLASSIFIER.opset if opset is None else int(opset)
     mean_t, std_t = _check_preprocess(input_size, resize, mean, std, channel_order, opset)
     label_list = read_labels(labels)
@@ -228,6 +229,16 @@ def export_classifier(
         write_manifest(tmp, manifest)
         staged.commit()
     return _reread(out)
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"exporting needs PyTorch ({first_line(exc)}); install the export extra: "
+            "pip install torch==2.13.0 -e '.[export]' (see README)"
+        ) from exc
 
 
 def _reread(out: Path) -> dict[str, Any]:
