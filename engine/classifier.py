@@ -111,7 +111,7 @@ class Classifier:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, session_options: SessionOptions | None = None) -> "Classifier":
+    def from_folder(cls, folder: str | os.PathLike, session_options: SessionOptions | None = None) -> Classifier:
         """Load a classifier folder.
 
         Raises

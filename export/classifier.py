@@ -26,8 +26,9 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -285,7 +286,7 @@ def _build_module(spec: str, checkpoint) -> tuple[Any, dict[str, Any]]:
 
 def _build_torchvision(name: str, weights: str | None) -> tuple[Any, dict[str, Any], list[str] | None]:
     try:
-        import torchvision  # noqa: F401
+        import torchvision
         from torchvision.models import get_model, get_model_weights
     except ImportError as exc:
         raise ExportError(
@@ -450,13 +451,13 @@ def FeatureCapture(model, head=None, head_name: str | None = None):
 def _torch_export(wrapper, example, path: Path, opset: int) -> None:
     import torch
 
-    kwargs = dict(
-        input_names=list(CLASSIFIER.inputs),
-        output_names=list(CLASSIFIER.outputs),
-        dynamic_axes=CLASSIFIER.dynamic_axes,
-        opset_version=opset,
-        do_constant_folding=True,
-    )
+    kwargs = {
+        "input_names": list(CLASSIFIER.inputs),
+        "output_names": list(CLASSIFIER.outputs),
+        "dynamic_axes": CLASSIFIER.dynamic_axes,
+        "opset_version": opset,
+        "do_constant_folding": True,
+    }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -481,4 +482,4 @@ def _ort_session(path: Path):
         raise ExportError(f"ONNX Runtime cannot load the exported graph ({first_line(exc)})") from exc
 
 
-__all__ = ["export_classifier", "find_head", "FeatureCapture", "ValidationError"]
+__all__ = ["FeatureCapture", "ValidationError", "export_classifier", "find_head"]

@@ -28,8 +28,9 @@ import copy
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def import_onnx(
 
     crop_side = height if height == width else None
     if resize is None:
-        resize = int(round(max(height, width) * RESIZE_RATIO))  # the crop fits either orientation
+        resize = round(max(height, width) * RESIZE_RATIO)  # the crop fits either orientation
         assumed.append(f"resize {resize} (round(crop × 256/224))")
     elif resize < max(height, width):
         raise ExportError(f"--resize {resize} is smaller than the input size {height}×{width}")
@@ -379,7 +380,7 @@ def _save(proto, path: Path) -> dict[str, str]:
 
     try:
         big = proto.ByteSize() > _PROTO_LIMIT_BYTES
-    except Exception:  # ByteSize itself fails past 2 GiB on some protobuf builds
+    except Exception:  # noqa: BLE001 - ByteSize itself fails past 2 GiB on some protobuf builds
         big = True
     try:
         if big:
@@ -527,7 +528,7 @@ def _check_dynamic(dynamic, path: Path, session, input_name, output_names, layou
         _save(dynamic, path)
         candidate = _session(path, quiet=True)  # failing here is an expected outcome, not worth a log line
         got = candidate.run(output_names, {input_name: x})
-    except Exception as exc:  # ExportError from loading, or ORT failing on the new batch size
+    except Exception as exc:  # noqa: BLE001 - ORT raises several types; any failure means "keep the fixed batch"
         report.update({"dynamic": False, "reason": first_line(exc)})
         return False, report
     diffs = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +12,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eac.engine.classifier import Classifier, ClassifierOutput  # noqa: E402
-from eac.engine.errors import InputShapeError, ManifestVersionError, ModelFolderError  # noqa: E402
-from eac.engine.images import apply_frame  # noqa: E402
-from eac.export.classifier import export_classifier  # noqa: E402
-from eac.export.import_onnx import import_onnx  # noqa: E402
-from tests import tiny_models  # noqa: E402
+from eac.engine.classifier import Classifier, ClassifierOutput
+from eac.engine.errors import InputShapeError, ManifestVersionError, ModelFolderError
+from eac.engine.images import apply_frame
+from eac.export.classifier import export_classifier
+from eac.export.import_onnx import import_onnx
+
+from tests import tiny_models
 
 # the legacy TorchScript exporter (used to write "wild" ONNX files) warns that it is deprecated
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -237,31 +238,21 @@ def test_malformed_manifest(folder, tmp_path):
         Classifier.from_folder(dst)
 
 
-def test_concurrent_calls_equal_sequential(folder, prob_folder):
-    for path in (folder, prob_folder):
-        clf = Classifier.from_folder(path)
-        rng = np.random.default_rng(4)
-        batches = [rng.standard_normal((1 + i % 4, 3, SIZE, SIZE)).astype(np.float32) for i in range(12)]
-        sequential = [clf(b) for b in batches]
-        results: list = [None] * len(batches)
-        errors: list = []
+THREADS = 4
+REPEATS = 3
 
-        def work(indices):
-            try:
-                for _ in range(3):
-                    for i in indices:
-                        results[i] = clf(batches[i])
-            except Exception as exc:  # surfaced below
-                errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(list(range(t, len(batches), 4)),)) for t in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
-        for got, ref in zip(results, sequential):
-            np.testing.assert_array_equal(got, ref)
+@pytest.mark.parametrize("which", ["folder", "prob_folder"])
+def test_concurrent_calls_equal_sequential(request, which):
+    clf = Classifier.from_folder(request.getfixturevalue(which))
+    rng = np.random.default_rng(4)
+    batches = [rng.standard_normal((1 + i % 4, 3, SIZE, SIZE)).astype(np.float32) for i in range(12)]
+    sequential = [clf(b) for b in batches]
+    jobs = batches * REPEATS
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        concurrent = list(pool.map(clf, jobs))  # worker exceptions re-raise here
+    for got, ref in zip(concurrent, sequential * REPEATS):
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_fp16_folder(tmp_path, folder):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,11 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from eac.engine.cli import main  # noqa: E402
-from eac.export import classifier as export_mod  # noqa: E402
-from eac.export.classifier import export_classifier  # noqa: E402
-from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
-from tests import tiny_models  # noqa: E402
+from eac.engine.cli import main
+from eac.export import classifier as export_mod
+from eac.export.classifier import export_classifier
+from eac.export.errors import CheckpointError, ExportError, ValidationError
+
+from tests import tiny_models
 
 SIZE = 32
 RESIZE = 36
@@ -277,7 +279,7 @@ def test_torchvision_missing_gives_clear_error(tmp_path, capsys):
 class _FakeWeights:
     """Stands in for a torchvision weights enum member."""
 
-    meta = {"categories": [f"tv{i}" for i in range(tiny_models.NUM_CLASSES)]}
+    meta: ClassVar[dict] = {"categories": [f"tv{i}" for i in range(tiny_models.NUM_CLASSES)]}
 
     def __str__(self) -> str:
         return "SmallCNN_Weights.IMAGENET1K_V1"

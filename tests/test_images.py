@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from eac.engine.errors import ImageError
 from eac.engine.images import apply_frame, list_images, load_image, resize_crop_frame, to_rgb_uint8
 
@@ -52,7 +51,7 @@ def test_bmp_and_webp(tmp_path):
     img = _rgb_pattern()
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     np.testing.assert_array_equal(load_image(_write(tmp_path / "a.bmp", bgr)), img)
-    ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
+    _, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
     (tmp_path / "a.webp").write_bytes(buf.tobytes())
     np.testing.assert_array_equal(load_image(tmp_path / "a.webp"), img)
 
@@ -89,7 +88,7 @@ def test_16bit_png(tmp_path):
 @pytest.mark.parametrize("orientation, rot90_k", [(1, 0), (3, 2), (6, -1), (8, 1)])
 def test_exif_orientation_is_applied(tmp_path, orientation, rot90_k):
     img = _rgb_pattern()
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    _, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     data = buf.tobytes()
     path = tmp_path / f"o{orientation}.jpg"
     path.write_bytes(data[:2] + _exif_app1(orientation) + data[2:])  # APP1 right after SOI
