@@ -289,15 +289,20 @@ def import_segment_anything():
         The ``segment_anything`` package.
     """
     try:
-        from . import tvshim  # noqa: F401  (installs the torchvision stand-in when torchvision is absent)
+        from . import tvshim
     except ImportError as exc:
+        tvshim = None
+        shim_error = exc
+    if tvshim is not None:
+        tvshim.install()  # no-op when a real torchvision is importable
+    else:
         try:
             import torchvision  # noqa: F401
         except ImportError:
             raise BenchModelError(
                 "segment-anything imports torchvision, which is not installed, and eac.bench.tvshim "
-                f"(the stand-in) is unavailable ({exc})"
-            ) from exc
+                f"(the stand-in) is unavailable ({shim_error})"
+            ) from shim_error
     try:
         import segment_anything
     except ImportError as exc:

@@ -77,7 +77,7 @@ class QuickSettings:
 
     classifier_arch: str = "tiny"
     sam_model_type: str = "tiny"
-    points_per_side: int = 8
+    points_per_side: int = 4
     agreement_points_per_side: int = 4
     n_concepts: int = 12
     reference: ReferenceSettings = ReferenceSettings(n_coalitions=160, epochs=3, mc_samples=2000)
