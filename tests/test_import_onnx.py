@@ -340,3 +340,21 @@ def test_non_square_input(tmp_path):
         crop, frame = clf.crop(np.zeros(shape, np.uint8))
         assert crop.shape == (HW, HW + 4, 3) and frame.hw == (HW, HW + 4)
     assert clf.run(clf.normalize(crop)).logits.shape == (1, K)
+
+
+def test_float16_input(tmp_path):
+    src = _graph_classifier(tmp_path / "f32.onnx", opset=13, init_as_inputs=False, input_name="x32")
+    model = onnx.load(str(src))
+    graph = model.graph
+    graph.input[0].name = "image_fp16"
+    graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    graph.node.insert(0, helper.make_node("Cast", ["image_fp16"], ["x32"], to=TensorProto.FLOAT))
+    model.ir_version = ORT_IR_VERSION
+    onnx.save(model, str(tmp_path / "f16.onnx"))
+    m = import_onnx(tmp_path / "f16.onnx", tmp_path / "out")
+    assert m["input"]["dtype"] == "float16" and m["precision"] == "fp16"
+    x = _batch(3)
+    got = Classifier.from_folder(tmp_path / "out")(x)
+    ref = _original_run(src, x.astype(np.float16).astype(np.float32))  # the fp16 rounding of the input
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=ATOL)
