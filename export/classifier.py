@@ -168,6 +168,12 @@ def export_classifier(
 
         session = _ort_session(onnx_path)
         check_io_names(session, CLASSIFIER.inputs, CLASSIFIER.outputs, model="classifier")
+        weight = head.weight.detach().float().cpu().numpy().astype(np.float32)
+        bias = (
+            head.bias.detach().float().cpu().numpy().astype(np.float32)
+            if head.bias is not None
+            else np.zeros(num_classes, np.float32)
+        )
         validation: dict[str, Any]
         if validate:
             got = session.run(list(CLASSIFIER.outputs), {CLASSIFIER.inputs[0]: val_x.numpy()})
@@ -183,17 +189,13 @@ def export_classifier(
                 "traced_batch": TRACE_BATCH,
                 "max_abs_diff": diffs,
                 "tolerance": CLASSIFIER.tolerances(fp16),
+                # how well head.npz reproduces the ONNX logits from the ONNX features
+                "head_max_abs_diff": _head_residual(got[1], got[0], weight, bias),
                 "passed": True,
             }
         else:
             validation = {"skipped": True}
 
-        weight = head.weight.detach().float().cpu().numpy().astype(np.float32)
-        bias = (
-            head.bias.detach().float().cpu().numpy().astype(np.float32)
-            if head.bias is not None
-            else np.zeros(num_classes, np.float32)
-        )
         np.savez(tmp / HEAD_FILENAME, weight=weight, bias=bias)
 
         source.update({"feature_layer": head_name, "torch_version": torch.__version__})
@@ -230,6 +232,12 @@ def export_classifier(
         write_manifest(tmp, manifest)
         staged.commit()
     return _reread(out)
+
+
+def _head_residual(features: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> float:
+    """max |features @ weight.T + bias - logits| (B×D, B×K, K×D, K) in float64."""
+    predicted = features.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    return float(np.max(np.abs(predicted - logits)))
 
 
 def _require_torch() -> None:

@@ -66,6 +66,7 @@ def test_cli_writes_complete_folder(small_folder):
     assert val["passed"] and val["batch"] != val["traced_batch"]
     assert set(val["max_abs_diff"]) == {"logits", "features"}
     assert all(val["max_abs_diff"][k] <= val["tolerance"][k] for k in val["tolerance"])
+    assert 0 <= val["head_max_abs_diff"] < 1e-5
 
 
 def test_onnx_matches_pytorch_on_other_batch_sizes(small_folder):
