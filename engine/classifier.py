@@ -30,7 +30,7 @@ import numpy as np
 from .concepts import Frame
 from .errors import InputShapeError, ModelFolderError
 from .images import apply_frame, resize_crop_frame, to_rgb_uint8
-from .manifest import MANIFEST_NAME, model_path, read_manifest
+from .manifest import MANIFEST_NAME, model_path, read_manifest, verify_files
 from .session import SessionOptions, SessionRunner, TensorRTProfile, active_provider, create_session
 
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -111,8 +111,20 @@ class Classifier:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, session_options: SessionOptions | None = None) -> Classifier:
+    def from_folder(
+        cls, folder: str | os.PathLike, session_options: SessionOptions | None = None, verify: bool = False
+    ) -> Classifier:
         """Load a classifier folder.
+
+        Parameters
+        ----------
+        folder : path-like
+            Written by ``eac export classifier`` or ``eac import-onnx``.
+        session_options : SessionOptions, optional
+            Providers and threads (default: ``"auto"`` providers).
+        verify : bool
+            Also check every file's SHA-256 against the manifest (reads every
+            byte; sizes are always checked).
 
         Raises
         ------
@@ -123,6 +135,8 @@ class Classifier:
             The manifest comes from a newer eac.
         """
         manifest = read_manifest(folder, "classifier")
+        if verify:
+            verify_files(folder, manifest)
         return cls(folder, manifest, session_options)
 
     def _bad(self, what: str) -> ModelFolderError:

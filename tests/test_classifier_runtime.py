@@ -271,3 +271,13 @@ def test_static_batch_graph_with_dynamic_manifest_refused(prob_folder, tmp_path)
     _edit_manifest(dst, input__batch=None)
     with pytest.raises(ModelFolderError, match="does not match"):
         Classifier.from_folder(dst)
+
+
+def test_verify_detects_changed_weights(folder, tmp_path):
+    dst = _copy(folder, tmp_path)
+    Classifier.from_folder(dst, verify=True)
+    data = bytearray((dst / "head.npz").read_bytes())
+    data[-30] ^= 0xFF  # same size, other content
+    (dst / "head.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="checksum"):
+        Classifier.from_folder(dst, verify=True)
