@@ -40,6 +40,10 @@ from .validate import check_io_names, compare_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_INPUT_SIZE = 224
+DEFAULT_RESIZE = 256
+#: Preprocessing options at their defaults: replaced by a torchvision weights' own preprocessing.
+_DEFAULT_PREPROCESS = {"crop": DEFAULT_INPUT_SIZE, "resize": DEFAULT_RESIZE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 CHANNEL_ORDERS = ("RGB", "BGR")
 #: Pixels are divided by this before mean/std normalisation.
 PIXEL_SCALE = 1.0 / 255.0
@@ -65,8 +69,8 @@ def export_classifier(
     module: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     feature_layer: str | None = None,
-    input_size: int = 224,
-    resize: int | None = 256,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    resize: int | None = DEFAULT_RESIZE,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     channel_order: str = "RGB",
@@ -86,6 +90,9 @@ def export_classifier(
     weights : str, optional
         With ``torchvision``: ``"default"`` (the model's default weights, downloaded
         by torchvision) or a state-dict path. Without it the weights are random.
+        With ``"default"``, preprocessing options left at their defaults are
+        replaced by the weights' own (e.g. resize 232 for ResNet-50 V2); the
+        manifest's ``source`` says so.
     module : str, optional
         ``pkg.mod:factory``; ``factory()`` returns a ``torch.nn.Module``.
     checkpoint : path-like, optional
@@ -142,9 +149,21 @@ def export_classifier(
         import torch
 
         if torchvision is not None:
-            model, source, tv_labels = _build_torchvision(torchvision, weights)
+            model, source, tv_labels, recommended = _build_torchvision(torchvision, weights)
             if label_list is None:
                 label_list = tv_labels
+            if recommended is not None:
+                given = {"crop": input_size, "resize": resize, "mean": mean_t, "std": std_t}
+                if recommended == given:
+                    pass
+                elif given == _DEFAULT_PREPROCESS:
+                    input_size, resize = recommended["crop"], recommended["resize"]
+                    mean_t, std_t = recommended["mean"], recommended["std"]
+                    source["preprocess"] = "from the weights' transforms (the preprocessing options were defaults)"
+                else:
+                    source["preprocess_note"] = (
+                        f"the weights' transforms recommend {recommended}; the given options were used"
+                    )
         else:
             model, source = _build_module(module, checkpoint)
         model = model.float().eval()
@@ -292,7 +311,10 @@ def _build_module(spec: str, checkpoint) -> tuple[Any, dict[str, Any]]:
     return model, source
 
 
-def _build_torchvision(name: str, weights: str | None) -> tuple[Any, dict[str, Any], list[str] | None]:
+def _build_torchvision(
+    name: str, weights: str | None
+) -> tuple[Any, dict[str, Any], list[str] | None, dict[str, Any] | None]:
+    """torchvision model ``name``; returns (model, provenance, class names, the weights' preprocessing)."""
     try:
         import torchvision
         from torchvision.models import get_model, get_model_weights
@@ -303,12 +325,14 @@ def _build_torchvision(name: str, weights: str | None) -> tuple[Any, dict[str, A
         ) from exc
     source: dict[str, Any] = {"torchvision": name, "torchvision_version": torchvision.__version__, "weights": weights}
     labels = None
+    recommended = None
     try:
         if weights == "default":
             enum = get_model_weights(name).DEFAULT
             model = get_model(name, weights=enum)
             source["weights"] = str(enum)
             labels = list(enum.meta.get("categories") or []) or None
+            recommended = _weights_preprocess(enum)
         else:
             model = get_model(name, weights=None)
     except ValueError as exc:  # unknown model name
@@ -322,7 +346,22 @@ def _build_torchvision(name: str, weights: str | None) -> tuple[Any, dict[str, A
         source["weights"] = load_state_dict(model, weights, what="weights file")
     elif weights is None:
         source["weights_note"] = "random weights (no --weights given)"
-    return model, source, labels
+    return model, source, labels, recommended
+
+
+def _weights_preprocess(enum) -> dict[str, Any] | None:
+    """Crop, resize, mean and std of a torchvision weights enum's ``transforms()`` (None if unknown)."""
+    try:
+        t = enum.transforms()
+        crop = t.crop_size
+        resize = t.resize_size
+        crop = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+        resize = int(resize[0] if isinstance(resize, (list, tuple)) else resize)
+        mean = tuple(float(v) for v in t.mean)
+        std = tuple(float(v) for v in t.std)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return {"crop": crop, "resize": resize, "mean": mean, "std": std}
 
 
 class _Recorder:

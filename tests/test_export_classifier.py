@@ -285,6 +285,12 @@ class _FakeWeights:
     def __str__(self) -> str:
         return "SmallCNN_Weights.IMAGENET1K_V1"
 
+    def transforms(self):
+        import types
+
+        return types.SimpleNamespace(crop_size=[SIZE], resize_size=[RESIZE + 2], mean=[0.5, 0.5, 0.5],
+                                     std=[0.25, 0.25, 0.25])
+
 
 @pytest.fixture
 def fake_torchvision(monkeypatch):
@@ -327,6 +333,8 @@ def test_torchvision_path(tmp_path, fake_torchvision):
                           resize=RESIZE)
     assert m["source"]["weights"] == "SmallCNN_Weights.IMAGENET1K_V1"
     assert m["labels"] == _FakeWeights.meta["categories"]
+    # explicit preprocessing options are kept, the weights' recommendation noted
+    assert m["preprocess"]["resize"] == RESIZE and "recommend" in m["source"]["preprocess_note"]
     np.testing.assert_allclose(np.load(tmp_path / "def" / "head.npz")["weight"], 3 * fc, rtol=1e-6)
     state = tiny_models.small_cnn().state_dict()
     state["fc.bias"] = state["fc.bias"] + 1
@@ -334,6 +342,10 @@ def test_torchvision_path(tmp_path, fake_torchvision):
     m = export_classifier(tmp_path / "path", torchvision="small_cnn", weights=tmp_path / "w.pth",
                           input_size=SIZE, resize=RESIZE)
     np.testing.assert_allclose(np.load(tmp_path / "path" / "head.npz")["bias"], state["fc.bias"].numpy())
+    # options at their defaults: the weights' preprocessing is used, and said so
+    m = export_classifier(tmp_path / "pre", torchvision="small_cnn", weights="default")
+    assert m["preprocess"]["crop"] == SIZE and m["preprocess"]["resize"] == RESIZE + 2
+    assert m["preprocess"]["mean"] == [0.5, 0.5, 0.5] and "transforms" in m["source"]["preprocess"]
     with pytest.raises(ExportError, match="Unknown model"):
         export_classifier(tmp_path / "unknown", torchvision="resnet9000", input_size=SIZE, resize=RESIZE)
     with pytest.raises(CheckpointError):
