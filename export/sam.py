@@ -42,6 +42,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -294,7 +295,9 @@ def _export_graph(module, args: tuple, spec, folder: Path, opset: int, fp16: boo
     scratch = Path(tempfile.mkdtemp(prefix="trace-", dir=folder))
     try:
         traced = scratch / spec.filename
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # segment-anything's encoder turns shapes into Python numbers: fine for a fixed input size
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(
                 module, args, str(traced),
                 input_names=list(spec.inputs), output_names=list(spec.outputs),

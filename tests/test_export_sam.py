@@ -1,0 +1,398 @@
+"""`eac export sam`: tiny SAM end to end through the CLI, parity, fp16, errors, checkpoints, loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from eac.engine.cli import main  # noqa: E402
+from eac.engine.manifest import file_sha256, read_manifest  # noqa: E402
+from eac.export import sam as sam_export  # noqa: E402
+from eac.export import sam_loader  # noqa: E402
+from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
+from eac.export.spec import SAM_DECODER, SAM_ENCODER  # noqa: E402
+from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    return build_tiny_sam(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_sam, tmp_path_factory):
+    return save_checkpoint(tiny_sam, tmp_path_factory.mktemp("ckpt") / "tiny_sam.pth")
+
+
+@pytest.fixture
+def tiny_as_vit_b(monkeypatch):
+    """Let `--model-type vit_b` build the tiny architecture (the CLI only offers real types)."""
+    monkeypatch.setitem(sam_loader.SAM_ARCHITECTURES, "vit_b", TINY_SAM)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """The tiny SAM exported once through the CLI (fp32)."""
+    out = tmp_path_factory.mktemp("export") / "sam"
+    mp = pytest.MonkeyPatch()
+    mp.setitem(sam_loader.SAM_ARCHITECTURES, "vit_b", TINY_SAM)
+    try:
+        rc = main(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint), "--out", str(out)])
+    finally:
+        mp.undo()
+    assert rc == 0
+    return out
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_cli_export_writes_folder_and_manifest(exported):
+    manifest = read_manifest(exported, "sam")
+    assert sorted(p.name for p in exported.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    assert manifest["model_type"] == "vit_b" and manifest["precision"] == "fp32"
+    assert manifest["opset"] == 17
+    for role in ("encoder", "decoder"):
+        entry = manifest["files"][role]
+        assert entry["sha256"] == file_sha256(exported / entry["path"])
+    enc, dec = manifest["encoder"], manifest["decoder"]
+    assert enc["input"] == "image" and enc["output"] == "image_embeddings" and enc["input_size"] == 1024
+    assert enc["normalize_in_graph"] is False
+    np.testing.assert_allclose(enc["pixel_mean"], [123.675, 116.28, 103.53], rtol=1e-6)
+    np.testing.assert_allclose(enc["pixel_std"], [58.395, 57.12, 57.375], rtol=1e-6)
+    assert dec["inputs"] == list(SAM_DECODER.inputs) and dec["outputs"] == list(SAM_DECODER.outputs)
+    assert dec["low_res_size"] == 256 and dec["num_masks"] == 3 and dec["mask_threshold"] == 0.0
+    assert dec["shapes"]["image_embeddings"] == [1, TINY_SAM.prompt_embed_dim, 64, 64]
+    val = manifest["validation"]
+    for name, diff in val["encoder"]["max_abs_diff"].items():
+        assert 0 <= diff <= SAM_ENCODER.tolerance[name]
+    for name, diff in val["decoder"]["max_abs_diff"].items():
+        assert 0 <= diff <= SAM_DECODER.tolerance[name]
+    assert {(c["batch"], c["points"]) for c in val["decoder"]["cases"]} == set(sam_export.VALIDATION_PROMPTS)
+    assert manifest["eac_version"] and manifest["format_version"] >= 1
+    assert not list(exported.parent.glob(".*partial*"))
+
+
+def test_onnx_matches_pytorch_for_new_batch_sizes(exported, tiny_sam):
+    """Decoder parity for B and P never seen in tracing or validation; encoder on a real photo."""
+    skimage_data = pytest.importorskip("skimage.data")
+    import cv2
+
+    photo = skimage_data.chelsea()  # 300×451
+    h, w = 1024 * photo.shape[0] // photo.shape[1] + 1, 1024
+    resized = cv2.resize(photo, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+    image = np.zeros((1, 3, 1024, 1024), np.float32)
+    image[0, :, :h, :w] = ((resized - mean) / std).transpose(2, 0, 1)
+    enc = ort_session(exported / "encoder.onnx")
+    got_embed = enc.run(None, {"image": image})[0]
+    with torch.no_grad():
+        ref_embed = tiny_sam.image_encoder(torch.from_numpy(image))
+    assert np.abs(got_embed - ref_embed.numpy()).max() < SAM_ENCODER.tolerance["image_embeddings"]
+
+    dec = ort_session(exported / "decoder.onnx")
+    rng = np.random.default_rng(7)
+    for batch, points in [(1, 1), (7, 2), (16, 1)]:
+        coords = rng.uniform(0, 1024, size=(batch, points, 2)).astype(np.float32)
+        labels = rng.choice(np.array([0.0, 1.0], np.float32), size=(batch, points))
+        masks, iou = dec.run(None, {"image_embeddings": ref_embed.numpy(), "point_coords": coords,
+                                    "point_labels": labels})
+        ref_masks, ref_iou = sam_export.reference_decoder(tiny_sam, ref_embed, torch.from_numpy(coords),
+                                                          torch.from_numpy(labels))
+        assert masks.shape == (batch, 3, 256, 256) and iou.shape == (batch, 3)
+        assert np.abs(masks - ref_masks.numpy()).max() < SAM_DECODER.tolerance["low_res_masks"]
+        assert np.abs(iou - ref_iou.numpy()).max() < SAM_DECODER.tolerance["iou_predictions"]
+        # the masks are not trivially constant (the check above means something)
+        assert ref_masks.numpy().std() > 0.1
+
+
+def test_fp16_export_keeps_norms_and_softmax_in_fp32(tiny_sam, tmp_path):
+    manifest = sam_export.export_sam_model(tiny_sam, tmp_path / "sam16", "tiny", fp16=True)
+    assert manifest["precision"] == "fp16"
+    val = manifest["validation"]
+    assert val["encoder"]["tolerance"] == SAM_ENCODER.tolerance_fp16
+    for name, diff in val["decoder"]["max_abs_diff"].items():
+        assert diff <= SAM_DECODER.tolerance_fp16[name]
+    for name in ("encoder.onnx", "decoder.onnx"):
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "sam16" / name)))
+        graph = model.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in list(graph.value_info) + list(graph.input)
+                 + list(graph.output)}
+        types.update({i.name: i.data_type for i in graph.initializer})
+        # I/O stays fp32, the big weights are fp16
+        assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in graph.input)
+        assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in graph.output)
+        matmul_weights = [i for i in graph.initializer if len(i.dims) == 2 and min(i.dims) > 4]
+        assert matmul_weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in matmul_weights)
+        checked = 0
+        for node in graph.node:
+            if node.op_type in ("LayerNormalization", "Softmax"):
+                assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, (name, node.name)
+                checked += 1
+        assert checked > 0
+
+
+def test_batched_decoder_graph_is_not_specialised_to_the_trace_batch(exported):
+    model = onnx.load(str(exported / "decoder.onnx"))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
+    assert dims["point_coords"][:2] == ["batch", "points"]
+    outs = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.output}
+    assert outs["low_res_masks"][0] == "batch" and outs["iou_predictions"][0] == "batch"
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+def run_cli(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys, tiny_as_vit_b):
+    out = tmp_path / "out"
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tmp_path / "nope.pth"),
+                       "--out", str(out)], capsys)
+    assert rc != 0 and len(err.splitlines()) == 1 and "nope.pth" in err and "not found" in err
+    assert not out.exists()
+
+
+def test_cli_truncated_checkpoint(tmp_path, capsys, tiny_checkpoint, tiny_as_vit_b):
+    data = tiny_checkpoint.read_bytes()
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(bad), "--out", str(out)], capsys)
+    assert rc != 0 and len(err.splitlines()) == 1 and "truncated" in err
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_cli_wrong_model_type(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    # vit_l = a different (still tiny) architecture: the tiny vit_b-shaped checkpoint does not fit it
+    other = sam_loader.SamArchitecture(48, 3, 2, (2,), prompt_embed_dim=32, decoder_mlp_dim=64,
+                                       decoder_num_heads=2, iou_head_hidden_dim=32, mask_in_chans=8)
+    monkeypatch.setitem(sam_loader.SAM_ARCHITECTURES, "vit_l", other)
+    monkeypatch.setitem(sam_loader.SAM_ARCHITECTURES, "vit_b", TINY_SAM)
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_l", "--checkpoint", str(tiny_checkpoint),
+                       "--out", str(tmp_path / "o")], capsys)
+    assert rc != 0 and len(err.splitlines()) == 1
+    assert "not a vit_l checkpoint" in err and "embed dim 32, depth 2" in err and "looks like vit_b" in err
+
+
+def test_not_a_sam_checkpoint(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a vit_b checkpoint.*not a SAM checkpoint"):
+        sam_loader.load_sam("vit_b", path)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"hello, not a zip")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        sam_loader.read_state_dict(garbage)
+
+
+def test_cli_non_empty_out_refused(tmp_path, capsys, tiny_checkpoint, tiny_as_vit_b):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint),
+                       "--out", str(out)], capsys)
+    assert rc != 0 and "not empty" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_unwritable_out(tmp_path, tiny_sam):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="cannot write there"):
+        sam_export.export_sam_model(tiny_sam, blocker / "sub" / "sam", "tiny")
+
+
+def test_empty_existing_out_is_used(tmp_path, tiny_sam):
+    out = tmp_path / "empty"
+    out.mkdir()
+    manifest = sam_export.export_sam_model(tiny_sam, out, "tiny", validate=False)
+    assert (out / "manifest.json").is_file() and manifest["validation"] == {"skipped": True}
+
+
+def test_validation_failure_leaves_nothing(tmp_path, capsys, tiny_checkpoint, tiny_as_vit_b, monkeypatch):
+    strict = sam_export.SAM_DECODER.__class__(**{**sam_export.SAM_DECODER.__dict__,
+                                                 "tolerance": {"low_res_masks": 0.0, "iou_predictions": 0.0}})
+    monkeypatch.setattr(sam_export, "SAM_DECODER", strict)
+    with pytest.raises(ValidationError) as info:
+        sam_export.export_sam("vit_b", tmp_path / "out", checkpoint=tiny_checkpoint)
+    assert info.value.output in ("low_res_masks", "iou_predictions") and info.value.max_abs_diff > 0
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".*partial*"))
+
+    # the CLI turns it into one line and a non-zero exit (same error, raised without re-tracing)
+    def failing(*args, **kwargs):
+        raise info.value
+
+    monkeypatch.setattr(sam_export, "_validate", failing)
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint),
+                       "--out", str(tmp_path / "out")], capsys)
+    assert rc != 0 and "differs from PyTorch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_opset_too_old(tmp_path, tiny_sam):
+    with pytest.raises(ExportError, match="opset 13 is too old"):
+        sam_export.export_sam_model(tiny_sam, tmp_path / "o", "tiny", opset=13)
+
+
+def test_no_checkpoint_source(tmp_path):
+    with pytest.raises(CheckpointError, match="--checkpoint PATH or --download"):
+        sam_export.export_sam("vit_b", tmp_path / "o")
+
+
+# --- checkpoint download -----------------------------------------------------------------------
+
+class FakeResponse:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_offline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("EAC_CACHE", str(tmp_path / "cache"))
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    with pytest.raises(CheckpointError) as info:
+        sam_loader.ensure_checkpoint("vit_h", opener=offline)
+    message = str(info.value)
+    assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth" in message
+    assert str(tmp_path / "cache" / "sam_vit_h_4b8939.pth") in message
+    assert "\n" not in message
+    assert not list((tmp_path / "cache").glob("*.part"))
+
+
+def test_download_verifies_and_reuses(tmp_path, monkeypatch):
+    import hashlib
+
+    payload = os.urandom(3000)
+    fake = sam_loader.OfficialCheckpoint("vit_b", "sam_fake.pth", "https://example.invalid/sam_fake.pth",
+                                         len(payload), hashlib.sha256(payload).hexdigest())
+    monkeypatch.setitem(sam_loader.OFFICIAL_CHECKPOINTS, "vit_b", fake)
+    calls = []
+
+    def opener(url, timeout):
+        calls.append(url)
+        return FakeResponse(payload)
+
+    path = sam_loader.ensure_checkpoint("vit_b", cache=tmp_path, opener=opener)
+    assert path == tmp_path / "sam_fake.pth" and path.read_bytes() == payload
+    assert sam_loader.ensure_checkpoint("vit_b", cache=tmp_path, opener=opener) == path
+    assert calls == [fake.url]  # reused, not downloaded again
+    # a corrupted download is refused and removed
+    bad = sam_loader.OfficialCheckpoint("vit_l", "sam_bad.pth", "https://example.invalid/sam_bad.pth",
+                                        len(payload), "0" * 64)
+    monkeypatch.setitem(sam_loader.OFFICIAL_CHECKPOINTS, "vit_l", bad)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        sam_loader.ensure_checkpoint("vit_l", cache=tmp_path, opener=opener)
+    assert not (tmp_path / "sam_bad.pth").exists() and not list(tmp_path.glob("*.part"))
+    # a truncated file already in the cache is refused with the size
+    (tmp_path / "sam_bad.pth").write_bytes(payload[:10])
+    with pytest.raises(CheckpointError, match="10 bytes"):
+        sam_loader.ensure_checkpoint("vit_l", cache=tmp_path, opener=opener)
+
+
+def test_official_checkpoint_table():
+    for model_type, entry in sam_loader.OFFICIAL_CHECKPOINTS.items():
+        assert entry.url.endswith(entry.filename) and model_type in entry.filename
+        assert len(entry.sha256) == 64 and entry.bytes > 300_000_000
+    assert set(sam_loader.OFFICIAL_CHECKPOINTS) == {"vit_b", "vit_l", "vit_h"}
+
+
+# --- loader with and without torchvision ------------------------------------------------------
+
+def run_python(code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_loader_without_torchvision_does_not_touch_segment_anything():
+    code = (
+        "import sys, importlib.util\n"
+        "from eac.export.sam_loader import sam_modeling, build_sam_model, SAM_ARCHITECTURES\n"
+        "has_tv = importlib.util.find_spec('torchvision') is not None\n"
+        "m = sam_modeling()\n"
+        "print(m.origin if not has_tv else '_eac_segment_anything', 'segment_anything' in sys.modules and not has_tv)\n"
+    )
+    assert run_python(code) == "_eac_segment_anything False"
+
+
+def test_loader_uses_real_package_when_torchvision_is_present():
+    code = (
+        "from eac.bench import tvshim\n"
+        "tvshim.install()\n"
+        "from eac.export.sam_loader import sam_modeling\n"
+        "m = sam_modeling()\n"
+        "import segment_anything\n"
+        "print(m.origin, m.Sam is segment_anything.modeling.Sam)\n"
+    )
+    assert run_python(code) == "segment_anything True"
+
+
+def test_real_architectures_have_official_shapes():
+    arch = sam_loader.SAM_ARCHITECTURES
+    assert (arch["vit_b"].encoder_embed_dim, arch["vit_b"].encoder_depth, arch["vit_b"].encoder_num_heads) == (768, 12, 12)
+    assert (arch["vit_l"].encoder_embed_dim, arch["vit_l"].encoder_depth, arch["vit_l"].encoder_num_heads) == (1024, 24, 16)
+    assert (arch["vit_h"].encoder_embed_dim, arch["vit_h"].encoder_depth, arch["vit_h"].encoder_num_heads) == (1280, 32, 16)
+    assert arch["vit_h"].encoder_global_attn_indexes == (7, 15, 23, 31)
+
+
+# --- the real ViT-B architecture --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_vit_b_random_weights_export_through_cli(tmp_path, capsys):
+    sam = sam_loader.build_sam_model(sam_loader.SAM_ARCHITECTURES["vit_b"])
+    ckpt = save_checkpoint(sam, tmp_path / "sam_vit_b_random.pth")
+    out = tmp_path / "vit_b"
+    rc = main(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(ckpt), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["architecture"]["encoder_embed_dim"] == 768 and manifest["architecture"]["encoder_depth"] == 12
+    assert manifest["decoder"]["shapes"]["image_embeddings"] == [1, 256, 64, 64]
+    val = manifest["validation"]
+    assert val["encoder"]["max_abs_diff"]["image_embeddings"] <= SAM_ENCODER.tolerance["image_embeddings"]
+    for name, diff in val["decoder"]["max_abs_diff"].items():
+        assert diff <= SAM_DECODER.tolerance[name]
+    # independent parity check of the decoder on a batch size the export never used
+    dec = ort_session(out / "decoder.onnx")
+    rng = np.random.default_rng(3)
+    embed = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+    coords = rng.uniform(0, 1024, size=(9, 1, 2)).astype(np.float32)
+    labels = np.ones((9, 1), np.float32)
+    masks, iou = dec.run(None, {"image_embeddings": embed, "point_coords": coords, "point_labels": labels})
+    ref_masks, ref_iou = sam_export.reference_decoder(sam, torch.from_numpy(embed), torch.from_numpy(coords),
+                                                      torch.from_numpy(labels))
+    assert np.abs(masks - ref_masks.numpy()).max() < SAM_DECODER.tolerance["low_res_masks"]
+    assert np.abs(iou - ref_iou.numpy()).max() < SAM_DECODER.tolerance["iou_predictions"]
