@@ -55,11 +55,15 @@ class RunRecord:
         ``"concepts"``, ...
     info : dict
         Anything else worth keeping (settings, provider, the result itself).
+    detail : dict of str to float
+        The side's own finer breakdown (seconds), not comparable across sides
+        (each side cuts its work differently); reported as "where the time goes".
     """
 
     stages: dict[str, float] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, float] = field(default_factory=dict)
 
 
 class StageClock:
@@ -204,11 +208,13 @@ class SideResult:
     warmup: int
     repeat: int
     info: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, StageStats] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
+            "detail": {k: v.to_dict() for k, v in self.detail.items()},
             "counts": self.counts,
             "peak_rss_mb": self.peak_rss_bytes / _MIB,
             "peak_rss_increase_mb": self.peak_rss_increase_bytes / _MIB,
@@ -249,6 +255,7 @@ def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: in
             progress(f"{name}: warm-up {i + 1}/{warmup}")
         run()
     per_stage: dict[str, list[float]] = {}
+    per_detail: dict[str, list[float]] = {}
     counts: dict[str, float] | None = None
     info: dict[str, Any] = {}
     peak, increase, method = 0, 0, "sampled"
@@ -263,6 +270,8 @@ def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: in
         stages.setdefault(TOTAL, wall)
         for stage, seconds in stages.items():
             per_stage.setdefault(stage, []).append(float(seconds))
+        for stage, seconds in record.detail.items():
+            per_detail.setdefault(stage, []).append(float(seconds))
         if counts is not None and counts != record.counts:
             raise BenchError(f"{name}: counts changed between runs ({counts} then {record.counts}); runs must be seeded")
         counts = dict(record.counts)
@@ -283,6 +292,7 @@ def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: in
         warmup=warmup,
         repeat=repeat,
         info=info,
+        detail={s: StageStats.of(v) for s, v in per_detail.items() if len(v) == repeat},
     )
 
 
@@ -428,6 +438,10 @@ class BenchReport:
         if self.sides:
             lines.append("")
             lines.append(format_stage_table(self))
+        detail = format_detail_table(self)
+        if detail:
+            lines.append("")
+            lines.append(detail)
         for title, header, rows in self.tables:
             lines.append("")
             lines.append(f"{title}{' [' + QUICK_LABEL + ']' if self.quick else ''}")
@@ -522,6 +536,22 @@ def format_stage_table(report: BenchReport) -> str:
     if report.quick:
         title += f" [{QUICK_LABEL}]"
     return title + "\n" + format_table(header, rows)
+
+
+def format_detail_table(report: BenchReport) -> str:
+    """Each side's own finer stage breakdown (median seconds and share of its total)."""
+    rows = []
+    for name, side in report.sides.items():
+        total = side.stages[TOTAL].median if TOTAL in side.stages else 0.0
+        for stage, stats in side.detail.items():
+            share = f"{100 * stats.median / total:.0f} %" if total > 0 else "—"
+            rows.append([name, stage, _fmt_seconds(stats.median), share])
+    if not rows:
+        return ""
+    title = "where the time goes (each side's own breakdown; not comparable row by row)"
+    if report.quick:
+        title += f" [{QUICK_LABEL}]"
+    return title + "\n" + format_table(["side", "part", "median s", "of side total"], rows)
 
 
 def _fmt_count(value: float | None) -> str:

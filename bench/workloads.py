@@ -430,6 +430,34 @@ def _agreement_table(engine_values, reference_values, engine_target, reference_t
                    rows)
 
 
+def classifier_alone(classifier: Any, crop: np.ndarray, batch: int, runs: int = 3) -> dict[str, float]:
+    """Untimed side measurement: the engine's classifier alone on one batch (median of ``runs``)."""
+    x = classifier.normalize(np.repeat(crop[None], batch, axis=0).astype(np.float32))
+    classifier.run(x)  # warm
+    seconds = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        classifier.run(x)
+        seconds.append(time.perf_counter() - t0)
+    med = float(np.median(seconds))
+    return {"batch": batch, "seconds_per_batch": med, "images_per_second": batch / med if med > 0 else float("nan")}
+
+
+def throughput_table(engine: SideResult, reference: SideResult, alone: dict[str, float], batch: int) -> tuple:
+    """Images per second in each side's evaluations stage, and the engine's classifier alone."""
+    rows = []
+    for side in (engine, reference):
+        n = side.counts.get("evaluations", 0)
+        sec = side.stages["evaluations"].median
+        rows.append([f"{side.name}: evaluations stage", f"{n:.0f}", _f2(sec), _f2(n / sec) if sec > 0 else "nan"])
+    if "evaluations" in engine.stages and alone["images_per_second"] == alone["images_per_second"]:
+        n = engine.counts.get("evaluations", 0)
+        est = n / alone["images_per_second"]
+        rows.append([f"engine: classifier alone (batch {batch}, ONNX Runtime)", f"{n:.0f} (estimated)", _f2(est),
+                     _f2(alone["images_per_second"])])
+    return ("classifier throughput", ["what", "images", "seconds", "images/s"], rows)
+
+
 # --- workloads -----------------------------------------------------------------------------------
 
 
@@ -445,6 +473,9 @@ def run_explain(opts: BenchOptions) -> BenchReport:
     reference = measure("reference", reference_run, opts.warmup, opts.repeat, opts.log)
     agree, table = _agreement_table(last["engine"].values, last["reference"].values,
                                     last["engine"].target, last["reference"].target)
+    batch = int(last["engine"].settings.get("batch_size") or 1)
+    alone = classifier_alone(pair.engine, crop, batch)
+    through = throughput_table(engine, reference, alone, batch)
     settings = {
         "photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "resize": pair.resize,
         "n_concepts": int(len(masks)), "concept_masks": "SLIC, exactly N regions",
@@ -452,7 +483,7 @@ def run_explain(opts: BenchOptions) -> BenchReport:
         "engine_method": ENGINE_METHOD, "reference": ref_settings.to_dict(), "load_seconds": pair.load_seconds,
     }
     return _report(opts, {"engine": engine, "reference": reference}, pair.engine.provider, settings,
-                   extra={"agreement": agree}, tables=[table])
+                   extra={"agreement": agree, "engine_classifier_alone": alone}, tables=[through, table])
 
 
 def _sam_settings(opts: BenchOptions) -> SamReferenceSettings:
@@ -493,7 +524,8 @@ def _concepts_sides(sam: SamPair, crop: np.ndarray, opts: BenchOptions, settings
         stages = _concept_stages(concepts.timings, total)
         stages["total"] = total
         return RunRecord(stages=stages, counts={"prompts": settings.points_per_side ** 2, "masks": len(concepts)},
-                         info={"engine_timings": dict(concepts.timings), "provider": concepts.info.get("provider")})
+                         info={"engine_timings": dict(concepts.timings), "provider": concepts.info.get("provider")},
+                         detail={k: float(v) for k, v in concepts.timings.items()})
 
     def reference_run() -> RunRecord:
         t0 = time.perf_counter()
@@ -503,7 +535,10 @@ def _concepts_sides(sam: SamPair, crop: np.ndarray, opts: BenchOptions, settings
         stages = _concept_stages({"encoder": res.timings["encoder"]}, total)
         stages["total"] = total
         return RunRecord(stages=stages, counts={"prompts": res.n_prompts, "masks": len(res.masks)},
-                         info={"reference_timings": res.timings})
+                         info={"reference_timings": res.timings},
+                         detail={"encoder (set_image)": res.timings["encoder"],
+                                 "decoder (predict_torch, incl. upsampling)": res.timings["decoder"],
+                                 "postprocess (filters, NMS, RLE)": res.timings["postprocess"]})
 
     return generator, reference, engine_run, reference_run, last
 
