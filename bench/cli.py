@@ -37,8 +37,9 @@ how long (2-core CPU, one repeat): full runs are slow because the reference is �
   concepts ≈ 6-10 min (reference generator ≈ 4 min, plus the agreement check),
   end-to-end ≈ 12 min, fidelity ≈ 2-5 min (first run also trains the scene
   classifier, ≈ 2 min). Models are exported once into $EAC_CACHE/bench.
-  --quick runs tiny models with fewer evaluations in well under a minute; its
-  results are labelled QUICK and say nothing about product speed.
+  --quick runs tiny models with fewer evaluations in about a minute (plus a
+  one-time export of the tiny models); its results are labelled QUICK and say
+  nothing about product speed.
 """
 
 
@@ -60,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="untimed runs per side before timing (default 0; 1 with --quick)")
     p.add_argument("--providers", default="auto",
                    help="ONNX Runtime providers for the engine: auto, or a comma list such as cuda,cpu")
-    p.add_argument("--threads", type=int, default=None, help="engine CPU intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU intra-op threads of both sides, ONNX Runtime and torch (default: all cores)")
     p.add_argument("--json", metavar="FILE", default=None, help="write every number to this JSON file")
     p.add_argument("--quick", action="store_true",
                    help=f"reduced run (tiny models, fewer evaluations, smaller grid), labelled {QUICK_LABEL}")
@@ -92,6 +94,14 @@ def bench_command(args: argparse.Namespace) -> int:
     from .workloads import BenchOptions, run_workload
 
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
+    if args.threads is not None:
+        if args.threads < 1:
+            from .harness import BenchError
+
+            raise BenchError(f"--threads must be at least 1 (got {args.threads})")
+        import torch
+
+        torch.set_num_threads(args.threads)  # the reference gets the same number of threads as the engine
 
     def progress(line: str) -> None:
         print(f"[bench{' ' + QUICK_LABEL if args.quick else ''}] {line}", file=sys.stderr, flush=True)

@@ -21,9 +21,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..engine.errors import EacError
 
@@ -72,7 +73,7 @@ class StageClock:
     def __init__(self) -> None:
         self.stages: dict[str, float] = {}
 
-    def __call__(self, name: str) -> "_StageContext":
+    def __call__(self, name: str) -> _StageContext:
         return _StageContext(self, name)
 
 
@@ -101,9 +102,11 @@ def current_rss() -> int:
         pass
     try:
         import psutil  # optional
-
+    except ImportError:
+        return 0
+    try:
         return int(psutil.Process().memory_info().rss)
-    except Exception:  # psutil absent or unsupported platform
+    except (OSError, psutil.Error):
         return 0
 
 
@@ -151,7 +154,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, current_rss())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034 (Python 3.10 has no typing.Self)
         self.baseline = current_rss()
         self.peak = self.baseline
         self._kernel = _reset_hwm() and _read_hwm() is not None
@@ -188,7 +191,7 @@ class StageStats:
     runs: list[float]
 
     @classmethod
-    def of(cls, values: list[float]) -> "StageStats":
+    def of(cls, values: list[float]) -> StageStats:
         return cls(float(statistics.median(values)), float(min(values)), float(max(values)), [float(v) for v in values])
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,12 +370,12 @@ def machine_info(ort_threads: int | None = None) -> dict[str, Any]:
         },
         "threads": {"onnxruntime_intra_op": ort_threads if ort_threads is not None else os.cpu_count()},
     }
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         info["versions"]["segment_anything"] = version("segment-anything")
-    except Exception:  # not installed
-        pass
+    except PackageNotFoundError:
+        info["versions"]["segment_anything"] = None
     try:
         import torch
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -400,7 +400,7 @@ def export_bench_sam(model_type: str = "vit_b", checkpoint: str | os.PathLike | 
         raise BenchModelError(f"cannot export SAM: eac.export.sam is unavailable ({exc})") from exc
     folder.parent.mkdir(parents=True, exist_ok=True)
     source = {"checkpoint": str(ckpt.resolve()), "bench_model_type": model_type,
-              "weights": "random (seed %d)" % BENCH_SEED if checkpoint is None else "checkpoint"}
+              "weights": f"random (seed {BENCH_SEED})" if checkpoint is None else "checkpoint"}
     export_sam_model(build_sam(model_type, checkpoint=ckpt), out=str(folder), model_type=model_type,
                      opset=None, fp16=False, validate=validate, source=source)
     return folder

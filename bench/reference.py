@@ -32,8 +32,9 @@ same), so two runs give identical values.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,7 +106,7 @@ class TorchClassifier:
     std: tuple[float, float, float]
 
     @classmethod
-    def from_module(cls, module: nn.Module, mean, std, head: str = "fc") -> "TorchClassifier":
+    def from_module(cls, module: nn.Module, mean, std, head: str = "fc") -> TorchClassifier:
         """Split a classifier into penultimate features and its head layer ``head``.
 
         A module with a ``features(x)`` *method* returning B×D (the bench
@@ -119,7 +120,7 @@ class TorchClassifier:
             raise BenchError(f"the model has no head layer {head!r}") from None
         module.eval()
         method = getattr(type(module), "features", None)
-        if callable(method) and not isinstance(getattr(module, "features"), nn.Module):
+        if callable(method) and not isinstance(module.features, nn.Module):
             features = module.features
         else:
             features = _HeadInput(module, fc)
@@ -371,7 +372,7 @@ class SamReferenceSettings:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
-    def keep_all(self) -> "SamReferenceSettings":
+    def keep_all(self) -> SamReferenceSettings:
         """The same settings with the IoU and stability filters off (every candidate kept)."""
         return replace(self, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 

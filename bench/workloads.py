@@ -32,10 +32,12 @@ labelled QUICK wherever they are printed or written.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +82,8 @@ class QuickSettings:
     points_per_side: int = 4
     agreement_points_per_side: int = 4
     n_concepts: int = 12
-    reference: ReferenceSettings = ReferenceSettings(n_coalitions=160, epochs=3, mc_samples=2000)
+    reference: ReferenceSettings = field(
+        default_factory=lambda: ReferenceSettings(n_coalitions=160, epochs=3, mc_samples=2000))
     faithful_options: tuple = (("num_coalitions", 160), ("epochs", 3), ("mc_samples", 2000))
     fidelity_scenes: int = 2
     scene_size: int = 64
@@ -450,7 +453,7 @@ def throughput_table(engine: SideResult, reference: SideResult, alone: dict[str,
         n = side.counts.get("evaluations", 0)
         sec = side.stages["evaluations"].median
         rows.append([f"{side.name}: evaluations stage", f"{n:.0f}", _f2(sec), _f2(n / sec) if sec > 0 else "nan"])
-    if "evaluations" in engine.stages and alone["images_per_second"] == alone["images_per_second"]:
+    if "evaluations" in engine.stages and not math.isnan(alone["images_per_second"]):
         n = engine.counts.get("evaluations", 0)
         est = n / alone["images_per_second"]
         rows.append([f"engine: classifier alone (batch {batch}, ONNX Runtime)", f"{n:.0f} (estimated)", _f2(est),
@@ -478,7 +481,7 @@ def run_explain(opts: BenchOptions) -> BenchReport:
     through = throughput_table(engine, reference, alone, batch)
     settings = {
         "photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "resize": pair.resize,
-        "n_concepts": int(len(masks)), "concept_masks": "SLIC, exactly N regions",
+        "n_concepts": len(masks), "concept_masks": "SLIC, exactly N regions",
         "classifier": pair.description, "classifier_folder": str(pair.folder),
         "engine_method": ENGINE_METHOD, "reference": ref_settings.to_dict(), "load_seconds": pair.load_seconds,
     }
@@ -547,8 +550,8 @@ def mask_agreement(engine_masks: np.ndarray, reference_masks: np.ndarray) -> dic
     """Mean best IoU of each reference mask among the engine's masks, and the reverse."""
     iou = mask_iou_matrix(reference_masks, engine_masks)
     return {
-        "reference_masks": int(len(reference_masks)),
-        "engine_masks": int(len(engine_masks)),
+        "reference_masks": len(reference_masks),
+        "engine_masks": len(engine_masks),
         "mean_best_iou_reference_in_engine": float(iou.max(1).mean()) if iou.size else float("nan"),
         "mean_best_iou_engine_in_reference": float(iou.max(0).mean()) if iou.size else float("nan"),
     }
@@ -795,11 +798,11 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
 
 
 def _f3(x: float) -> str:
-    return "nan" if x != x else f"{x:.3f}"
+    return "nan" if math.isnan(x) else f"{x:.3f}"
 
 
 def _f2(x: float) -> str:
-    return "nan" if x != x else f"{x:.2f}"
+    return "nan" if math.isnan(x) else f"{x:.2f}"
 
 
 RUNNERS: dict[str, Callable[[BenchOptions], BenchReport]] = {

@@ -18,8 +18,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eac.bench import harness  # noqa: E402
-from eac.bench.harness import BenchError, RunRecord, measure, ratios  # noqa: E402
+from eac.bench import harness
+from eac.bench.harness import BenchError, RunRecord, measure, ratios
 
 
 @pytest.fixture(scope="module")
