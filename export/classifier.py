@@ -152,18 +152,9 @@ def export_classifier(
             model, source, tv_labels, recommended = _build_torchvision(torchvision, weights)
             if label_list is None:
                 label_list = tv_labels
-            if recommended is not None:
-                given = {"crop": input_size, "resize": resize, "mean": mean_t, "std": std_t}
-                if recommended == given:
-                    pass
-                elif given == _DEFAULT_PREPROCESS:
-                    input_size, resize = recommended["crop"], recommended["resize"]
-                    mean_t, std_t = recommended["mean"], recommended["std"]
-                    source["preprocess"] = "from the weights' transforms (the preprocessing options were defaults)"
-                else:
-                    source["preprocess_note"] = (
-                        f"the weights' transforms recommend {recommended}; the given options were used"
-                    )
+            input_size, resize, mean_t, std_t = _adopt_preprocess(
+                recommended, {"crop": input_size, "resize": resize, "mean": mean_t, "std": std_t}, source
+            )
         else:
             model, source = _build_module(module, checkpoint)
         model = model.float().eval()
@@ -347,6 +338,21 @@ def _build_torchvision(
     elif weights is None:
         source["weights_note"] = "random weights (no --weights given)"
     return model, source, labels, recommended
+
+
+def _adopt_preprocess(recommended: dict[str, Any] | None, given: dict[str, Any], source: dict[str, Any]) -> tuple:
+    """Preprocessing to use: a torchvision weights' own when every option was left at its default.
+
+    Returns ``(crop, resize, mean, std)``; notes the decision in ``source``.
+    """
+    chosen = given
+    if recommended is not None and recommended != given:
+        if given == _DEFAULT_PREPROCESS:
+            chosen = recommended
+            source["preprocess"] = "from the weights' transforms (the preprocessing options were defaults)"
+        else:
+            source["preprocess_note"] = f"the weights' transforms recommend {recommended}; the given options were used"
+    return chosen["crop"], chosen["resize"], chosen["mean"], chosen["std"]
 
 
 def _weights_preprocess(enum) -> dict[str, Any] | None:
