@@ -358,3 +358,16 @@ def test_float16_input(tmp_path):
     ref = _original_run(src, x.astype(np.float16).astype(np.float32))  # the fp16 rounding of the input
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=ATOL)
+
+
+def test_recorded_intermediate_shapes_do_not_block_dynamic_batch(tmp_path):
+    src = _graph_classifier(tmp_path / "plain.onnx", tail="softmax")
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    assert len(inferred.graph.value_info) > 0  # batch-1 shapes of intermediate tensors
+    onnx.save(inferred, str(tmp_path / "inferred.onnx"))
+    m = import_onnx(tmp_path / "inferred.onnx", tmp_path / "out")
+    assert m["input"]["batch"] is None
+    assert len(onnx.load(str(tmp_path / "out" / "classifier.onnx")).graph.value_info) == 0
+    x = _batch(4)
+    np.testing.assert_allclose(Classifier.from_folder(tmp_path / "out")(x), np.log(_original_run(src, x)),
+                               atol=ATOL)
