@@ -69,6 +69,8 @@ FIDELITY_SCENES = 8
 #: Scene generator seed of the fidelity workload (scenes drawn in order; those with N > 12 skipped).
 FIDELITY_SCENE_SEED = 1234
 TOP_K = 3
+#: Fidelity table row of uniformly random rankings (insertion/deletion baseline).
+RANDOM_ROW = "random ranking"
 #: Evaluations the untimed SAM agreement check uses: a 16×16 grid (256 prompts).
 AGREEMENT_POINTS_PER_SIDE = 16
 
@@ -736,7 +738,7 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
     """Concept values vs exact Shapley values of the trained classifier, and insertion/deletion AUC."""
     from ..engine.evaluator import MaskedEvaluator
     from ..engine.explain import explain
-    from ..engine.metrics import insertion_deletion
+    from ..engine.metrics import insertion_deletion, random_ranking_auc
 
     sm = trained_scene_model(opts)
     count = QUICK.fidelity_scenes if opts.quick else FIDELITY_SCENES
@@ -745,7 +747,7 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
     reference = ReferenceEAC(sm.torch, ref_settings)
     faithful_opts = dict(QUICK.faithful_options) if opts.quick else {}
     names = list(FIDELITY_METHODS) + ["reference"]
-    per: dict[str, dict[str, list[float]]] = {m: {} for m in names + ["shapley-exact"]}
+    per: dict[str, dict[str, list[float]]] = {m: {} for m in names + ["shapley-exact", RANDOM_ROW]}
 
     def add(method: str, key: str, value: float) -> None:
         per[method].setdefault(key, []).append(float(value))
@@ -779,6 +781,10 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
             add(method, "evaluations", n_eval)
             add(method, "seconds", seconds)
             add(method, "key_concept_first", float(int(np.argmax(values)) == int(concepts.info.get("key_concept", 0))))
+        rand = random_ranking_auc(evaluator, target, np.random.default_rng(opts.seed + i),
+                                  full_prob=exact.probability)
+        add(RANDOM_ROW, "insertion", rand["insertion"])
+        add(RANDOM_ROW, "deletion", rand["deletion"])
     summary = {m: {k: float(np.nanmean(v)) for k, v in d.items()} for m, d in per.items()}
     header = ["method", "Spearman vs exact", "top-1", f"top-{TOP_K}", "insertion ↑", "deletion ↓",
               "evaluations", "key object first", "seconds"]
@@ -787,6 +793,8 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
         s = summary[m]
         rows.append([m, _f3(s["spearman"]), _f2(s["top1"]), _f2(s[f"top{TOP_K}"]), _f2(s["insertion"]),
                      _f2(s["deletion"]), f"{s['evaluations']:.0f}", _f2(s["key_concept_first"]), _f2(s["seconds"])])
+    r = summary[RANDOM_ROW]
+    rows.append([RANDOM_ROW, "", "", "", _f2(r["insertion"]), _f2(r["deletion"]), "", "", ""])
     table = (f"fidelity on {len(scenes)} scenes (means; exact Shapley of the classifier is the ground truth)",
              header, rows)
     settings = {"classifier": sm.description, "classifier_folder": str(sm.folder), "scenes": len(scenes),
