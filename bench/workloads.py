@@ -224,6 +224,12 @@ def _read_manifest(folder: str | Path, kind: str) -> dict:
     return read_manifest(folder, kind)
 
 
+def _recorded_path(entry: Any) -> str | None:
+    """The existing file a manifest entry names (a path string or ``{"path": ...}``), else None."""
+    path = entry.get("path") if isinstance(entry, dict) else entry
+    return str(path) if path and Path(str(path)).is_file() else None
+
+
 def torch_classifier_for_folder(folder: str | Path) -> TorchClassifier:
     """Rebuild the PyTorch model an exported classifier folder came from.
 
@@ -242,13 +248,13 @@ def torch_classifier_for_folder(folder: str | Path) -> TorchClassifier:
         module = import_factory(src["module"])()
         ckpt = src.get("checkpoint")
         if ckpt:
-            path = ckpt.get("path") if isinstance(ckpt, dict) else ckpt
-            if not path or not Path(path).is_file():
+            path = _recorded_path(ckpt)
+            if path is None:
                 raise BenchError(f"{folder}: the reference needs the PyTorch weights, but the checkpoint "
-                                 f"{path!r} recorded in the manifest is gone")
+                                 f"recorded in the manifest ({ckpt}) is gone")
             models.load_state_dict(module, path)
-    elif src.get("torchvision") == "resnet50" and src.get("weights") and Path(str(src["weights"])).is_file():
-        module = models.resnet50(checkpoint=str(src["weights"]), num_classes=int(m["num_classes"]))
+    elif src.get("torchvision") == "resnet50" and _recorded_path(src.get("weights")):
+        module = models.resnet50(checkpoint=_recorded_path(src["weights"]), num_classes=int(m["num_classes"]))
     else:
         raise BenchError(f"{folder}: the PyTorch reference cannot rebuild this model (source {src}); "
                          "benchmark a folder exported with --module/--checkpoint or a torchvision resnet50 state dict")

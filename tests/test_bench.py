@@ -217,6 +217,29 @@ def test_reference_head_input_matches_the_model(bench_cache):
         assert torch.allclose(clf.fc(feats), model(x), atol=1e-6)
 
 
+def test_reference_rebuilds_the_torch_model_of_a_classifier_folder(tmp_path):
+    """--classifier DIR: the reference runs the same network as the engine's ONNX model."""
+    from eac.bench.models import tiny_resnet
+    from eac.bench.workloads import torch_classifier_for_folder
+    from eac.engine.classifier import Classifier
+    from eac.export.classifier import export_classifier
+
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(tiny_resnet(seed=5).state_dict(), ckpt)
+    folder = tmp_path / "clf"
+    export_classifier(out=folder, module="eac.bench.models:tiny_resnet_factory", checkpoint=ckpt,
+                      input_size=64, resize=None)
+    reference = torch_classifier_for_folder(folder)
+    engine = Classifier.from_folder(folder)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref_logits = reference.fc(reference.features(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(engine.run(x).logits, ref_logits, atol=1e-4, rtol=1e-4)
+    ckpt.unlink()
+    with pytest.raises(BenchError, match="checkpoint"):
+        torch_classifier_for_folder(folder)
+
+
 # --- whole workloads, quick -----------------------------------------------------------------------
 
 
