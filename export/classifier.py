@@ -24,6 +24,7 @@ tolerances of :data:`eac.export.spec.CLASSIFIER`.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -518,8 +519,10 @@ def _torch_export(wrapper, example, path: Path, opset: int) -> None:
             # no_grad: with grad disabled, nn.MultiheadAttention / TransformerEncoderLayer take
             # their fused "fast path" (aten::_native_multi_head_attention), which has no ONNX
             # symbolic; with grad enabled they run the plain ops, which export.
+            if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+                kwargs["dynamo"] = False  # torch ≥ 2.5 defaults to the torch.export-based exporter
             with torch.enable_grad():
-                torch.onnx.export(wrapper, (example,), str(path), dynamo=False, **kwargs)
+                torch.onnx.export(wrapper, (example,), str(path), **kwargs)
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: {first_line(exc)})") from exc
 
