@@ -48,6 +48,8 @@ _DEFAULT_PREPROCESS = {"crop": DEFAULT_INPUT_SIZE, "resize": DEFAULT_RESIZE, "me
 CHANNEL_ORDERS = ("RGB", "BGR")
 #: Pixels are divided by this before mean/std normalisation.
 PIXEL_SCALE = 1.0 / 255.0
+#: Layers kept in float32 by ``fp16`` exports (torch.nn class names).
+FP32_NORMS_NAMES = ("LayerNorm", "GroupNorm")
 #: Batch size used for tracing; validation uses another one (dynamic axis check).
 TRACE_BATCH = 2
 VALIDATION_BATCH = 3
@@ -113,8 +115,9 @@ def export_classifier(
     opset : int, optional
         ONNX opset (default :data:`eac.export.spec.CLASSIFIER`'s, 17).
     fp16 : bool
-        Store weights and compute in float16 (input and outputs stay float32);
-        validated against PyTorch fp32 with the fp16 tolerances.
+        Store weights and compute in float16 (input and outputs stay float32),
+        LayerNorm/GroupNorm kept in float32; validated against PyTorch fp32 with
+        the fp16 tolerances.
     validate : bool
         Compare the ONNX graph with PyTorch (strongly recommended).
 
@@ -164,7 +167,7 @@ def export_classifier(
         val_x = torch.randn(VALIDATION_BATCH, 3, input_size, input_size, generator=gen)
 
         head_name, head = find_head(model, trace_x, feature_layer)
-        model16 = copy.deepcopy(model).half() if fp16 else None  # copied before any hook is attached
+        model16 = half_keeping_norms(copy.deepcopy(model)) if fp16 else None  # copied before any hook is attached
         wrapper_fp32 = FeatureCapture(model, head)
         with torch.no_grad():
             ref_logits, ref_features = wrapper_fp32(val_x)
@@ -214,6 +217,7 @@ def export_classifier(
             "kind": "classifier",
             "opset": opset,
             "precision": "fp16" if fp16 else "fp32",
+            "fp32_layers": sorted(FP32_NORMS_NAMES) if fp16 else [],
             "files": {"model": file_entry(tmp, CLASSIFIER.filename), "head": file_entry(tmp, HEAD_FILENAME)},
             "input": {
                 "name": CLASSIFIER.inputs[0],
@@ -243,6 +247,42 @@ def export_classifier(
         write_manifest(tmp, manifest)
         staged.commit()
     return _reread(out)
+
+
+def _fp32_norm_class():
+    import torch
+
+    class Fp32Norm(torch.nn.Module):
+        """Runs a normalisation layer in float32 inside a float16 model (cast in, cast back)."""
+
+        def __init__(self, norm):
+            super().__init__()
+            self.norm = norm.float()
+
+        def forward(self, x):
+            return self.norm(x.float()).to(x.dtype)
+
+    return Fp32Norm
+
+
+def half_keeping_norms(model):
+    """Convert ``model`` to float16 in place, keeping LayerNorm/GroupNorm layers in float32.
+
+    Normalisation statistics (a mean and a variance over many channels) lose
+    too much precision, or overflow, in float16; the layers around them do not.
+    BatchNorm in eval mode is an affine map folded into the neighbouring
+    convolution by the exporter, so it stays float16.
+    """
+    import torch
+
+    norm_types = tuple(getattr(torch.nn, name) for name in FP32_NORMS_NAMES)
+    wrapper = _fp32_norm_class()
+    model.half()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, norm_types):
+                setattr(parent, name, wrapper(child))
+    return model
 
 
 def _head_residual(features: np.ndarray, logits: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> float:
@@ -488,8 +528,8 @@ def _feature_capture_class():
 
         def forward(self, x):
             self._captured.clear()
-            dtype = next(self.model.parameters()).dtype
-            logits = self.model(x.to(dtype))
+            # the head's dtype is the model's compute dtype (fp16 exports keep only norms in fp32)
+            logits = self.model(x.to(self.head.weight.dtype))
             features = self._captured[-1]
             self._captured.clear()
             return logits.float(), features.float()

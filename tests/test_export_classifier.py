@@ -177,6 +177,21 @@ def test_fp16_export_is_validated(tmp_path):
     assert {o.type for o in sess.get_outputs()} == {"tensor(float)"}
 
 
+def test_fp16_keeps_layernorm_in_fp32(tmp_path):
+    import onnx
+
+    m = export_classifier(tmp_path / "vit16", module="tests.tiny_models:tiny_vit", input_size=SIZE, resize=RESIZE,
+                          fp16=True)
+    assert m["fp32_layers"] == ["GroupNorm", "LayerNorm"]
+    graph = onnx.load(str(tmp_path / "vit16" / "classifier.onnx")).graph
+    inits = {t.name: t.data_type for t in graph.initializer}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 3  # ln1, ln2, ln
+    for node in norms:
+        assert inits[node.input[1]] == onnx.TensorProto.FLOAT  # scale stored in fp32
+    assert any(t == onnx.TensorProto.FLOAT16 for t in inits.values())  # the rest is fp16
+
+
 def test_labels(tmp_path):
     names = tmp_path / "labels.txt"
     names.write_text("cat\ndog\nbird\nfish\nfrog\n\n")
