@@ -174,6 +174,7 @@ def import_onnx(
         logits_name, features_name, num_classes, feature_dim = _pick_outputs(
             results, probe_batch, features_output, proto, src, session
         )
+        logits_src, features_src = logits_name, features_name  # names before any rewrite
         if results[logits_name].ndim == 4:
             logits_name = _flatten_output(proto, logits_name, rewrites)
             files = _save(proto, path)
@@ -236,6 +237,9 @@ def import_onnx(
                 "sha256": file_sha256(src),
                 "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
                 "output_kind_reason": kind_reason,
+                # outputs not used, with their shapes on a batch of the probe size: a features
+                # output among them can be named with --features-output
+                "other_outputs": {n: list(v.shape) for n, v in results.items() if n not in (logits_src, features_src)},
                 "rewrites": rewrites,
                 "assumed": assumed,
                 "head": None,

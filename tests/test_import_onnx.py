@@ -214,7 +214,11 @@ def test_conv_head_output_is_flattened(tmp_path):
 
 def test_features_output(tmp_path):
     src = _graph_classifier(tmp_path / "f.onnx", features=True, tail="none")
+    plain = import_onnx(src, tmp_path / "plain")
+    assert plain["outputs"]["features"] is None
+    assert plain["source"]["other_outputs"] == {"pool:0": [1, D]}  # reported so the user can name it
     m = import_onnx(src, tmp_path / "out", features_output="pool:0")
+    assert m["source"]["other_outputs"] == {}
     assert m["outputs"] == {"logits": "fc:0", "features": "pool:0"}
     assert m["feature_dim"] == D and "head" not in m["files"]
     clf = Classifier.from_folder(tmp_path / "out")
