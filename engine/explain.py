@@ -70,6 +70,7 @@ from ..kernels.surrogate import (
     PIE_LR,
     PIE_MOMENTUM,
     fit_linear_logits,
+    fit_logistic,
     fit_pie_sgd,
     softmax,
 )
@@ -89,6 +90,9 @@ VALUE_TYPE = {
     "lime": "other",
     "loo": "other",
 }
+#: Surrogates of ``eac``: "logistic" = σ(α·b + β) of the explained class fitted by BCE (default,
+#: measured best); "linear-logits" = softmax(A·b + c) with A, c least squares of all logits.
+SURROGATES = ("logistic", "linear-logits")
 #: ``shapley-exact`` refuses more concepts than this (2^14 = 16 384 classifier runs).
 MAX_EXACT_N = 14
 
@@ -103,6 +107,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
         "sampler": "kernel",
         "exact_max_n": 16,
         "permutations": 2048,
+        "surrogate": "logistic",
         "ridge": 1e-6,
         "enumerate_small": True,
     },
@@ -305,13 +310,14 @@ class Explainer:
         sampler = {"kernel": kernel_coalitions, "uniform": uniform_coalitions}.get(o["sampler"])
         if sampler is None:
             raise ExplainError(f"eac sampler must be 'kernel' or 'uniform', got {o['sampler']!r}")
+        if o["surrogate"] not in SURROGATES:
+            raise ExplainError(f"eac surrogate must be one of {', '.join(SURROGATES)}, got {o['surrogate']!r}")
         # One fixed stream for the value estimator (N > exact_max_n): the same permutations every
         # round, so round-to-round changes come from the fit, and sampling is independent of it.
         value_seed = int(rng.integers(2**63))
         anchors = np.array([np.zeros(n, bool), np.ones(n, bool)])
         coal_parts, logit_parts = [anchors], [ev.evaluate(anchors).logits]
         previous = None
-        stderr = None
         rounds = 0
         stable = False
         while True:
@@ -323,33 +329,49 @@ class Explainer:
             coal_parts.append(coal)
             logit_parts.append(ev.evaluate(coal, desc=f"eac round {rounds + 1}").logits)
             rounds += 1
+            x, logits = np.concatenate(coal_parts), np.concatenate(logit_parts)
             start = time.perf_counter()
-            a, const = fit_linear_logits(np.concatenate(coal_parts), np.concatenate(logit_parts), ridge=o["ridge"])
+            surrogates = self._fit_surrogates(x, logits, targets)
             timings["fit"] += time.perf_counter() - start
             start = time.perf_counter()
-            values, stderr = self._surrogate_values(a, const, targets, value_seed)
+            values, stderr = self._surrogate_values(surrogates, n, value_seed)
             timings["values"] += time.perf_counter() - start
-            done = ev.num_evaluations - 1 >= o["min_evaluations"]
-            if previous is not None and done:
+            if previous is not None and ev.num_evaluations - 1 >= o["min_evaluations"]:
                 agree = [_rank_agreement(p, v) for p, v in zip(previous, values)]
                 if min(agree) >= o["stop_spearman"]:
                     stable = True
                     break
             previous = values
-        x, y = np.concatenate(coal_parts), np.concatenate(logit_parts)
-        pred = x @ a.T + const
-        info.update({"rounds": rounds, "stopped_stable": stable, "surrogate": "linear logits, least squares",
-                     "surrogate_r2": _r2(y[:, targets], pred[:, targets]),
-                     "values_exact_on_surrogate": n <= o["exact_max_n"]})
+        probs = softmax(logits)[:, targets]
+        fitted = np.stack([softmax_value_fn(a, c, t)(x)[:, 0] for a, c, t in surrogates], axis=1)
+        info.update({"rounds": rounds, "stopped_stable": stable, "surrogate": o["surrogate"],
+                     "surrogate_r2": _r2(probs, fitted), "values_exact_on_surrogate": n <= o["exact_max_n"]})
         return values, stderr
 
-    def _surrogate_values(self, a, const, targets, value_seed):
-        n = a.shape[1]
-        if n <= self.options["exact_max_n"]:
-            return surrogate_exact_values(a, const, targets, kind="shapley").T, None
-        vals, err = permutation_shapley(softmax_value_fn(a, const, targets), n, self.options["permutations"],
-                                        np.random.default_rng(value_seed))
-        return vals.T, err.T
+    def _fit_surrogates(self, x, logits, targets):
+        """One surrogate per target as (A K'×N, const K', target index): v(b) = softmax(A·b + c)[t]."""
+        if self.options["surrogate"] == "linear-logits":
+            a, const = fit_linear_logits(x, logits, ridge=self.options["ridge"])
+            return [(a, const, [int(y)]) for y in targets]
+        probs = softmax(logits)
+        out = []
+        for y in targets:
+            alpha, beta = fit_logistic(x, probs[:, y])
+            # σ(α·b + β) as a two-class softmax, so one code path computes the values.
+            out.append((np.stack([alpha, np.zeros_like(alpha)]), np.array([beta, 0.0]), [0]))
+        return out
+
+    def _surrogate_values(self, surrogates, n, value_seed):
+        vals, errs = [], []
+        for a, const, t in surrogates:
+            if n <= self.options["exact_max_n"]:
+                vals.append(surrogate_exact_values(a, const, t, kind="shapley")[:, 0])
+            else:
+                v, e = permutation_shapley(softmax_value_fn(a, const, t), n, self.options["permutations"],
+                                           np.random.default_rng(value_seed))
+                vals.append(v[:, 0])
+                errs.append(e[:, 0])
+        return np.array(vals), (np.array(errs) if errs else None)
 
     def _run_eac_faithful(self, ev, targets, full_probs, rng, timings, info):
         o = self.options

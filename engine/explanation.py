@@ -155,7 +155,7 @@ class Explanation:
             "values_shape": list(self.values.shape),
             "stderr": None if self.stderr is None else self.stderr.tolist(),
             "ranking": self.ranking.tolist(),
-            "concept_areas": self.masks.reshape(self.num_concepts, -1).sum(axis=1).tolist(),
+            "concept_areas": self.masks.sum(axis=(1, 2)).tolist() if self.masks.ndim == 3 else [],
             "num_evaluations": int(self.num_evaluations),
             "timings": {k: float(v) for k, v in self.timings.items()},
             "provider": self.provider,

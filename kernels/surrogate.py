@@ -27,7 +27,15 @@ identical iterates (up to rounding) at a fraction of the cost for ResNet-50
 ridge-stabilised) least squares of the recorded logits on the coalitions. Fitting
 the features instead and mapping them through the head gives the *same* A, since
 least squares is linear in the targets.
+
+:func:`fit_logistic` fits the surrogate *of the explained class only*,
+p'(b) = σ(α·b + β) — the PIE form collapsed to one class, since
+softmax(A·b + c)[y] = σ(l_y − log Σ_{k≠y} e^{l_k}) — by minimising the same binary
+cross-entropy the reference uses (a convex problem: Newton's method with a
+backtracking line search converges in a handful of steps). It needs neither
+features nor head, and fits the probability the values are computed on.
 """
+
 
 from __future__ import annotations
 
@@ -43,6 +51,11 @@ BCE_LOG_CLAMP = -100.0
 BCE_GRAD_EPS = 1e-12
 #: Ridge added to the normal equations of :func:`fit_linear_logits` (relative to the mean diagonal).
 DEFAULT_RIDGE = 1e-6
+#: :func:`fit_logistic`: observed probabilities are clipped to [ε, 1−ε] (a log-odds of ±16).
+LOGISTIC_PROB_EPS = 1e-7
+LOGISTIC_RIDGE = 1e-3
+LOGISTIC_MAX_ITER = 100
+LOGISTIC_TOL = 1e-10
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -189,3 +202,70 @@ def fit_linear_logits(
     reg[-1] = 0.0
     beta = np.linalg.solve(gram + np.diag(reg), xw.T @ y)  # (N+1)×K
     return beta[:n].T.copy(), beta[n].copy()
+
+
+def _bce_soft(z: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    """Weighted BCE of σ(z) against soft labels p, computed stably from the logits z."""
+    return float(w @ (np.logaddexp(0.0, z) - p * z))
+
+
+def fit_logistic(
+    coalitions: np.ndarray,
+    prob: np.ndarray,
+    weights: np.ndarray | None = None,
+    ridge: float = LOGISTIC_RIDGE,
+    max_iter: int = LOGISTIC_MAX_ITER,
+    tol: float = LOGISTIC_TOL,
+) -> tuple[np.ndarray, float]:
+    """Fit p'(b) = σ(α·b + β) to observed probabilities by minimising BCE (Newton).
+
+    Parameters
+    ----------
+    coalitions : ndarray, M×N
+    prob : ndarray, M
+        The classifier's probability of the explained class on each coalition.
+    weights : ndarray, M, optional
+        Row weights (default 1).
+    ridge : float
+        L2 penalty on α (not β), keeps the problem strictly convex.
+    max_iter, tol :
+        Newton iterations and the step size at which to stop.
+
+    Returns
+    -------
+    alpha : ndarray of float64, N
+    beta : float
+    """
+    x = np.asarray(coalitions, dtype=np.float64)
+    m, n = x.shape
+    x1 = np.concatenate([x, np.ones((m, 1))], axis=1)
+    p = np.clip(np.asarray(prob, dtype=np.float64), LOGISTIC_PROB_EPS, 1.0 - LOGISTIC_PROB_EPS)
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    reg = np.full(n + 1, ridge)
+    reg[-1] = 0.0
+    # Start from least squares on the log-odds (exact when the data are logistic-linear).
+    xw = x1 * w[:, None]
+    theta = np.linalg.solve(xw.T @ x1 + np.diag(reg + 1e-9), xw.T @ np.log(p / (1.0 - p)))
+
+    def loss(t: np.ndarray) -> float:
+        return _bce_soft(x1 @ t, p, w) + 0.5 * float(reg @ t**2)
+
+    current = loss(theta)
+    for _ in range(max_iter):
+        q = 1.0 / (1.0 + np.exp(-(x1 @ theta)))
+        grad = x1.T @ (w * (q - p)) + reg * theta
+        hess = (x1 * (w * q * (1.0 - q))[:, None]).T @ x1 + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-4:
+            trial = theta - scale * step
+            value = loss(trial)
+            if value <= current:
+                break
+            scale *= 0.5
+        else:
+            break
+        theta, current = trial, value
+        if np.abs(scale * step).max() < tol:
+            break
+    return theta[:n].copy(), float(theta[n])
