@@ -170,7 +170,9 @@ def import_onnx(
         rng = np.random.default_rng(PROBE_SEED)
         shape = _nchw_to_layout((probe_batch, 3, height, width), layout)
         probe = rng.standard_normal(shape).astype(_np_dtype(dtype))
-        results = dict(zip([o.name for o in session.get_outputs()], _run(session, name, probe)))
+        results = {
+            n: _as_array(v) for n, v in zip([o.name for o in session.get_outputs()], _run(session, name, probe))
+        }
         logits_name, features_name, num_classes, feature_dim = _pick_outputs(
             results, probe_batch, features_output, proto, src, session
         )
@@ -239,7 +241,9 @@ def import_onnx(
                 "output_kind_reason": kind_reason,
                 # outputs not used, with their shapes on a batch of the probe size: a features
                 # output among them can be named with --features-output
-                "other_outputs": {n: list(v.shape) for n, v in results.items() if n not in (logits_src, features_src)},
+                "other_outputs": {
+                    n: _describe_value(v) for n, v in results.items() if n not in (logits_src, features_src)
+                },
                 "rewrites": rewrites,
                 "assumed": assumed,
                 "head": None,
@@ -443,14 +447,25 @@ def _nchw_to_layout(shape: tuple[int, int, int, int], layout: str) -> tuple[int,
     return (b, c, h, w) if layout == "NCHW" else (b, h, w, c)
 
 
+def _as_array(value) -> np.ndarray | None:
+    """An ORT output as an array, or None for non-tensor outputs (sequences of maps from ZipMap...)."""
+    return value if isinstance(value, np.ndarray) else None
+
+
+def _describe_value(value: np.ndarray | None) -> list | str:
+    return "not a tensor" if value is None else [*value.shape, str(value.dtype)]
+
+
 def _pick_outputs(results: dict[str, np.ndarray], batch: int, features_output, proto, src: Path, session):
     found = (
         f"inputs: {[(i.name, i.shape) for i in session.get_inputs()]}; "
-        f"outputs on a batch of {batch}: {[(n, tuple(v.shape)) for n, v in results.items()]}"
+        f"outputs on a batch of {batch}: {[(n, _describe_value(v)) for n, v in results.items()]}"
     )
 
     def as_2d(name):
         v = results[name]
+        if v is None or not np.issubdtype(v.dtype, np.floating):  # maps, sequences, class indices
+            return None
         if v.ndim == 2 and v.shape[0] == batch:
             return v.shape[1]
         if v.ndim == 4 and v.shape[0] == batch and v.shape[2:] == (1, 1):

@@ -216,7 +216,7 @@ def test_features_output(tmp_path):
     src = _graph_classifier(tmp_path / "f.onnx", features=True, tail="none")
     plain = import_onnx(src, tmp_path / "plain")
     assert plain["outputs"]["features"] is None
-    assert plain["source"]["other_outputs"] == {"pool:0": [1, D]}  # reported so the user can name it
+    assert plain["source"]["other_outputs"] == {"pool:0": [1, D, "float32"]}  # reported so the user can name it
     m = import_onnx(src, tmp_path / "out", features_output="pool:0")
     assert m["source"]["other_outputs"] == {}
     assert m["outputs"] == {"logits": "fc:0", "features": "pool:0"}
@@ -278,7 +278,7 @@ def _gray_input(path: Path) -> Path:
     "make, words",
     [
         (_two_input_model, ["exactly one image input", "image", "mask"]),
-        (_segmenter, ["no B×K output", "seg", f"(1, {K}, {HW}, {HW})"]),
+        (_segmenter, ["no B×K output", "seg", f"[1, {K}, {HW}, {HW}, 'float32']"]),
         (_gray_input, ["3-channel", "x [1, 1, 8, 8]"]),
     ],
 )
@@ -375,3 +375,17 @@ def test_recorded_intermediate_shapes_do_not_block_dynamic_batch(tmp_path):
     x = _batch(4)
     np.testing.assert_allclose(Classifier.from_folder(tmp_path / "out")(x), np.log(_original_run(src, x)),
                                atol=ATOL)
+
+
+def test_integer_outputs_are_not_logits(tmp_path):
+    """A top-k class-index output (int64, B×k) listed first must not be taken for the logits."""
+    src = _graph_classifier(tmp_path / "p.onnx", tail="softmax", opset=13, init_as_inputs=False)
+    model = onnx.load(str(src))
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+    model.graph.initializer.append(k)
+    model.graph.node.append(helper.make_node("TopK", ["prob:0", "k"], ["top_values", "top_classes"], axis=1))
+    model.graph.output.insert(0, helper.make_tensor_value_info("top_classes", TensorProto.INT64, [1, 2]))
+    onnx.save(model, str(src))
+    m = import_onnx(src, tmp_path / "out")
+    assert m["outputs"]["logits"] == "prob:0" and m["num_classes"] == K
+    assert m["source"]["other_outputs"] == {"top_classes": [1, 2, "int64"]}
