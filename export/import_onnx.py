@@ -14,8 +14,11 @@ up) and sometimes a ``N×K×1×1`` output. :func:`import_onnx` takes them as the
   with a hard-coded batch, say), the batch stays fixed and the manifest records
   it, so the runtime loops;
 * softmax outputs are detected (a ``Softmax`` node produces the output, or the
-  outputs on random inputs are probabilities) or forced with ``probabilities=True``;
-  the manifest records which, and why.
+  outputs on random inputs are probabilities) or forced with ``probabilities=True``
+  (``False`` forces logits); the manifest records which, and why;
+* float16 image inputs are kept (the runtime casts), a too-new IR version is
+  lowered to what this onnxruntime reads, and outputs that are not used
+  (class indices, a features output not named) are listed in the manifest.
 
 Nothing is silently assumed: defaults taken for preprocessing and every graph
 rewrite are listed under ``source`` in the manifest. Needs onnx and onnxruntime,
