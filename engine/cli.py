@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--out", required=True)
     p.add_argument("--features-output", default=None, help="name of a B×D features output, if the graph has one")
-    p.add_argument("--probabilities", action="store_true",
-                   help="the model outputs probabilities (softmax applied); detected when not given")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--probabilities", action="store_true",
+                      help="the model outputs probabilities (softmax applied); detected when neither flag is given")
+    kind.add_argument("--logits", action="store_true", help="the model outputs logits (skip the detection)")
     _add_preprocess_args(p, defaults=False)
     p.set_defaults(func=_cmd_import_onnx)
 
@@ -218,7 +220,7 @@ def _cmd_import_onnx(args: argparse.Namespace) -> int:
 
     manifest = import_onnx(
         model=args.model, out=args.out, features_output=args.features_output,
-        probabilities=True if args.probabilities else None, input_size=args.input_size, resize=args.resize,
+        probabilities=True if args.probabilities else False if args.logits else None, input_size=args.input_size, resize=args.resize,
         mean=args.mean, std=args.std, channel_order=args.channel_order, labels=args.labels,
     )
     _print_export_summary(args.out, manifest)
@@ -231,6 +233,16 @@ def _print_export_summary(out: str, manifest: dict) -> None:
     validation = manifest.get("validation")
     if validation:
         print(f"validation: {json.dumps(validation)}")
+    if manifest.get("kind") == "classifier":
+        inp = manifest.get("input", {})
+        batch = inp.get("batch")
+        print(f"input {inp.get('name')} {inp.get('layout', 'NCHW')} {inp.get('height')}×{inp.get('width')}, "
+              f"batch {'dynamic' if batch is None else f'fixed at {batch} (the engine loops)'}; "
+              f"outputs are {manifest.get('output_kind')}; {manifest.get('num_classes')} classes")
+        source = manifest.get("source", {})
+        for key in ("output_kind_reason", "rewrites", "assumed", "other_outputs"):
+            if source.get(key):
+                print(f"{key.replace('_', ' ')}: {json.dumps(source[key], default=str)}")
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
