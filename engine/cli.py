@@ -242,7 +242,7 @@ def _print_export_summary(out: str, manifest: dict) -> None:
         source = manifest.get("source", {})
         for key in ("output_kind_reason", "rewrites", "assumed", "other_outputs"):
             if source.get(key):
-                print(f"{key.replace('_', ' ')}: {json.dumps(source[key], default=str)}")
+                print(f"{key.replace('_', ' ')}: {json.dumps(source[key], default=str, ensure_ascii=False)}")
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
