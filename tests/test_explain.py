@@ -261,3 +261,52 @@ def test_explainer_reuse_and_settings(scene):
 
 # ------------------------------------------------------------------ trained classifier
 # Thresholds measured on the trained fixture, see /tmp/eac_explainer_measurements.md.
+#: Scenes of the trained fixture used below (unseen in training).
+TRAINED_SCENES = (0, 1, 2)
+#: eac vs eac-faithful rank agreement required on the trained fixture. Measured on scenes
+#: 0-11 with 3×3 background tiles (N = 11-13): see the measurements file.
+MIN_FAITHFUL_AGREEMENT = 0.8
+
+
+@pytest.fixture(scope="module")
+def trained(trained_classifier):
+    from eac.engine.classifier import Classifier
+
+    return trained_classifier, Classifier.from_folder(trained_classifier.folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_trained_key_concept_ranks_first(trained, method):
+    from eac.engine.scenes import scene_concepts
+
+    fixture, clf = trained
+    for seed in TRAINED_SCENES:
+        scene = fixture.scene(seed)
+        concepts = scene_concepts(scene, background_cells=2)
+        expl = explain(scene.image, clf, concepts, method=method, seed=seed)
+        assert expl.target == scene.label, "the fixture classifier should get its own scenes right"
+        assert expl.ranking[0] == concepts.info["key_concept"], (method, seed, expl.values)
+
+
+@pytest.mark.slow
+def test_trained_eac_insertion_beats_random_and_agrees_with_faithful(trained):
+    from eac.engine.metrics import insertion_deletion, random_ranking_auc
+    from eac.engine.scenes import scene_concepts
+
+    fixture, clf = trained
+    ins, rnd, agree = [], [], []
+    for seed in TRAINED_SCENES:
+        scene = fixture.scene(seed)
+        concepts = scene_concepts(scene, background_cells=3)  # N > 8: eac fits its surrogate
+        fast = explain(scene.image, clf, concepts, method="eac", seed=seed)
+        assert not fast.info.get("enumerated")
+        faithful = explain(scene.image, clf, concepts, method="eac-faithful", seed=seed)
+        ev = MaskedEvaluator(clf, fast.crop, fast.masks)
+        ins.append(insertion_deletion(ev, fast.ranking, fast.target)["insertion"])
+        rnd.append(random_ranking_auc(ev, fast.target, np.random.default_rng(seed), repeats=8)["insertion"])
+        agree.append(spearman(fast.values, faithful.values))
+    print(f"trained fixture: eac insertion {np.mean(ins):.1f} vs random {np.mean(rnd):.1f}; "
+          f"Spearman(eac, eac-faithful) {np.round(agree, 3)}")
+    assert np.mean(ins) > np.mean(rnd) + 5
+    assert min(agree) >= MIN_FAITHFUL_AGREEMENT
