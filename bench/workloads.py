@@ -721,7 +721,32 @@ def trained_scene_model(opts: BenchOptions) -> SceneModel:
     engine = Classifier.from_folder(folder, session_options=opts.session_options())
     tc = TorchClassifier.from_module(model, train_demo.MEAN, train_demo.STD)
     desc = f"trained SceneCNN ({size}×{size}, {n_train} scenes, {epochs} epochs{', QUICK' if opts.quick else ''})"
+    if not opts.quick and same_as_shipped_demo(engine, size):
+        desc += "; identical outputs to the demo classifier shipped in eac/engine/data/demo"
     return SceneModel(folder, engine, tc, size, desc)
+
+
+#: Scenes compared when checking the bench's scene model against the shipped demo.
+DEMO_CHECK_SCENES = 4
+DEMO_CHECK_ATOL = 1e-5
+
+
+def same_as_shipped_demo(engine: Any, size: int) -> bool:
+    """Whether ``engine`` gives the shipped demo classifier's logits on a few scenes."""
+    from ..engine.classifier import Classifier
+    from ..engine.errors import EacError
+    from ..engine.scenes import make_scene
+
+    demo = Path(__file__).resolve().parent.parent / "engine" / "data" / "demo"
+    try:
+        shipped = Classifier.from_folder(demo)
+    except EacError:
+        return False
+    if tuple(shipped.input_hw) != (size, size) or shipped.num_classes != engine.num_classes:
+        return False
+    rng = np.random.default_rng(FIDELITY_SCENE_SEED)
+    x = engine.normalize(np.stack([make_scene(rng, size).image for _ in range(DEMO_CHECK_SCENES)]))
+    return bool(np.allclose(engine.run(x).logits, shipped.run(x).logits, atol=DEMO_CHECK_ATOL))
 
 
 def fidelity_scenes(size: int, count: int, seed: int = FIDELITY_SCENE_SEED):
