@@ -67,28 +67,6 @@ class RunRecord:
     detail: dict[str, float] = field(default_factory=dict)
 
 
-class StageClock:
-    """Time consecutive stages: ``with clock("encoder"): ...``; ``clock.stages``."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, float] = {}
-
-    def __call__(self, name: str) -> _StageContext:
-        return _StageContext(self, name)
-
-
-class _StageContext:
-    def __init__(self, clock: StageClock, name: str) -> None:
-        self.clock, self.name = clock, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        elapsed = time.perf_counter() - self.start
-        self.clock.stages[self.name] = self.clock.stages.get(self.name, 0.0) + elapsed
-
-
 # --- memory --------------------------------------------------------------------------------------
 
 
@@ -136,8 +114,8 @@ class PeakMemory:
     """Track the peak resident memory of this process during a block.
 
     Uses the kernel's counter (``VmHWM``, reset through ``/proc/self/clear_refs``)
-    when possible, and a sampling thread otherwise (and in addition: the larger
-    of the two is kept). ``peak`` is in bytes, ``baseline`` the RSS on entry,
+    when possible — exact, and no extra thread competes with the measured code —
+    and a sampling thread otherwise. ``peak`` is in bytes, ``baseline`` the RSS on entry,
     ``method`` says how it was measured.
     """
 
@@ -160,8 +138,10 @@ class PeakMemory:
         self._kernel = _reset_hwm() and _read_hwm() is not None
         self.method = "kernel VmHWM" if self._kernel else "sampled"
         self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, name="eac-bench-rss", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if not self._kernel:  # the kernel counter needs no thread competing for the GIL
+            self._thread = threading.Thread(target=self._sample, name="eac-bench-rss", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
