@@ -2,7 +2,7 @@
 
 :class:`SamConceptGenerator` runs a SAM model folder written by
 ``eac export sam`` (``encoder.onnx`` + batched ``decoder.onnx``) the way
-segment-anything's ``SamAutomaticMaskGenerator`` does with ``crop_n_layers=0``:
+segment-anything's ``SamAutomaticMaskGenerator`` does (EAC uses ``crop_n_layers=0``):
 
 1. resize the image so its longest side is the encoder input size (1024),
    normalise with the manifest's pixel mean/std, zero-pad bottom/right, encode;
@@ -12,7 +12,9 @@ segment-anything's ``SamAutomaticMaskGenerator`` does with ``crop_n_layers=0``:
    score ≥ ``stability_score_thresh`` (offset ``stability_score_offset``);
 4. box NMS at ``box_nms_thresh`` (scores: predicted IoU);
 5. optionally fill holes / remove islands smaller than ``min_mask_region_area``
-   and run NMS again, as the reference does.
+   and run NMS again, as the reference does;
+6. optionally (``crop_n_layers`` > 0) repeat 1-4 on overlapping crops, drop
+   masks touching an inner crop edge, and merge with NMS preferring small crops.
 
 Where the reference upsamples every candidate to 1024×1024 and then to the
 image size, this generator works at low resolution: stability scores are
@@ -48,8 +50,6 @@ from .session import SessionOptions, SessionRunner, TensorRTProfile, create_sess
 FOREGROUND = 1.0
 #: The reference generator applies the IoU / stability filters only above this value.
 FILTER_DISABLED_AT = 0.0
-#: Duplicate-removal NMS after small-region clean-up uses at least this IoU (the reference's crop_nms_thresh).
-CLEANUP_NMS_FLOOR = 0.7
 SOURCE = "sam"
 
 
@@ -74,7 +74,14 @@ class SamSettings:
     min_mask_region_area : int
         Fill holes and remove islands smaller than this many output pixels (0: off).
     crop_n_layers : int
-        Only 0 is supported (no crop layers).
+        Extra layers of crops (0: the image only, EAC's setting); layer i runs
+        SAM on 2^i × 2^i overlapping crops and merges the masks.
+    crop_nms_thresh : float
+        Box IoU above which duplicates between crops are dropped (smaller crops win).
+    crop_overlap_ratio : float
+        Overlap of layer-1 crops as a fraction of the shorter image side.
+    crop_n_points_downscale_factor : int
+        Layer i uses ``points_per_side / factor**i`` points per side.
     """
 
     points_per_side: int = 32
@@ -85,6 +92,9 @@ class SamSettings:
     box_nms_thresh: float = 0.7
     min_mask_region_area: int = 0
     crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
 
     def check(self) -> None:
         if self.points_per_side < 1:
@@ -93,11 +103,10 @@ class SamSettings:
             raise ConceptError(f"points_per_batch must be at least 1, got {self.points_per_batch}")
         if self.min_mask_region_area < 0:
             raise ConceptError(f"min_mask_region_area must be ≥ 0, got {self.min_mask_region_area}")
-        if self.crop_n_layers != 0:
-            raise ConceptError(
-                f"crop_n_layers={self.crop_n_layers} is not supported by eac's SAM generator (only 0, the "
-                "EAC setting); run SAM on a crop yourself and pass the masks with --masks"
-            )
+        if self.crop_n_layers < 0 or self.crop_n_points_downscale_factor < 1:
+            raise ConceptError("crop_n_layers must be ≥ 0 and crop_n_points_downscale_factor ≥ 1")
+        if not 0.0 <= self.crop_overlap_ratio < 1.0 or not 0.0 <= self.crop_nms_thresh <= 1.0:
+            raise ConceptError("crop_overlap_ratio must lie in [0, 1) and crop_nms_thresh in [0, 1]")
         if not 0.0 <= self.box_nms_thresh <= 1.0:
             raise ConceptError(f"box_nms_thresh must lie in [0, 1], got {self.box_nms_thresh}")
 
@@ -247,27 +256,80 @@ class SamConceptGenerator:
         if tuple(frame.hw) != tuple(crop.shape[:2]):
             raise InputShapeError(f"the crop is {crop.shape[:2]} but its frame is {frame.hw}; pass the frame of this crop")
         s = self.settings
+        h, w = crop.shape[:2]
         timings = {"preprocess": 0.0, "encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
-        clock = time.perf_counter()
-        tensor, resized_hw = self.preprocess(crop)
-        timings["preprocess"] = time.perf_counter() - clock
+        counts = {"candidates": 0, "after_filters": 0, "after_nms": 0}
+        boxes, layers = mk.crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
+        parts = [self._process_crop(crop, box, int(layer), timings, counts) for box, layer in zip(boxes, layers)]
 
+        clock = time.perf_counter()
+        masks = np.concatenate([p["masks"] for p in parts])
+        iou = np.concatenate([p["iou"] for p in parts])
+        stability = np.concatenate([p["stability"] for p in parts])
+        points = np.concatenate([p["points"] for p in parts])
+        crop_index = np.concatenate([np.full(len(p["iou"]), i) for i, p in enumerate(parts)]).astype(np.int64)
+        if len(boxes) > 1 and len(masks):
+            # Duplicates between crops: prefer masks from smaller crops (as the reference).
+            crop_area = mk.box_area(boxes)[crop_index]
+            keep = mk.nms(mk.masks_to_boxes(masks), 1.0 / crop_area, s.crop_nms_thresh)
+            keep = keep[np.argsort(-iou[keep], kind="stable")]
+            masks, iou, stability, points, crop_index = (
+                masks[keep], iou[keep], stability[keep], points[keep], crop_index[keep])
+        if s.min_mask_region_area > 0 and len(masks):
+            masks, changed = mk.remove_small_regions(masks, s.min_mask_region_area)
+            # As the reference: prefer unchanged masks, then remove new duplicates.
+            keep = mk.nms(mk.masks_to_boxes(masks), (~changed).astype(np.float32),
+                          max(s.box_nms_thresh, s.crop_nms_thresh))
+            keep = keep[masks[keep].reshape(len(keep), -1).any(axis=1)]
+            keep = keep[np.argsort(-iou[keep], kind="stable")]
+            masks, iou, stability, points, crop_index = (
+                masks[keep], iou[keep], stability[keep], points[keep], crop_index[keep])
+        timings["postprocess"] += time.perf_counter() - clock
+
+        info = {
+            "provider": self.provider,
+            "model_type": self.manifest.get("model_type"),
+            "precision": self.manifest.get("precision"),
+            "settings": asdict(s),
+            **counts,
+            "crops": boxes.tolist(),
+            "crop_index": crop_index.tolist(),
+            "stability_scores": stability.astype(float).tolist(),
+            "point_coords": points.astype(float).tolist(),
+        }
+        return Concepts(masks=masks, scores=iou.astype(np.float32), source=SOURCE, frame=frame,
+                        timings=timings, info=info)
+
+    def _process_crop(self, image: np.ndarray, box: np.ndarray, layer: int, timings: dict[str, float],
+                      counts: dict[str, int]) -> dict[str, np.ndarray]:
+        """Masks of one crop box (the whole image for layer 0), in the image frame.
+
+        Returns a dict of ``masks`` N×H×W bool, ``iou`` N, ``stability`` N and
+        ``points`` N×2 (prompt of each mask, image frame), NMS-filtered within
+        the crop and ordered by predicted IoU.
+        """
+        s = self.settings
+        img_h, img_w = image.shape[:2]
+        x0, y0, x1, y1 = (int(v) for v in box)
+        sub = np.ascontiguousarray(image[y0:y1, x0:x1])
+        h, w = sub.shape[:2]
+        full = (x0, y0, x1, y1) == (0, 0, img_w, img_h)
+
+        clock = time.perf_counter()
+        tensor, resized_hw = self.preprocess(sub)
+        timings["preprocess"] += time.perf_counter() - clock
         clock = time.perf_counter()
         embeddings = self.encode(tensor)
-        timings["encoder"] = time.perf_counter() - clock
+        timings["encoder"] += time.perf_counter() - clock
 
-        h, w = crop.shape[:2]
         scale = self.low_res_size / self.input_size
         valid_hw = (resized_hw[0] * scale, resized_hw[1] * scale)
         valid_rows, valid_cols = (min(self.low_res_size, int(math.ceil(v))) for v in valid_hw)
-        grid = mk.point_grid(s.points_per_side) * np.array([w, h], np.float64)  # crop frame (x, y)
+        per_side = int(s.points_per_side / (s.crop_n_points_downscale_factor**layer))
+        grid = mk.point_grid(max(per_side, 1)) * np.array([w, h], np.float64)  # sub-image frame (x, y)
         prompts = (grid * np.array([resized_hw[1] / w, resized_hw[0] / h])).astype(np.float32)
 
-        kept_masks: list[np.ndarray] = []
-        kept_iou: list[np.ndarray] = []
-        kept_stability: list[np.ndarray] = []
-        kept_points: list[np.ndarray] = []
-        candidates = 0
+        kept: dict[str, list[np.ndarray]] = {"masks": [], "iou": [], "stability": [], "points": []}
         for start in range(0, len(prompts), s.points_per_batch):
             batch = prompts[start:start + s.points_per_batch]
             clock = time.perf_counter()
@@ -279,7 +341,7 @@ class SamConceptGenerator:
             logits = low_res.reshape(-1, low_res.shape[2], low_res.shape[3])
             scores = iou.reshape(-1)
             points = np.repeat(grid[start:start + len(batch)], n_masks, axis=0)
-            candidates += len(scores)
+            counts["candidates"] += len(scores)
             keep = np.ones(len(scores), bool)
             if s.pred_iou_thresh > FILTER_DISABLED_AT:
                 keep &= scores > s.pred_iou_thresh
@@ -291,46 +353,31 @@ class SamConceptGenerator:
                 idx, stability = idx[ok], stability[ok]
             if len(idx):
                 masks = mk.logits_to_frame(logits[idx], (h, w), valid_hw) > self.mask_threshold
-                nonempty = masks.reshape(len(idx), -1).any(axis=1)
-                kept_masks.append(masks[nonempty])
-                kept_iou.append(scores[idx][nonempty])
-                kept_stability.append(stability[nonempty])
-                kept_points.append(points[idx][nonempty])
+                ok = masks.reshape(len(idx), -1).any(axis=1)  # empty masks are no concepts
+                if not full:
+                    ok &= ~mk.boxes_near_crop_edge(mk.masks_to_boxes(masks), box, (img_h, img_w))
+                kept["masks"].append(masks[ok])
+                kept["iou"].append(scores[idx][ok])
+                kept["stability"].append(stability[ok])
+                kept["points"].append(points[idx][ok])
             timings["postprocess"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        masks = np.concatenate(kept_masks) if kept_masks else np.zeros((0, h, w), bool)
-        iou = np.concatenate(kept_iou) if kept_iou else np.zeros(0, np.float32)
-        stability = np.concatenate(kept_stability) if kept_stability else np.zeros(0, np.float32)
-        points = np.concatenate(kept_points) if kept_points else np.zeros((0, 2))
-        filtered = len(masks)
+        masks = np.concatenate(kept["masks"]) if kept["masks"] else np.zeros((0, h, w), bool)
+        iou = np.concatenate(kept["iou"]) if kept["iou"] else np.zeros(0, np.float32)
+        stability = np.concatenate(kept["stability"]) if kept["stability"] else np.zeros(0, np.float32)
+        points = np.concatenate(kept["points"]) if kept["points"] else np.zeros((0, 2))
+        counts["after_filters"] += len(masks)
         keep = mk.nms(mk.masks_to_boxes(masks), iou, s.box_nms_thresh)
+        counts["after_nms"] += len(keep)
         masks, iou, stability, points = masks[keep], iou[keep], stability[keep], points[keep]
-        after_nms = len(masks)
-        if s.min_mask_region_area > 0 and len(masks):
-            masks, changed = mk.remove_small_regions(masks, s.min_mask_region_area)
-            # As the reference: prefer unchanged masks, then remove new duplicates.
-            keep = mk.nms(mk.masks_to_boxes(masks), (~changed).astype(np.float32),
-                          max(s.box_nms_thresh, CLEANUP_NMS_FLOOR))
-            keep = keep[masks[keep].reshape(len(keep), -1).any(axis=1)]
-            keep = keep[np.argsort(-iou[keep], kind="stable")]
-            masks, iou, stability, points = masks[keep], iou[keep], stability[keep], points[keep]
+        if not full:
+            placed = np.zeros((len(masks), img_h, img_w), bool)
+            placed[:, y0:y1, x0:x1] = masks
+            masks = placed
+            points = points + np.array([x0, y0], np.float64)
         timings["postprocess"] += time.perf_counter() - clock
-
-        info = {
-            "provider": self.provider,
-            "model_type": self.manifest.get("model_type"),
-            "precision": self.manifest.get("precision"),
-            "settings": asdict(s),
-            "candidates": candidates,
-            "after_filters": filtered,
-            "after_nms": after_nms,
-            "stability_scores": stability.astype(float).tolist(),
-            "point_coords": points.astype(float).tolist(),
-            "resized_hw": list(resized_hw),
-        }
-        return Concepts(masks=masks, scores=iou.astype(np.float32), source=SOURCE, frame=frame,
-                        timings=timings, info=info)
+        return {"masks": masks, "iou": iou, "stability": stability, "points": points}
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -152,7 +152,7 @@ def _decoder_module(sam, fp16: bool):
             pe = sam.prompt_encoder
             self.dtype = dtype
             self.transformer = decoder.transformer
-            self.output_upscaling = decoder.output_upscaling
+            self._init_upscaling(decoder.output_upscaling, dtype)
             self.hypernetworks = decoder.output_hypernetworks_mlps
             self.iou_head = decoder.iou_prediction_head
             self.num_mask_tokens = decoder.num_mask_tokens
@@ -189,16 +189,52 @@ def _decoder_module(sam, fp16: bool):
             src = (image_embeddings + self.no_mask).to(self.dtype)  # batch 1: broadcast against B prompts
             channels, height, width = src.shape[1], src.shape[2], src.shape[3]
             hs, keys = self.transformer(src, self.dense_pe.to(self.dtype), tokens.to(self.dtype))
-            grid = keys.transpose(1, 2).reshape(-1, channels, height, width)
-            upscaled = self.output_upscaling(grid)
-            up_c, up_h, up_w = upscaled.shape[1], upscaled.shape[2], upscaled.shape[3]
             # multimask output: mask tokens 1..3 (token 0 is the single-mask output)
             hyper = torch.stack(
                 [self.hypernetworks[i](hs[:, 1 + i, :]) for i in range(1, self.num_mask_tokens)], dim=1
             )
-            masks = (hyper @ upscaled.reshape(-1, up_c, up_h * up_w)).reshape(-1, self.num_mask_tokens - 1, up_h, up_w)
+            masks = self.upscale_and_project(keys.reshape(-1, height, width, channels), hyper)
             iou = self.iou_head(hs[:, 0, :])[:, 1:]
             return masks.float(), iou.float()
+
+        def _init_upscaling(self, upscaling, dtype):
+            """Keep SAM's output upscaling (ConvT 2×2/2 → LayerNorm2d → GELU → ConvT 2×2/2 → GELU) as matrices.
+
+            A transposed convolution with kernel = stride = 2 maps each input pixel
+            to a 2×2 output block independently: one matrix product per pixel,
+            channels-last, followed by a depth-to-space reshuffle. It avoids
+            ConvTranspose kernels (slow in ONNX Runtime's CPU provider) and makes
+            LayerNorm2d a plain LayerNormalization over the last axis.
+            """
+            conv1, norm, act1, conv2, act2 = list(upscaling)
+            norm = getattr(norm, "inner", norm)
+            with torch.no_grad():
+                for index, conv in ((1, conv1), (2, conv2)):
+                    c_in, c_out = conv.weight.shape[0], conv.weight.shape[1]
+                    # (C_in, C_out, 2, 2) → (C_in, 2·2·C_out) ordered (dy, dx, c_out)
+                    weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+                    self.register_buffer(f"up{index}_weight", weight.to(dtype).clone())
+                    self.register_buffer(f"up{index}_bias", conv.bias.detach().repeat(4).to(dtype).clone())
+                self.register_buffer("up_norm_weight", norm.weight.detach().float().clone())
+                self.register_buffer("up_norm_bias", norm.bias.detach().float().clone())
+            self.up_norm_eps = float(norm.eps)
+            self.up_act1, self.up_act2 = act1, act2
+            self.up_channels = (int(conv1.weight.shape[1]), int(conv2.weight.shape[1]))
+
+        def upscale_and_project(self, grid, hyper):
+            """B×h×w×C keys and B×K×C' hypernetwork outputs → B×K×4h×4w mask logits."""
+            c1, c2 = self.up_channels
+            h, w = grid.shape[1], grid.shape[2]
+            x = grid @ self.up1_weight + self.up1_bias  # B×h×w×(2·2·c1)
+            x = x.reshape(-1, h, w, 2, 2, c1).permute(0, 1, 3, 2, 4, 5).reshape(-1, 2 * h, 2 * w, c1)
+            x = torch.nn.functional.layer_norm(x.float(), (c1,), self.up_norm_weight, self.up_norm_bias,
+                                               self.up_norm_eps).to(self.dtype)
+            x = self.up_act1(x)
+            x = self.up_act2(x @ self.up2_weight + self.up2_bias)  # B×2h×2w×(2·2·c2), blocks of the 4h×4w output
+            k = hyper.shape[1]
+            masks = x.reshape(-1, 4 * h * w * 4, c2) @ hyper.transpose(1, 2)  # B×(2h·2w·2·2)×K
+            masks = masks.reshape(-1, 2 * h, 2 * w, 2, 2, k).permute(0, 5, 1, 3, 2, 4)
+            return masks.reshape(-1, k, 4 * h, 4 * w)
 
     if fp16:
         decoder = _half_with_fp32_norms(sam.mask_decoder)

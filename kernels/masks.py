@@ -268,3 +268,69 @@ def remove_small_regions(masks: np.ndarray, min_area: int) -> tuple[np.ndarray, 
                 mask = np.isin(labels, keep)
         out[i] = mask
     return out, changed
+
+
+def crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Crop boxes of SAM's multi-crop mode: the whole image, then 2^i × 2^i overlapping crops per layer i.
+
+    Parameters
+    ----------
+    hw : (int, int)
+        Image size (h, w).
+    n_layers : int
+        Crop layers after the whole image (SAM's ``crop_n_layers``).
+    overlap_ratio : float
+        Overlap of neighbouring crops in layer 1, as a fraction of the shorter
+        image side (scaled down by 2 per further layer).
+
+    Returns
+    -------
+    boxes : ndarray of int64, K×4
+        ``x0, y0, x1, y1`` (exclusive ends), the whole image first.
+    layers : ndarray of int64, K
+        Layer of each box (0 for the whole image).
+    """
+    h, w = int(hw[0]), int(hw[1])
+    boxes = [[0, 0, w, h]]
+    layers = [0]
+    short = min(h, w)
+    for layer in range(1, n_layers + 1):
+        per_side = 2**layer
+        overlap = int(overlap_ratio * short * (2 / per_side))
+        crop_w = int(math.ceil((overlap * (per_side - 1) + w) / per_side))
+        crop_h = int(math.ceil((overlap * (per_side - 1) + h) / per_side))
+        x0s = [int((crop_w - overlap) * i) for i in range(per_side)]
+        y0s = [int((crop_h - overlap) * i) for i in range(per_side)]
+        for x0 in x0s:  # x outer, y inner: segment-anything's order
+            for y0 in y0s:
+                boxes.append([x0, y0, min(x0 + crop_w, w), min(y0 + crop_h, h)])
+                layers.append(layer)
+    return np.asarray(boxes, np.int64), np.asarray(layers, np.int64)
+
+
+def boxes_near_crop_edge(boxes: np.ndarray, crop_box: np.ndarray, image_hw: tuple[int, int],
+                         atol: float = 20.0) -> np.ndarray:
+    """Which boxes touch an edge of their crop that is not an edge of the image.
+
+    Parameters
+    ----------
+    boxes : ndarray, N×4
+        ``x0, y0, x1, y1`` in the crop's own coordinates.
+    crop_box : ndarray, 4
+        The crop in the image, ``x0, y0, x1, y1``.
+    image_hw : (int, int)
+        Image size.
+    atol : float
+        Distance (pixels) that counts as touching.
+
+    Returns
+    -------
+    ndarray of bool, N
+    """
+    boxes = np.asarray(boxes, np.float64)
+    crop = np.asarray(crop_box, np.float64)
+    shifted = boxes + np.array([crop[0], crop[1], crop[0], crop[1]])
+    image = np.array([0.0, 0.0, image_hw[1], image_hw[0]])
+    near_crop = np.abs(shifted - crop[None, :]) <= atol
+    near_image = np.abs(shifted - image[None, :]) <= atol
+    return np.any(near_crop & ~near_image, axis=1)

@@ -173,3 +173,22 @@ def test_remove_small_regions_matches_segment_anything(min_area):
         np.testing.assert_array_equal(got[i], ref)
         assert changed[i] == (c1 or c2)
     assert changed.any() == (min_area > 0)
+
+
+@pytest.mark.parametrize("hw,layers", [((224, 224), 1), ((300, 451), 2), ((451, 300), 1), ((50, 80), 0)])
+def test_crop_boxes_match_segment_anything(hw, layers):
+    boxes, layer_idx = mk.crop_boxes(hw, layers, 512 / 1500)
+    ref_boxes, ref_layers = amg.generate_crop_boxes(hw, layers, 512 / 1500)
+    assert boxes.tolist() == ref_boxes and layer_idx.tolist() == ref_layers
+    assert len(boxes) == sum(4**i for i in range(layers + 1))
+
+
+def test_boxes_near_crop_edge_match_segment_anything():
+    rng = np.random.default_rng(6)
+    crop_box = [100, 50, 300, 250]
+    xy = rng.integers(0, 200, size=(60, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + rng.integers(0, 120, size=(60, 2)), 199)], axis=1)
+    ref = amg.is_box_near_crop_edge(torch.from_numpy(boxes), crop_box, [0, 0, 400, 300]).numpy()
+    got = mk.boxes_near_crop_edge(boxes, np.array(crop_box), (300, 400))
+    np.testing.assert_array_equal(got, ref)
+    assert got.any() and not got.all()
