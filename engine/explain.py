@@ -56,7 +56,7 @@ import numpy as np
 
 from ..kernels.shapley import (
     all_coalitions,
-    banzhaf_mc,
+    softmax_banzhaf_mc,
     exact_shapley,
     kernel_coalitions,
     permutation_shapley,
@@ -386,7 +386,7 @@ class Explainer:
                                          lr=o["lr"], momentum=o["momentum"], batch_size=o["sgd_batch"])
             timings["fit"] += time.perf_counter() - start
             start = time.perf_counter()
-            v, e = banzhaf_mc(softmax_value_fn(a, const, [y]), n, o["mc_samples"], rng, shared=True)
+            v, e = softmax_banzhaf_mc(a, const, [y], o["mc_samples"], rng)
             timings["values"] += time.perf_counter() - start
             values.append(v[:, 0])
             stderr.append(e[:, 0])

@@ -255,3 +255,16 @@ def test_linear_fit_of_features_through_head_equals_fit_of_logits():
     al, cl = fit_linear_logits(x, feats @ fc.T + bias)
     np.testing.assert_allclose(fc @ af, al, atol=1e-8)
     np.testing.assert_allclose(fc @ cf + bias, cl, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_softmax_banzhaf_fast_path_equals_generic(seed):
+    from eac.kernels.shapley import softmax_banzhaf_mc
+
+    a, const = _surrogate_problem(n=9, k=6, seed=seed)
+    fast = softmax_banzhaf_mc(a, const, [2, 4], 3000, np.random.default_rng(seed), rows_per_call=500)
+    slow = banzhaf_mc(softmax_value_fn(a, const, [2, 4]), 9, 3000, np.random.default_rng(seed), shared=True)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
+    exact = surrogate_exact_values(a, const, [2, 4], kind="banzhaf")
+    assert np.all(np.abs(fast[0] - exact) <= 6 * fast[1] + 2e-3)
