@@ -34,8 +34,10 @@ import numpy as np
 from ..kernels.compose import BASELINES, baseline_pixels, compose_chunks, flatten_masks
 from .errors import ConceptError, ExplainError, InputShapeError
 
-#: Default classifier batch size (images per run). Chosen by measurement on the
-#: 2-core CPU: see /tmp/eac_explainer_measurements.md (throughput flat above 16–32).
+#: Default classifier batch size (images per run). One 224×224 batch is then 19 MB of
+#: float32 input, which bounds the explain stage's memory; on the 2-core CPU the small
+#: demo CNN showed no consistent throughput gain from larger batches (measurements in
+#: the issue note), and GPUs want batches of this order. Override with ``batch_size``.
 DEFAULT_BATCH_SIZE = 32
 
 

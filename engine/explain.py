@@ -295,6 +295,7 @@ class Explainer:
             labels=[str(labels[t]) for t in targets] if labels else None,
             provider=getattr(self.classifier, "provider", None),
             crop=crop,
+            frame=frame,
             info=info,
         )
 

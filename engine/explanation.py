@@ -31,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .concepts import Frame
 from .errors import ExplainError
 
 STAGES = ("concepts", "evaluations", "fit", "values")
@@ -81,6 +82,9 @@ class Explanation:
         ONNX Runtime execution provider used.
     crop : ndarray of uint8, h×w×3, or None
         The explained image in the crop frame (for the overlay).
+    frame : Frame or None
+        Where the crop sits in the original image (map masks back with
+        ``frame.to_original(masks)``).
     info : dict
         Extra results (surrogate fit quality, metrics, stopping round...).
     """
@@ -98,6 +102,7 @@ class Explanation:
     labels: list[str] | None = None
     provider: str | None = None
     crop: np.ndarray | None = None
+    frame: Frame | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,6 +165,7 @@ class Explanation:
             "timings": {k: float(v) for k, v in self.timings.items()},
             "provider": self.provider,
             "settings": self.settings,
+            "frame": None if self.frame is None else self.frame.to_dict(),
             "info": self.info,
             "masks_file": MASKS_NAME,
             "crop_file": CROP_NAME if self.crop is not None else None,
@@ -219,6 +225,7 @@ class Explanation:
                    method=data["method"], value_type=data["value_type"], settings=data.get("settings", {}),
                    num_evaluations=int(data.get("num_evaluations", 0)), timings=data.get("timings", {}),
                    stderr=stderr, labels=data.get("labels"), provider=data.get("provider"), crop=crop,
+                   frame=Frame.from_dict(data["frame"]) if data.get("frame") else None,
                    info=data.get("info", {}))
 
 

@@ -35,6 +35,7 @@ def test_round_trip_is_exact(expl, tmp_path):
     assert back.method == "eac" and back.value_type == "shapley"
     assert back.num_evaluations == expl.num_evaluations and back.provider == "FakeProvider"
     assert back.settings == json.loads(json.dumps(expl.settings))
+    assert back.frame == expl.frame and back.frame is not None
     again = Explanation.load(path)  # the JSON file itself works too
     np.testing.assert_array_equal(again.values, expl.values)
 
