@@ -56,10 +56,10 @@ import numpy as np
 
 from ..kernels.shapley import (
     all_coalitions,
-    softmax_banzhaf_mc,
     exact_shapley,
     kernel_coalitions,
     permutation_shapley,
+    softmax_banzhaf_mc,
     softmax_value_fn,
     surrogate_exact_values,
     uniform_coalitions,

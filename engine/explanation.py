@@ -195,7 +195,7 @@ class Explanation:
         return path
 
     @classmethod
-    def load(cls, source: str | os.PathLike) -> "Explanation":
+    def load(cls, source: str | os.PathLike) -> Explanation:
         """Read an explanation written by :meth:`save` (its folder or its JSON file)."""
         path = Path(source)
         if path.is_dir():
@@ -250,7 +250,7 @@ def value_colour(value: float, scale: float) -> tuple[int, int, int]:
     """BGR colour of a value: red for positive, blue for negative, paler when small."""
     t = 0.0 if scale <= 0 else float(np.clip(abs(value) / scale, 0.0, 1.0))
     strong = 255
-    weak = int(round(230 * (1.0 - t)))
+    weak = round(230 * (1.0 - t))
     return (weak, weak, strong) if value >= 0 else (strong, weak, weak)
 
 

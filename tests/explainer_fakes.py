@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 from eac.engine.concepts import Frame
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

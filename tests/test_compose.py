@@ -6,7 +6,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from eac.kernels.compose import (
     baseline_pixels,
     compose_batch,

@@ -8,7 +8,6 @@ from math import factorial
 
 import numpy as np
 import pytest
-
 from eac.engine.concepts import Concepts, Frame
 from eac.engine.errors import ConceptError, ExplainError
 from eac.engine.evaluator import MaskedEvaluator

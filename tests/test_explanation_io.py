@@ -7,7 +7,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from eac.engine.errors import ExplainError
 from eac.engine.explain import explain
 from eac.engine.explanation import OVERLAY_SCALE, Explanation

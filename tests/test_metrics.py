@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from eac.engine.errors import ExplainError
 from eac.engine.evaluator import MaskedEvaluator
 from eac.engine.metrics import (

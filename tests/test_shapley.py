@@ -7,7 +7,6 @@ from math import comb, factorial
 
 import numpy as np
 import pytest
-
 from eac.kernels.shapley import (
     all_coalitions,
     banzhaf_mc,
