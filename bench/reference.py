@@ -60,6 +60,8 @@ SAM_STABILITY_THRESH = 0.95
 SAM_STABILITY_OFFSET = 1.0
 SAM_BOX_NMS_THRESH = 0.7
 SAM_CROP_LAYERS = 0
+#: Box-NMS threshold that suppresses nothing (NMS drops boxes with IoU *above* it).
+KEEP_ALL_NMS = 1.0
 #: Pixel scale of ``ToTensor`` (uint8 → [0, 1]).
 PIXEL_SCALE = 255.0
 
@@ -373,8 +375,8 @@ class SamReferenceSettings:
         return dict(self.__dict__)
 
     def keep_all(self) -> SamReferenceSettings:
-        """The same settings with the IoU and stability filters off (every candidate kept)."""
-        return replace(self, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        """The same settings with the IoU, stability and NMS filters off: every candidate is kept."""
+        return replace(self, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=KEEP_ALL_NMS)
 
 
 @dataclass

@@ -15,8 +15,8 @@ eager (:mod:`eac.bench.reference`) — times them with
     SAM ViT-B (random weights or a checkpoint) on the same crop, 32×32 point
     grid: the engine's ``SamConceptGenerator`` vs segment-anything's own
     ``SamAutomaticMaskGenerator``; plus an untimed agreement check with the IoU
-    and stability filters off (mean best IoU of the reference's masks among the
-    engine's).
+    stability and NMS filters off, so both keep every candidate (mean best IoU
+    of the reference's masks among the engine's).
 ``end-to-end``
     Both stages: SAM concepts, then the explanation with them.
 ``fidelity``
@@ -566,7 +566,7 @@ def mask_agreement(engine_masks: np.ndarray, reference_masks: np.ndarray) -> dic
 
 
 def _keep_all_agreement(sam: SamPair, crop: np.ndarray, opts: BenchOptions) -> dict[str, Any]:
-    """Untimed: both generators with the IoU/stability filters off, compared mask by mask."""
+    """Untimed: both generators with the IoU, stability and NMS filters off, compared mask by mask."""
     from ..engine.concepts import Frame
 
     pps = QUICK.agreement_points_per_side if opts.quick else AGREEMENT_POINTS_PER_SIDE
