@@ -334,4 +334,5 @@ def test_bench_concepts_quick(bench_cache, tmp_path, capsys):
         assert data["sides"][name]["counts"]["prompts"] > 0
     keep = data["extra"]["agreement_keep_all"]
     assert keep["reference_masks"] > 0 and keep["engine_masks"] > 0
-    assert 0 <= keep["mean_best_iou_reference_in_engine"] <= 1
+    # Same weights, every candidate kept: the engine reproduces segment-anything's masks.
+    assert keep["mean_best_iou_reference_in_engine"] >= 0.9
