@@ -222,18 +222,24 @@ def _decoder_module(sam, fp16: bool):
             self.up_channels = (int(conv1.weight.shape[1]), int(conv2.weight.shape[1]))
 
         def upscale_and_project(self, grid, hyper):
-            """B×h×w×C keys and B×K×C' hypernetwork outputs → B×K×4h×4w mask logits."""
+            """B×h×w×C keys and B×K×C' hypernetwork outputs → B×K×4h×4w mask logits.
+
+            Everything between the two transposed convolutions is per output
+            pixel (LayerNorm over channels, GELU), so it runs on the blocked
+            layout B×h×w×(2·2)×c; the pixels are put in raster order once, on
+            the K-channel result.
+            """
             c1, c2 = self.up_channels
             h, w = grid.shape[1], grid.shape[2]
-            x = grid @ self.up1_weight + self.up1_bias  # B×h×w×(2·2·c1)
-            x = x.reshape(-1, h, w, 2, 2, c1).permute(0, 1, 3, 2, 4, 5).reshape(-1, 2 * h, 2 * w, c1)
+            x = (grid @ self.up1_weight + self.up1_bias).reshape(-1, h, w, 4, c1)  # blocks (dy, dx)
             x = torch.nn.functional.layer_norm(x.float(), (c1,), self.up_norm_weight, self.up_norm_bias,
                                                self.up_norm_eps).to(self.dtype)
             x = self.up_act1(x)
-            x = self.up_act2(x @ self.up2_weight + self.up2_bias)  # B×2h×2w×(2·2·c2), blocks of the 4h×4w output
+            x = self.up_act2(x @ self.up2_weight + self.up2_bias)  # B×h×w×4×(2·2·c2): blocks of blocks
             k = hyper.shape[1]
-            masks = x.reshape(-1, 4 * h * w * 4, c2) @ hyper.transpose(1, 2)  # B×(2h·2w·2·2)×K
-            masks = masks.reshape(-1, 2 * h, 2 * w, 2, 2, k).permute(0, 5, 1, 3, 2, 4)
+            masks = x.reshape(-1, h * w * 16, c2) @ hyper.transpose(1, 2)  # B×(h·w·16)×K
+            # (i, j, dy, dx, dy', dx', k) → row 4i + 2dy + dy', column 4j + 2dx + dx'
+            masks = masks.reshape(-1, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
             return masks.reshape(-1, k, 4 * h, 4 * w)
 
     if fp16:
