@@ -20,7 +20,8 @@ median/min/max seconds, their ratio, classifier evaluations, peak memory, the pr
 the CPU/GPU model, thread counts and versions. --json FILE writes every number.
 
 workloads:
-  explain     one skimage photograph (224×224 crop), N concept masks (default 32),
+  explain     one skimage photograph (224×224 crop), N concept masks (default 32 SLIC
+              regions; SAM's masks when --sam/--sam-checkpoint is given),
               ResNet-50 (bench-built, random weights) or --classifier DIR:
               engine method `eac` vs the reference (2500 evaluations, PIE SGD fit,
               50 000-sample Monte-Carlo per concept).

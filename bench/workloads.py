@@ -472,12 +472,38 @@ def throughput_table(engine: SideResult, reference: SideResult, alone: dict[str,
 # --- workloads -----------------------------------------------------------------------------------
 
 
+#: Fewest SAM masks the explain workload accepts before falling back to SLIC regions.
+MIN_SAM_CONCEPTS = 2
+
+
+def explain_masks(opts: BenchOptions, crop: np.ndarray) -> tuple[np.ndarray, str]:
+    """The explain workload's concepts: SAM masks when a SAM is given, else exactly N SLIC regions.
+
+    With ``--sam``/``--sam-checkpoint`` the engine's SAM generator runs once,
+    untimed, on the crop (reference settings) and both sides explain with its
+    masks. A SAM that keeps fewer than :data:`MIN_SAM_CONCEPTS` masks (random
+    weights) gives way to the SLIC regions, and the report says so.
+    """
+    if opts.sam or opts.sam_checkpoint:
+        from ..engine.concepts import Frame
+
+        sam = sam_pair(opts)
+        opts.log("concepts for the explain workload: SAM on the crop (untimed)...")
+        concepts = _engine_sam(sam.folder, SamReferenceSettings(), opts)(crop, Frame.identity(crop.shape[:2]))
+        if len(concepts) >= MIN_SAM_CONCEPTS:
+            return concepts.masks, f"SAM ({sam.description}), {len(concepts)} masks"
+        fallback = exact_regions(crop, opts.concepts_n)
+        return fallback, (f"SLIC, exactly {len(fallback)} regions (SAM kept only {len(concepts)} masks)")
+    masks = exact_regions(crop, opts.concepts_n)
+    return masks, f"SLIC, exactly {len(masks)} regions"
+
+
 def run_explain(opts: BenchOptions) -> BenchReport:
     """The explain stage: engine ``eac`` vs the reference on N given concept masks."""
     pair = classifier_pair(opts)
     photo = load_photo(opts.photo)
     crop = crop_for(photo, pair.engine.input_hw, pair.resize)
-    masks = exact_regions(crop, opts.concepts_n)
+    masks, mask_source = explain_masks(opts, crop)
     ref_settings = _reference_settings(opts)
     engine_run, reference_run, last = _explain_sides(pair, crop, masks, opts, ref_settings)
     engine = measure("engine", engine_run, opts.warmup, opts.repeat, opts.log)
@@ -489,7 +515,7 @@ def run_explain(opts: BenchOptions) -> BenchReport:
     through = throughput_table(engine, reference, alone, batch)
     settings = {
         "photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "resize": pair.resize,
-        "n_concepts": len(masks), "concept_masks": "SLIC, exactly N regions",
+        "n_concepts": len(masks), "concept_masks": mask_source,
         "classifier": pair.description, "classifier_folder": str(pair.folder),
         "engine_method": ENGINE_METHOD, "reference": ref_settings.to_dict(), "load_seconds": pair.load_seconds,
     }
