@@ -348,7 +348,8 @@ def machine_info(ort_threads: int | None = None) -> dict[str, Any]:
             "opencv": _version("cv2"),
             "segment_anything": None,
         },
-        "threads": {"onnxruntime_intra_op": ort_threads if ort_threads is not None else os.cpu_count()},
+        "threads": {"onnxruntime_intra_op": ort_threads if ort_threads is not None
+                    else f"default (one per physical core; {os.cpu_count()} logical CPUs)"},
     }
     from importlib.metadata import PackageNotFoundError, version
 

@@ -336,3 +336,21 @@ def test_bench_concepts_quick(bench_cache, tmp_path, capsys):
     assert keep["reference_masks"] > 0 and keep["engine_masks"] > 0
     # Same weights, every candidate kept: the engine reproduces segment-anything's masks.
     assert keep["mean_best_iou_reference_in_engine"] >= 0.9
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_quick(bench_cache, tmp_path, capsys):
+    from eac.engine.cli import main
+
+    out = tmp_path / "e2e.json"
+    assert main(["bench", "end-to-end", "--quick", "--repeat", "2", "--warmup", "0", "--quiet",
+                 "--json", str(out)]) == 0
+    assert "QUICK" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    _check_sides(data)
+    for name in ("engine", "reference"):
+        side = data["sides"][name]
+        for stage in ("concepts", "evaluations", "fit", "values", "total"):
+            assert side["stages"][stage]["median_s"] > 0, (name, stage)
+        assert side["counts"]["concepts explained"] >= 2
+        assert side["counts"]["evaluations"] > 0
