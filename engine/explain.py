@@ -58,8 +58,8 @@ from ..kernels.shapley import (
     all_coalitions,
     exact_shapley,
     kernel_coalitions,
-    permutation_shapley,
     softmax_banzhaf_mc,
+    softmax_permutation_shapley,
     softmax_value_fn,
     surrogate_exact_values,
     uniform_coalitions,
@@ -368,8 +368,8 @@ class Explainer:
             if n <= self.options["exact_max_n"]:
                 vals.append(surrogate_exact_values(a, const, t, kind="shapley")[:, 0])
             else:
-                v, e = permutation_shapley(softmax_value_fn(a, const, t), n, self.options["permutations"],
-                                           np.random.default_rng(value_seed))
+                v, e = softmax_permutation_shapley(a, const, t, self.options["permutations"],
+                                                   np.random.default_rng(value_seed))
                 vals.append(v[:, 0])
                 errs.append(e[:, 0])
         return np.array(vals), (np.array(errs) if errs else None)

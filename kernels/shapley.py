@@ -419,3 +419,57 @@ def softmax_banzhaf_mc(
     mean = sums / num_samples
     var = np.maximum(sq / num_samples - mean**2, 0.0) * num_samples / max(num_samples - 1, 1)
     return mean, np.sqrt(var / num_samples)
+
+
+def softmax_permutation_shapley(
+    a: np.ndarray,
+    const: np.ndarray,
+    targets: np.ndarray,
+    num_permutations: int,
+    rng: np.random.Generator,
+    antithetic: bool = True,
+    rows_per_call: int = DEFAULT_ROWS_PER_CALL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`permutation_shapley` specialised to v(b) = softmax(A·b + c)[y].
+
+    The logits along a permutation are running sums c + Σ_{j' ≤ j} A[:, π_j'], so all
+    prefixes come from one cumulative sum instead of a P×(N+1)×N coalition matrix
+    and its product with A. Same permutations (same ``rng`` draws) and the same
+    estimate as the generic function, up to rounding.
+
+    Returns
+    -------
+    values, stderr : ndarray of float64, N×T
+    """
+    a = np.asarray(a, dtype=np.float64)
+    const = np.asarray(const, dtype=np.float64)
+    targets = np.atleast_1d(np.asarray(targets, dtype=np.int64))
+    n = a.shape[1]
+    if antithetic:
+        num_permutations += num_permutations % 2
+    group = 2 if antithetic else 1
+    groups = num_permutations // group
+    chunk_groups = max(1, rows_per_call // (group * (n + 1)))
+    cols = a.T  # N×K
+    units = []
+    for start in range(0, groups, chunk_groups):
+        g = min(chunk_groups, groups - start)
+        perms = rng.random((g, n)).argsort(axis=1)
+        if antithetic:
+            perms = np.stack([perms, perms[:, ::-1]], axis=1).reshape(g * 2, n)
+        p = perms.shape[0]
+        logits = np.empty((p, n + 1, cols.shape[1]))
+        logits[:, 0] = const
+        np.cumsum(cols[perms], axis=1, out=logits[:, 1:])
+        logits[:, 1:] += const
+        logits -= logits.max(axis=2, keepdims=True)
+        np.exp(logits, out=logits)
+        v = logits[:, :, targets] / logits.sum(axis=2, keepdims=True)  # p×(N+1)×T
+        steps = v[:, 1:, :] - v[:, :-1, :]
+        marg = np.empty_like(steps)
+        marg[np.arange(p)[:, None], perms, :] = steps
+        units.append(marg.reshape(g, group, n, -1).mean(axis=1))
+    u = np.concatenate(units, axis=0)
+    mean = u.mean(axis=0)
+    stderr = u.std(axis=0, ddof=1) / np.sqrt(groups) if groups > 1 else np.full_like(mean, np.inf)
+    return mean, stderr

@@ -267,3 +267,16 @@ def test_softmax_banzhaf_fast_path_equals_generic(seed):
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
     exact = surrogate_exact_values(a, const, [2, 4], kind="banzhaf")
     assert np.all(np.abs(fast[0] - exact) <= 6 * fast[1] + 2e-3)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_softmax_permutation_fast_path_equals_generic(antithetic):
+    from eac.kernels.shapley import softmax_permutation_shapley
+
+    a, const = _surrogate_problem(n=10, k=4, seed=5)
+    fast = softmax_permutation_shapley(a, const, [0, 3], 300, np.random.default_rng(9), antithetic=antithetic,
+                                       rows_per_call=500)
+    slow = permutation_shapley(softmax_value_fn(a, const, [0, 3]), 10, 300, np.random.default_rng(9),
+                               antithetic=antithetic, rows_per_call=500)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
