@@ -14,13 +14,15 @@ Methods and what their values are
 ---------------------------------
 ``eac`` (default; Shapley, black-box)
     EAC made fast. Coalitions are drawn in rounds of antithetic pairs (b, 1−b)
-    with sizes from the Shapley kernel, plus the empty and full coalitions; the
-    recorded logits of *all* classes are fitted in closed form, logits ≈ A·b + c
-    (the collapsed PIE surrogate; fitting the features and mapping them through
-    the head gives the same A since least squares is linear). The values are the
-    Shapley values of the surrogate class probability softmax(A·b + c)[y]: exact
+    with sizes from the Shapley kernel, plus the empty and full coalitions, and a
+    surrogate of the explained class's probability is fitted on the recorded
+    outputs. The values are the Shapley values of the surrogate: exact
     over all 2^N coalitions when N ≤ ``exact_max_n`` (milliseconds), otherwise a
-    permutation estimator with antithetic pairs and a standard error per concept.
+    permutation estimator with antithetic pairs and a standard error per concept
+    (the surrogate's sampling error; the fit quality is ``info["surrogate_r2"]``).
+    The surrogate is the PIE form collapsed to the explained class,
+    σ(α·b + β), fitted by the reference's BCE loss (convex, Newton); least squares
+    of all logits (``surrogate="linear-logits"``) was measured less faithful.
     Rounds stop once the ranking is stable (Spearman between consecutive rounds ≥
     ``stop_spearman``) after ``min_evaluations``, or at ``max_evaluations``. When
     2^N coalitions fit in ``max_evaluations`` the classifier is simply enumerated
@@ -29,7 +31,11 @@ Methods and what their values are
     The reference: 2500 Bernoulli(½) coalitions, the PIE surrogate
     softmax(Fc·(W·b + c) + bias)[y] with the model's own head, fitted by SGD
     (lr 0.008, momentum 0.9, batch 100, BCE, 50 epochs), then 50 000 Monte-Carlo
-    coalitions per concept (uniform coalitions: a Banzhaf estimate). Seeded.
+    coalitions per concept (uniform coalitions: a Banzhaf estimate). Seeded. The
+    SGD runs on the collapsed map A = Fc·W (same iterates, see
+    :func:`eac.kernels.surrogate.fit_pie_sgd`); the Monte-Carlo samples are shared by
+    all concepts (the reference draws fresh ones per concept: same estimator) and
+    the flipped evaluations are factorised (:func:`eac.kernels.shapley.softmax_banzhaf_mc`).
 ``shapley-exact`` (Shapley)
     All 2^N coalitions through the classifier; refused above ``MAX_EXACT_N``.
 ``kernelshap`` (Shapley)

@@ -75,7 +75,10 @@ class Explanation:
     timings : dict of str to float
         Seconds per stage: ``concepts``, ``evaluations``, ``fit``, ``values``.
     stderr : ndarray, same shape as values, or None
-        Standard errors when the values were sampled.
+        Monte-Carlo standard errors when the values were sampled. For ``eac``
+        (N > 16) and ``eac-faithful`` they measure the sampling error of the
+        values *of the fitted surrogate*, not how well the surrogate fits the
+        classifier (see ``info["surrogate_r2"]`` / ``info["final_bce"]``).
     labels : list of str or None
         Class names of the targets, when the classifier has labels.
     provider : str or None

@@ -280,3 +280,20 @@ def test_softmax_permutation_fast_path_equals_generic(antithetic):
                                antithetic=antithetic, rows_per_call=500)
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12)
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12)
+
+
+def test_logistic_fit_recovers_logistic_data_and_survives_saturation():
+    from eac.kernels.surrogate import fit_logistic
+
+    rng = np.random.default_rng(4)
+    n = 6
+    alpha = rng.normal(scale=2.0, size=n)
+    x = (rng.random((300, n)) < 0.5).astype(float)
+    p = 1 / (1 + np.exp(-(x @ alpha - 1.0)))
+    got_alpha, got_beta = fit_logistic(x, p, ridge=0.0)
+    np.testing.assert_allclose(got_alpha, alpha, atol=1e-5)
+    assert got_beta == pytest.approx(-1.0, abs=1e-5)
+    # Saturated observations (probabilities exactly 0 and 1) give a finite fit.
+    hard = (x[:, 0] > 0).astype(float)
+    a2, b2 = fit_logistic(x, hard)
+    assert np.isfinite(a2).all() and np.isfinite(b2) and a2[0] == max(a2)
