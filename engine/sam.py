@@ -150,7 +150,7 @@ class SamConceptGenerator:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, session_options: SessionOptions | None = None,
-                    **settings: Any) -> "SamConceptGenerator":
+                    **settings: Any) -> SamConceptGenerator:
         """Open a folder written by ``eac export sam``.
 
         Parameters
@@ -324,7 +324,7 @@ class SamConceptGenerator:
 
         scale = self.low_res_size / self.input_size
         valid_hw = (resized_hw[0] * scale, resized_hw[1] * scale)
-        valid_rows, valid_cols = (min(self.low_res_size, int(math.ceil(v))) for v in valid_hw)
+        valid_rows, valid_cols = (min(self.low_res_size, math.ceil(v)) for v in valid_hw)
         per_side = int(s.points_per_side / (s.crop_n_points_downscale_factor**layer))
         grid = mk.point_grid(max(per_side, 1)) * np.array([w, h], np.float64)  # sub-image frame (x, y)
         prompts = (grid * np.array([resized_hw[1] / w, resized_hw[0] / h])).astype(np.float32)

@@ -128,8 +128,8 @@ def logits_to_frame(logits: np.ndarray, out_hw: tuple[int, int], valid_hw: tuple
         return out
     matrix = frame_affine((h, w), valid_hw)
     # Only rows/columns up to the valid extent (+1 for interpolation) are ever read.
-    rows = min(logits.shape[1], int(math.ceil(valid_hw[0])) + 1)
-    cols = min(logits.shape[2], int(math.ceil(valid_hw[1])) + 1)
+    rows = min(logits.shape[1], math.ceil(valid_hw[0]) + 1)
+    cols = min(logits.shape[2], math.ceil(valid_hw[1]) + 1)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     for i in range(n):
         out[i] = cv2.warpAffine(logits[i, :rows, :cols], matrix, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
@@ -297,8 +297,8 @@ def crop_boxes(hw: tuple[int, int], n_layers: int, overlap_ratio: float) -> tupl
     for layer in range(1, n_layers + 1):
         per_side = 2**layer
         overlap = int(overlap_ratio * short * (2 / per_side))
-        crop_w = int(math.ceil((overlap * (per_side - 1) + w) / per_side))
-        crop_h = int(math.ceil((overlap * (per_side - 1) + h) / per_side))
+        crop_w = math.ceil((overlap * (per_side - 1) + w) / per_side)
+        crop_h = math.ceil((overlap * (per_side - 1) + h) / per_side)
         x0s = [int((crop_w - overlap) * i) for i in range(per_side)]
         y0s = [int((crop_h - overlap) * i) for i in range(per_side)]
         for x0 in x0s:  # x outer, y inner: segment-anything's order

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from eac.bench import tvshim
 from eac.kernels import masks as mk
 

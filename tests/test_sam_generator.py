@@ -16,27 +16,28 @@ import pytest
 torch = pytest.importorskip("torch")
 skimage_data = pytest.importorskip("skimage.data")
 
-from eac.bench import tvshim  # noqa: E402
+from eac.bench import tvshim
 
 tvshim.install()
 segment_anything = pytest.importorskip("segment_anything")
 
-from eac.engine.concepts import Concepts, Frame  # noqa: E402
-from eac.engine.errors import ConceptError, InputShapeError  # noqa: E402
-from eac.engine.images import apply_frame, resize_crop_frame  # noqa: E402
-from eac.engine.sam import SamConceptGenerator  # noqa: E402
-from eac.export.sam import export_sam_model  # noqa: E402
-from eac.kernels import masks as mk  # noqa: E402
-from tests.sam_fixtures import build_tiny_sam  # noqa: E402
+from eac.engine.concepts import Concepts, Frame
+from eac.engine.errors import ConceptError, InputShapeError
+from eac.engine.images import apply_frame, resize_crop_frame
+from eac.engine.sam import SamConceptGenerator
+from eac.export.sam import export_sam_model
+from eac.kernels import masks as mk
+
+from tests.sam_fixtures import build_tiny_sam
 
 #: Grid of the parity runs: 8×8 prompts = 192 candidates (segment-anything needs
 #: ~10 s for them on 2 cores: it upsamples every candidate to 1024×1024).
 PARITY_POINTS = 8
-KEEP_ALL = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+KEEP_ALL = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 #: Thresholds that keep part of the tiny model's candidates (its predicted IoUs lie in about
 #: [-0.1, 0.3], its stability scores in [0, 0.7]). Its masks are scattered over the whole crop,
 #: so every box is the full frame: NMS is checked separately (it keeps exactly one).
-SOME = dict(pred_iou_thresh=0.2, stability_score_thresh=0.5, box_nms_thresh=1.0)
+SOME = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.5, "box_nms_thresh": 1.0}
 MIN_MEAN_BEST_IOU = 0.95
 
 
@@ -190,7 +191,7 @@ def test_thread_safety(folder, crop_and_frame):
     def work(i: int) -> None:
         try:
             results[i] = generator(crop, frame)
-        except Exception as exc:  # pragma: no cover - reported below
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread is reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
