@@ -239,6 +239,16 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _source_digest(module: str) -> str:
+    """Digest of a module's source file, so cached exports follow changes of the exporter."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        return "unknown"
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:12]
+
+
 def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | None = None,
                             validate: bool = True) -> Path:
     """Export a bench classifier to an eac classifier folder (cached).
@@ -261,7 +271,8 @@ def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | Non
     if arch not in CLASSIFIERS:
         raise BenchModelError(f"unknown bench classifier {arch!r}; choose from {', '.join(CLASSIFIERS)}")
     factory, _ = CLASSIFIERS[arch]
-    folder = Path(out) if out is not None else cache_dir() / f"classifier-{arch}-{_fingerprint(arch, BENCH_SEED)}"
+    folder = Path(out) if out is not None else cache_dir() / (
+        f"classifier-{arch}-{_fingerprint(arch, BENCH_SEED, _source_digest('eac.export.classifier'))}")
     if (folder / "manifest.json").is_file():
         return folder
     try:
@@ -390,7 +401,8 @@ def export_bench_sam(model_type: str = "vit_b", checkpoint: str | os.PathLike | 
     ckpt = Path(checkpoint) if checkpoint is not None else sam_checkpoint(model_type)
     if not ckpt.is_file():
         raise BenchModelError(f"{ckpt}: no such SAM checkpoint")
-    key = _fingerprint("samfolder", model_type, ckpt.resolve(), ckpt.stat().st_size)
+    key = _fingerprint("samfolder", model_type, ckpt.resolve(), ckpt.stat().st_size,
+                       _source_digest("eac.export.sam"), _source_digest("eac.export.sam_loader"))
     folder = Path(out) if out is not None else cache_dir() / f"sam-{model_type}-{key}"
     if (folder / "manifest.json").is_file():
         return folder
