@@ -14,7 +14,8 @@ Methods and what their values are
 ---------------------------------
 ``eac`` (default; Shapley, black-box)
     EAC made fast. Coalitions are drawn in rounds of antithetic pairs (b, 1−b)
-    with sizes from the Shapley kernel, plus the empty and full coalitions, and a
+    — sizes from the Shapley kernel when N ≤ 16, uniform Bernoulli(½) above
+    (``sampler="auto"``, measured) — plus the empty and full coalitions, and a
     surrogate of the explained class's probability is fitted on the recorded
     outputs. The values are the Shapley values of the surrogate: exact
     over all 2^N coalitions when N ≤ ``exact_max_n`` (milliseconds), otherwise a
@@ -110,7 +111,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
         "max_evaluations": 256,
         "round_size": 64,
         "stop_spearman": 0.98,
-        "sampler": "kernel",
+        "sampler": "auto",
         "exact_max_n": 16,
         "permutations": 2048,
         "surrogate": "logistic",
@@ -314,9 +315,13 @@ class Explainer:
         if o["enumerate_small"] and 2**n <= o["max_evaluations"]:
             info["enumerated"] = True
             return self._exact(ev, targets, timings), None
-        sampler = {"kernel": kernel_coalitions, "uniform": uniform_coalitions}.get(o["sampler"])
+        kind = o["sampler"]
+        if kind == "auto":  # measured: kernel sizes win at N ≤ 16, uniform pairs above
+            kind = "kernel" if n <= o["exact_max_n"] else "uniform"
+        sampler = {"kernel": kernel_coalitions, "uniform": uniform_coalitions}.get(kind)
         if sampler is None:
-            raise ExplainError(f"eac sampler must be 'kernel' or 'uniform', got {o['sampler']!r}")
+            raise ExplainError(f"eac sampler must be 'auto', 'kernel' or 'uniform', got {o['sampler']!r}")
+        info["sampler"] = kind
         if o["surrogate"] not in SURROGATES:
             raise ExplainError(f"eac surrogate must be one of {', '.join(SURROGATES)}, got {o['surrogate']!r}")
         # One fixed stream for the value estimator (N > exact_max_n): the same permutations every
