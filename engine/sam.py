@@ -128,19 +128,25 @@ class SamConceptGenerator:
         self.settings = SamSettings(**settings)
         self.settings.check()
         self.manifest = manifest
-        enc = manifest["encoder"]
-        dec = manifest["decoder"]
-        self.input_size = int(enc["input_size"])
-        self.pixel_mean = np.asarray(enc["pixel_mean"], np.float32)
-        self.pixel_std = np.asarray(enc["pixel_std"], np.float32)
-        if enc.get("normalize_in_graph", False):
+        try:
+            enc = manifest["encoder"]
+            dec = manifest["decoder"]
+            self.input_size = int(enc["input_size"])
+            self.pixel_mean = np.asarray(enc["pixel_mean"], np.float32).reshape(3)
+            self.pixel_std = np.asarray(enc["pixel_std"], np.float32).reshape(3)
+            normalize_in_graph = bool(enc.get("normalize_in_graph", False))
+            self.mask_threshold = float(dec.get("mask_threshold", 0.0))
+            self.low_res_size = int(dec["low_res_size"])
+            self.encoder_input = enc["input"]
+            self.encoder_output = enc["output"]
+            self.decoder_inputs = list(dec["inputs"])
+            self.decoder_outputs = list(dec["outputs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFolderError(
+                f"the SAM manifest is incomplete or malformed ({type(exc).__name__}: {exc}); re-run `eac export sam`"
+            ) from exc
+        if normalize_in_graph:
             raise ModelFolderError("this SAM folder normalises inside the graph, which this eac does not support; re-export it")
-        self.mask_threshold = float(dec.get("mask_threshold", 0.0))
-        self.low_res_size = int(dec["low_res_size"])
-        self.encoder_input = enc["input"]
-        self.encoder_output = enc["output"]
-        self.decoder_inputs = list(dec["inputs"])
-        self.decoder_outputs = list(dec["outputs"])
         self._encoder = SessionRunner(encoder)
         self._decoder = SessionRunner(decoder)
         self.provider = self._decoder.provider

@@ -272,3 +272,18 @@ def test_crop_layers_parity(folder, tiny_sam, crop_and_frame):
     assert abs(len(concepts) - len(ref)) <= max(2, 0.05 * len(ref))
     assert best_iou(concepts.masks, ref).mean() >= MIN_MEAN_BEST_IOU
     assert best_iou(ref, concepts.masks).mean() >= MIN_MEAN_BEST_IOU
+
+
+def test_malformed_manifest_is_a_one_line_error(folder, tmp_path):
+    import json
+    import shutil
+
+    from eac.engine.errors import ModelFolderError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["decoder"]["low_res_size"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="low_res_size.*re-run `eac export sam`"):
+        SamConceptGenerator.from_folder(broken)
