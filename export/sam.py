@@ -41,6 +41,7 @@ import copy
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -587,6 +588,27 @@ def export_sam_model(
     return read_manifest(out, "sam")
 
 
+def _download_with_progress(model_type: str) -> Path:
+    """:func:`ensure_checkpoint` with a progress bar on stderr while it downloads."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a base dependency; without it the download is silent
+        return ensure_checkpoint(model_type)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"SAM {model_type}", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        return ensure_checkpoint(model_type, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def export_sam(
     model_type: str,
     out: str | os.PathLike,
@@ -634,7 +656,7 @@ def export_sam(
     if download and checkpoint:
         raise CheckpointError("give either --checkpoint or --download, not both")
     if download:
-        path = ensure_checkpoint(model_type)
+        path = _download_with_progress(model_type)
     elif checkpoint:
         path = Path(checkpoint).expanduser()
     else:

@@ -314,7 +314,7 @@ def _check_cached(path: Path, official: OfficialCheckpoint) -> None:
 def ensure_checkpoint(
     model_type: str,
     cache: str | os.PathLike | None = None,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    opener: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """The official checkpoint of ``model_type`` in the cache, downloaded if needed.
@@ -324,8 +324,8 @@ def ensure_checkpoint(
     model_type : {"vit_b", "vit_l", "vit_h"}
     cache : path-like, optional
         Cache folder (default :func:`cache_dir`).
-    opener : callable
-        ``urlopen``-like function (tests replace it to simulate being offline).
+    opener : callable, optional
+        ``urlopen``-like function (default :func:`urllib.request.urlopen`).
     progress : callable, optional
         Called with (bytes so far, total bytes) while downloading.
 
@@ -345,6 +345,7 @@ def ensure_checkpoint(
             f"no official checkpoint for model type {model_type!r}; pass --checkpoint PATH instead of --download"
         )
     official = OFFICIAL_CHECKPOINTS[model_type]
+    opener = opener or urllib.request.urlopen
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
     target = folder / official.filename
     if target.is_file():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +292,19 @@ def test_download_offline_says_what_to_do(tmp_path, monkeypatch):
     assert str(tmp_path / "cache" / "sam_vit_h_4b8939.pth") in message
     assert "\n" not in message
     assert not list((tmp_path / "cache").glob("*.part"))
+
+
+def test_cli_download_offline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EAC_CACHE", str(tmp_path / "cache"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--download", "--out", str(tmp_path / "o")], capsys)
+    assert rc != 0 and len(err.splitlines()) == 1
+    assert "sam_vit_b_01ec64.pth" in err and str(tmp_path / "cache") in err and "--checkpoint" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_download_verifies_and_reuses(tmp_path, monkeypatch):
