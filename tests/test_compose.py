@@ -135,3 +135,20 @@ def test_peak_memory_independent_of_number_of_coalitions():
     one_batch = chunk * 3 * 64 * 64 * 4
     assert large < small * 1.1 + 64 * 1024, (small, large)
     assert large < 4 * one_batch  # a few batch-sized buffers, not 1024 images (50 MB)
+
+
+def test_evaluator_peak_memory_bounded_by_batch():
+    from eac.engine.evaluator import MaskedEvaluator
+
+    hw = (64, 64)
+    clf = FakeClassifier(hw=hw)
+    ev = MaskedEvaluator(clf, random_image(hw, seed=1), _random_masks(10, hw), batch_size=16)
+    peaks = []
+    for m in (32, 1024):
+        coalitions = np.random.default_rng(m).random((m, 10)) < 0.5
+        tracemalloc.start()
+        ev.evaluate(coalitions)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    outputs = 1024 * (5 + 16) * 4  # logits and features kept for every coalition
+    assert peaks[1] < peaks[0] * 1.1 + outputs + 64 * 1024, peaks
