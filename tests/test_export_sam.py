@@ -354,14 +354,19 @@ def run_python(code: str) -> str:
 
 
 def test_loader_without_torchvision_does_not_touch_segment_anything():
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: the regular package is used")
     code = (
-        "import sys, importlib.util\n"
-        "from eac.export.sam_loader import sam_modeling, build_sam_model, SAM_ARCHITECTURES\n"
-        "has_tv = importlib.util.find_spec('torchvision') is not None\n"
+        "import sys\n"
+        "from eac.export.sam_loader import sam_modeling, build_sam_model\n"
+        "from tests.sam_fixtures import TINY_SAM\n"
         "m = sam_modeling()\n"
-        "print(m.origin if not has_tv else '_eac_segment_anything', 'segment_anything' in sys.modules and not has_tv)\n"
+        "sam = build_sam_model(TINY_SAM)\n"
+        "print(m.origin, 'segment_anything' in sys.modules, 'torchvision' in sys.modules, type(sam).__name__)\n"
     )
-    assert run_python(code) == "_eac_segment_anything False"
+    assert run_python(code) == "_eac_segment_anything False False Sam"
 
 
 def test_loader_uses_real_package_when_torchvision_is_present():
