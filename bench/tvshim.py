@@ -19,9 +19,12 @@ resize of an HWC uint8 image to (h, w).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 
 #: Marker attribute set on the shim's modules.
 SHIM_MARKER = "__eac_tvshim__"
@@ -124,6 +127,7 @@ def install() -> bool:
 
     def module(name: str, **attrs) -> types.ModuleType:
         mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec() works on it
         setattr(mod, SHIM_MARKER, True)
         for key, value in attrs.items():
             setattr(mod, key, value)
@@ -136,3 +140,31 @@ def install() -> bool:
     transforms = module("torchvision.transforms", functional=functional)
     module("torchvision", ops=ops, transforms=transforms, __version__="0+eac.tvshim")
     return True
+
+
+def _shim_names() -> list[str]:
+    return [name for name, mod in sys.modules.items()
+            if (name == "torchvision" or name.startswith("torchvision.")) and getattr(mod, SHIM_MARKER, False)]
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[bool]:
+    """Install the shim for the duration of a ``with`` block (e.g. while importing segment-anything).
+
+    Modules imported inside the block keep the functions they bound; the
+    ``torchvision`` entries this call added to ``sys.modules`` are removed on
+    exit, so code that later checks for torchvision sees the truth.
+
+    Yields
+    ------
+    bool
+        True when the shim is in place, False when a real torchvision is used.
+    """
+    had_shim = bool(_shim_names())
+    active = install()
+    try:
+        yield active
+    finally:
+        if active and not had_shim:
+            for name in _shim_names():
+                del sys.modules[name]

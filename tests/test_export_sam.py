@@ -354,9 +354,9 @@ def run_python(code: str) -> str:
 
 
 def test_loader_without_torchvision_does_not_touch_segment_anything():
-    import importlib.util
+    from eac.bench import tvshim
 
-    if importlib.util.find_spec("torchvision") is not None:
+    if tvshim.torchvision_available():
         pytest.skip("torchvision is installed here: the regular package is used")
     code = (
         "import sys\n"

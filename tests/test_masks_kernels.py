@@ -8,9 +8,9 @@ from eac.bench import tvshim
 from eac.kernels import masks as mk
 
 torch = pytest.importorskip("torch")
-tvshim.install()
-amg = pytest.importorskip("segment_anything.utils.amg")
-transforms = pytest.importorskip("segment_anything.utils.transforms")
+with tvshim.installed():  # segment-anything's transforms import torchvision
+    amg = pytest.importorskip("segment_anything.utils.amg")
+    transforms = pytest.importorskip("segment_anything.utils.transforms")
 
 
 def blob_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:

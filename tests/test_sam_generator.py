@@ -18,8 +18,8 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from eac.bench import tvshim
 
-tvshim.install()
-segment_anything = pytest.importorskip("segment_anything")
+with tvshim.installed():  # segment-anything's generator imports torchvision
+    segment_anything = pytest.importorskip("segment_anything")
 
 from eac.engine.concepts import Concepts, Frame
 from eac.engine.errors import ConceptError, InputShapeError
