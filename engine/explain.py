@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels.shapley import (
+    MAX_ENUMERATION_N,
     all_coalitions,
     exact_shapley,
     kernel_coalitions,
@@ -182,11 +183,24 @@ class Explainer:
         self.seed = int(seed)
         self.progress = progress
         self.options = {**DEFAULT_OPTIONS[method], **options}
+        self._check_options()
         if method == "eac-faithful" and getattr(classifier, "head", None) is None:
             raise ExplainError(
                 "eac-faithful needs the classifier's features and last layer (head.npz), but this model folder has "
                 "none (an imported black-box ONNX?); use --method eac, or export the model with `eac export classifier`"
             )
+
+    def _check_options(self) -> None:
+        o = self.options
+        positive = [k for k in ("min_evaluations", "max_evaluations", "round_size", "permutations", "num_coalitions",
+                                "epochs", "sgd_batch", "mc_samples", "num_samples", "max_n")
+                    if k in o and (not isinstance(o[k], (int, np.integer)) or o[k] < 1)]
+        if positive:
+            raise ExplainError(f"option(s) {', '.join(positive)} of {self.method!r} must be positive integers")
+        if "exact_max_n" in o and not 0 <= o["exact_max_n"] <= MAX_ENUMERATION_N:
+            raise ExplainError(f"exact_max_n must be between 0 and {MAX_ENUMERATION_N} (2^N surrogate evaluations)")
+        if self.method == "eac" and o["min_evaluations"] > o["max_evaluations"]:
+            raise ExplainError("eac: min_evaluations is larger than max_evaluations")
 
     # ------------------------------------------------------------------ inputs
     def _crop(self, image: Any, concepts: ConceptsLike) -> tuple[np.ndarray, Frame]:

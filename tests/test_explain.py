@@ -210,6 +210,12 @@ def test_bad_methods_options_and_masks(scene):
         Explainer(clf, method="gradcam")
     with pytest.raises(ExplainError, match="no option"):
         Explainer(clf, method="eac", mc_samples=3)
+    with pytest.raises(ExplainError, match="positive"):
+        Explainer(clf, method="lime", num_samples=0)
+    with pytest.raises(ExplainError, match="exact_max_n"):
+        Explainer(clf, method="eac", exact_max_n=40)
+    with pytest.raises(ExplainError, match="larger"):
+        Explainer(clf, method="eac", min_evaluations=512)
     with pytest.raises(ConceptError, match="N×32×32"):
         explain(crop, clf, np.ones((2, 16, 16), bool))
     with pytest.raises(ConceptError, match="boolean"):
