@@ -124,7 +124,7 @@ class Concepts:
 
     def areas(self) -> np.ndarray:
         """Pixel count per mask (N,)."""
-        return self.masks.reshape(len(self), -1).sum(axis=1)
+        return self.masks.sum(axis=(1, 2))
 
     def save(self, path: str) -> None:
         """Write masks, scores, frame and timings to an ``.npz`` file."""

@@ -9,18 +9,17 @@ evaluations) and the penultimate features when the model folder has them. Peak
 memory is one batch of inputs plus the outputs, whatever the number of
 coalitions.
 
-On-device composition (design, not built here)
-----------------------------------------------
+On-device composition
+---------------------
 On a GPU the cost of a masked batch is the host→device copy of B×3×h×w floats,
-not the arithmetic. The composition is a tiny graph — ``keep = (C @ Mflat) > 0``;
-``x = base + keep·(img − base)`` — that can be exported as an ONNX model with
-inputs ``coalitions`` B×N, ``masks`` N×P, ``image`` 3×h×w, ``baseline`` 3×h×w and
-output ``input`` B×3×h×w, then merged in front of the classifier graph
-(``onnx.compose.merge_models``). The masks, image and baseline are bound once per
-image with I/O binding (they live on the device), and only the B×N coalition
-matrix crosses the bus per batch. The numpy path below is the CPU implementation
-of exactly that graph, so both give the same inputs bit for bit up to float
-rounding.
+not the arithmetic. The composition is therefore also a tiny ONNX graph
+(:mod:`eac.export.compose`, shipped as ``engine/data/compose.onnx``):
+``keep = min(C @ Mflat, 1)``; ``x = base + keep·(img − base)``. When the
+classifier runs on CUDA or TensorRT, :class:`eac.engine.device_compose.DeviceComposer`
+runs that graph on the same device and hands its output to the classifier
+through I/O binding: the masks, image and baseline are bound once per image and
+only the B×N coalition matrix crosses the bus per batch. The numpy path below
+is the CPU implementation of exactly that graph (tests check they agree).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels.compose import BASELINES, baseline_pixels, compose_chunks, flatten_masks
+from .device_compose import device_composer_for
 from .errors import ConceptError, ExplainError, InputShapeError
 
 #: Default classifier batch size (images per run). One 224×224 batch is then 19 MB of
@@ -76,6 +76,10 @@ class MaskedEvaluator:
         Show a tqdm bar per :meth:`evaluate` call.
     record_features : bool
         Keep the features when the classifier has them.
+    device_compose : bool, optional
+        Compose masked batches on the classifier's device (see the module
+        docstring). None (default): when the classifier runs on a GPU. True:
+        also on the CPU provider. False: always the numpy path.
 
     Attributes
     ----------
@@ -94,6 +98,7 @@ class MaskedEvaluator:
         batch_size: int | None = None,
         progress: bool = False,
         record_features: bool = True,
+        device_compose: bool | None = None,
     ) -> None:
         crop = np.asarray(crop)
         masks = np.asarray(masks)
@@ -119,6 +124,10 @@ class MaskedEvaluator:
         self.image_norm = np.ascontiguousarray(normed[0])
         self.baseline_norm = np.ascontiguousarray(normed[1])
         self.masks_flat = flatten_masks(self.masks)
+        self._composer = None
+        if device_compose is not False and self.num_concepts > 0:
+            self._composer = device_composer_for(classifier, self.image_norm, self.baseline_norm, self.masks_flat,
+                                                 self.record_features, force=bool(device_compose))
         self.num_evaluations = 0
         self.seconds = 0.0
 
@@ -134,6 +143,24 @@ class MaskedEvaluator:
         out = self.classifier.run(batch)
         feats = out.features if self.record_features else None
         return np.asarray(out.logits, dtype=np.float32), None if feats is None else np.asarray(feats, np.float32)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether masked batches are composed on the classifier's device."""
+        return self._composer is not None
+
+    def _batches(self, coalitions: np.ndarray, invert: bool):
+        """Yield (start, logits, features) per batch of coalitions."""
+        if self._composer is not None:
+            for start in range(0, coalitions.shape[0], self.batch_size):
+                lg, ft = self._composer.run(coalitions[start : start + self.batch_size], invert=invert)
+                yield start, lg, (ft if self.record_features else None)
+            return
+        chunks = compose_chunks(self.image_norm, self.baseline_norm, self.masks_flat, coalitions,
+                                self.batch_size, invert=invert)
+        for start, batch in chunks:
+            lg, ft = self._run(batch)
+            yield start, lg, ft
 
     def evaluate(self, coalitions: np.ndarray, invert: bool = False, desc: str | None = None) -> Evaluations:
         """Run the classifier on the masked image of each coalition.
@@ -165,17 +192,14 @@ class MaskedEvaluator:
             from tqdm import tqdm
 
             bar = tqdm(total=m, desc=desc or "evaluations", unit="img", leave=False)
-        chunks = compose_chunks(self.image_norm, self.baseline_norm, self.masks_flat, coalitions,
-                                self.batch_size, invert=invert)
-        for start, batch in chunks:
-            lg, ft = self._run(batch)
-            logits[start : start + len(batch)] = lg
+        for start, lg, ft in self._batches(coalitions, invert):
+            logits[start : start + len(lg)] = lg
             if ft is not None:
                 if features is None:
                     features = np.empty((m, ft.shape[1]), dtype=np.float32)
-                features[start : start + len(batch)] = ft
+                features[start : start + len(ft)] = ft
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(lg))
         if bar is not None:
             bar.close()
         self.num_evaluations += m

@@ -62,3 +62,22 @@ def test_device_composer_matches_host_path(demo_classifier_folder):
         expected = classifier.run(batch)
         np.testing.assert_allclose(logits, expected.logits, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(features, expected.features, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluator_on_device_equals_numpy_path(demo_classifier_folder):
+    from eac.engine.evaluator import MaskedEvaluator
+
+    classifier = Classifier.from_folder(demo_classifier_folder)
+    rng = np.random.default_rng(1)
+    h, w = classifier.input_hw
+    crop = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    masks = rng.random((5, h, w)) < 0.3
+    coalitions = rng.random((11, 5)) < 0.5  # 11 = two full batches of 4 and a partial one
+    host = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=False)
+    device = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=True)
+    assert device.on_device and not host.on_device
+    for invert in (False, True):
+        a, b = host.evaluate(coalitions, invert=invert), device.evaluate(coalitions, invert=invert)
+        np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
+    assert device.num_evaluations == host.num_evaluations == 22
