@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="store_true", help="also compute insertion/deletion AUC")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--batch-size", type=int, default=None, help="classifier batch size")
+    p.add_argument("--evaluations", type=int, default=None,
+                   help="classifier-evaluation budget: eac's maximum (default 256; more buys fidelity at large N), "
+                        "kernelshap/lime samples, eac-faithful coalitions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=5, help="concepts shown in the overlay and cut-out")
     p.add_argument("--n-segments", type=int, default=None, help="superpixel/grid concept count")
@@ -173,6 +176,8 @@ def _add_sam_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stability-score-thresh", type=float, default=0.95)
     g.add_argument("--box-nms-thresh", type=float, default=0.7)
     g.add_argument("--min-area", type=int, default=0, help="remove masks (and holes) smaller than this, in pixels")
+    g.add_argument("--crop-n-layers", type=int, default=0,
+                   help="extra layers of overlapping crops (0: the image only, as EAC uses)")
 
 
 def sam_settings_from_args(args: argparse.Namespace) -> dict:
@@ -183,6 +188,7 @@ def sam_settings_from_args(args: argparse.Namespace) -> dict:
         "stability_score_thresh": args.stability_score_thresh,
         "box_nms_thresh": args.box_nms_thresh,
         "min_mask_region_area": args.min_area,
+        "crop_n_layers": args.crop_n_layers,
     }
 
 

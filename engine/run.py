@@ -87,6 +87,24 @@ def summary_lines(explanation: Explanation, top_k: int = 5, key_mask: np.ndarray
     return lines
 
 
+def method_options(method: str, evaluations: int | None) -> dict:
+    """Method options for an evaluation budget given on the command line."""
+    from .errors import ExplainError
+    from .explain import DEFAULT_OPTIONS
+
+    if evaluations is None:
+        return {}
+    if evaluations < 1:
+        raise ExplainError(f"--evaluations must be positive, got {evaluations}")
+    if method == "eac":
+        return {"max_evaluations": evaluations,
+                "min_evaluations": min(evaluations, DEFAULT_OPTIONS["eac"]["min_evaluations"])}
+    key = {"kernelshap": "num_samples", "lime": "num_samples", "eac-faithful": "num_coalitions"}.get(method)
+    if key is None:
+        raise ExplainError(f"--evaluations does not apply to --method {method} (its evaluation count is fixed by N)")
+    return {key: evaluations}
+
+
 def explain_command(args: argparse.Namespace) -> int:
     from .classifier import Classifier
     from .cli import session_options_from_args
@@ -99,7 +117,7 @@ def explain_command(args: argparse.Namespace) -> int:
     classifier = Classifier.from_folder(args.classifier, session_options=options)
     source = concept_source_from_args(args, options)
     explainer = Explainer(classifier, method=args.method, batch_size=args.batch_size, seed=args.seed,
-                          progress=False)
+                          progress=False, **method_options(args.method, args.evaluations))
     target = None
     if args.target:
         target = args.target[0] if len(args.target) == 1 else list(args.target)

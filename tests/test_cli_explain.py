@@ -80,3 +80,17 @@ def test_explain_errors_are_one_line(tmp_path, demo_classifier_folder, capsys):
     code = main(["explain", str(tmp_path / "scene.png"), "--classifier", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert code != 0 and "no such model folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluation_budget_flag(tmp_path, demo_classifier_folder, capsys):
+    _write_scene(tmp_path / "scene.png", 11)
+    base = ["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+            "--concepts", "slic", "--n-segments", "24", "--json", "--out"]
+    assert main(base + [str(tmp_path / "a"), "--evaluations", "64"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert main(base + [str(tmp_path / "b"), "--evaluations", "512"]) == 0
+    large = json.loads(capsys.readouterr().out)
+    assert small["num_concepts"] > 16  # not enumerated: the budget is what bounds the evaluations
+    assert small["num_evaluations"] <= 64 + 2 < large["num_evaluations"] <= 512 + 2
+    assert main(base + [str(tmp_path / "c"), "--evaluations", "64", "--method", "loo"]) != 0
+    assert "does not apply" in capsys.readouterr().err
