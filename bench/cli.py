@@ -33,11 +33,13 @@ workloads:
               vs exact Shapley values, top-1/top-3 agreement, insertion/deletion AUC and
               evaluations for eac, eac-faithful, kernelshap, lime and the reference.
 
-how long (2-core CPU, one repeat): full runs are slow because the reference is —
-  explain ≈ 7 min (reference ≈ 6 min: 2500 ResNet-50 evaluations in PyTorch eager),
-  concepts ≈ 6-10 min (reference generator ≈ 4 min, plus the agreement check),
-  end-to-end ≈ 12 min, fidelity ≈ 2-5 min (first run also trains the scene
-  classifier, ≈ 2 min). Models are exported once into $EAC_CACHE/bench.
+how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
+  explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager
+  ≈ 6 min, PIE fit 15 s, Monte-Carlo values 77 s; engine ≈ 6 s; reference peak RSS
+  ≈ 10 GB), concepts ≈ 5 min (reference generator ≈ 3 min, engine ≈ 30 s, agreement
+  check ≈ 1.5 min), fidelity ≈ 3 min, end-to-end ≈ 9 min (estimated from the two
+  stages). The first run exports the models into $EAC_CACHE/bench (ResNet-50 ≈ 20 s,
+  SAM ViT-B ≈ 2-4 min, scene classifier training: minutes; 13 min on a busy machine).
   --quick runs tiny models with fewer evaluations in about a minute (plus a
   one-time export of the tiny models); its results are labelled QUICK and say
   nothing about product speed.
