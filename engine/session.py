@@ -87,6 +87,11 @@ class SessionOptions:
         Folder where TensorRT keeps built engines between runs.
     graph_optimization : {"all", "extended", "basic", "disabled"}
         ORT graph optimisation level.
+    cpu_mem_arena : bool, optional
+        ONNX Runtime's CPU memory arena. None: the caller's default (on for
+        classifiers; off for SAM, whose encoder and decoder peaks would otherwise
+        be kept and added — measured 7.2 GB instead of 3.8 GB peak RSS for ViT-B,
+        with the decoder no slower).
     """
 
     providers: str | Sequence[str] = "auto"
@@ -96,6 +101,7 @@ class SessionOptions:
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
     graph_optimization: str = "all"
+    cpu_mem_arena: bool | None = None
     extra_provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -186,8 +192,12 @@ def create_session(
     path: str | os.PathLike,
     options: SessionOptions | None = None,
     trt_profile: TensorRTProfile | None = None,
+    default_mem_arena: bool = True,
 ) -> ort.InferenceSession:
     """Create an ONNX Runtime session for ``path`` as ``options`` asks.
+
+    ``default_mem_arena`` is the CPU memory arena setting used when
+    ``options.cpu_mem_arena`` is None.
 
     Raises
     ------
@@ -206,6 +216,7 @@ def create_session(
     if options.cpu_threads is not None:
         so.intra_op_num_threads = int(options.cpu_threads)
     so.log_severity_level = 3
+    so.enable_cpu_mem_arena = default_mem_arena if options.cpu_mem_arena is None else bool(options.cpu_mem_arena)
     try:
         return ort.InferenceSession(
             str(path), sess_options=so, providers=names, provider_options=provider_options(names, options, trt_profile)

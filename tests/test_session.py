@@ -137,3 +137,12 @@ def test_bound_runner_never_writes_into_the_callers_arrays(affine_model):
     runner.run({"x": np.full((2, 4), 7, np.float32)})
     np.testing.assert_array_equal(first, 1)  # the first input is untouched by the in-place update
     np.testing.assert_array_equal(y1, 3)  # and the first output is not overwritten by the second run
+
+
+def test_memory_arena_setting(affine_model):
+    on = create_session(affine_model, SessionOptions(providers="cpu"))
+    off = create_session(affine_model, SessionOptions(providers="cpu"), default_mem_arena=False)
+    forced = create_session(affine_model, SessionOptions(providers="cpu", cpu_mem_arena=True), default_mem_arena=False)
+    assert on.get_session_options().enable_cpu_mem_arena is True
+    assert off.get_session_options().enable_cpu_mem_arena is False
+    assert forced.get_session_options().enable_cpu_mem_arena is True  # the user's explicit choice wins
