@@ -6,11 +6,7 @@ import argparse
 import shlex
 import sys
 
-from .harness import QUICK_LABEL
-
-#: Workload names and the default photograph (mirrored in :mod:`.workloads`, which imports torch).
-WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity")
-DEFAULT_PHOTO = "astronaut"
+from .harness import DEFAULT_PHOTO, QUICK_LABEL, WORKLOADS
 
 #: What --help says about run times (measured on a 2-core CPU, see README "Performance").
 DESCRIPTION = """\

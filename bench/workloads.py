@@ -42,7 +42,17 @@ from typing import Any
 import numpy as np
 
 from . import models
-from .harness import BenchError, BenchReport, RunRecord, SideResult, machine_info, measure, ratios
+from .harness import (
+    DEFAULT_PHOTO,
+    WORKLOADS,
+    BenchError,
+    BenchReport,
+    RunRecord,
+    SideResult,
+    machine_info,
+    measure,
+    ratios,
+)
 from .reference import (
     ReferenceEAC,
     ReferenceSamConcepts,
@@ -51,9 +61,6 @@ from .reference import (
     TorchClassifier,
 )
 
-WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity")
-#: Photograph of the explain / concepts workloads (any ``skimage.data`` colour image).
-DEFAULT_PHOTO = "astronaut"
 DEFAULT_N_CONCEPTS = 32
 #: SLIC compactness of the bench's concept masks.
 SLIC_COMPACTNESS = 10.0
