@@ -171,24 +171,60 @@ def load_state_dict(model, path: str | os.PathLike, what: str = "checkpoint") ->
         raise CheckpointError(f"{path}: the {what} is not a state dict (name → tensor)")
     if state and all(k.startswith(_PARALLEL_PREFIX) for k in state):
         state = {k[len(_PARALLEL_PREFIX):]: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+    problems = state_dict_mismatch(model.state_dict(), state)
+    if problems:
         raise CheckpointError(
-            f"{path}: the {what} does not fit this model: {'; '.join(parts)}; is it a checkpoint of another architecture?"
+            f"{path}: the {what} does not fit this model: {problems}; is it a checkpoint of another architecture?"
         )
     model.load_state_dict(state, strict=True)
     return {"path": str(path), "bytes": path.stat().st_size, "tensors": len(state)}
+
+
+def state_dict_mismatch(expected: dict, state: dict) -> str | None:
+    """Why ``state`` cannot be loaded strictly into a model whose state dict is ``expected``.
+
+    Returns None when every key is present with the same shape and nothing is extra,
+    else a short description (counts and one example of missing, unexpected and
+    wrongly shaped tensors).
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
+
+
+def fp32_norm_class():
+    """The ``Fp32Norm`` module class: a normalisation layer run in float32 inside a float16 model.
+
+    Built on first use so importing this module does not import torch.
+    """
+    global _FP32_NORM
+    if _FP32_NORM is None:
+        import torch
+
+        class Fp32Norm(torch.nn.Module):
+            """Runs a normalisation module in fp32 inside an fp16 model (input cast up, output cast back)."""
+
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner.float()
+
+            def forward(self, x):
+                return self.inner(x.float()).to(x.dtype)
+
+        _FP32_NORM = Fp32Norm
+    return _FP32_NORM
+
+
+_FP32_NORM = None
 
 
 def read_labels(path: str | os.PathLike | None) -> list[str] | None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.manifest import file_entry, write_manifest
-from ._torch_utils import StagedFolder, first_line, import_factory, load_state_dict, read_labels
+from ._torch_utils import StagedFolder, first_line, fp32_norm_class, import_factory, load_state_dict, read_labels
 from .errors import ExportError, ValidationError
 from .spec import CLASSIFIER, HEAD_FILENAME
 from .validate import check_io_names, compare_outputs
@@ -249,22 +249,6 @@ def export_classifier(
     return _reread(out)
 
 
-def _fp32_norm_class():
-    import torch
-
-    class Fp32Norm(torch.nn.Module):
-        """Runs a normalisation layer in float32 inside a float16 model (cast in, cast back)."""
-
-        def __init__(self, norm):
-            super().__init__()
-            self.norm = norm.float()
-
-        def forward(self, x):
-            return self.norm(x.float()).to(x.dtype)
-
-    return Fp32Norm
-
-
 def half_keeping_norms(model):
     """Convert ``model`` to float16 in place, keeping LayerNorm/GroupNorm layers in float32.
 
@@ -276,7 +260,7 @@ def half_keeping_norms(model):
     import torch
 
     norm_types = tuple(getattr(torch.nn, name) for name in FP32_NORMS_NAMES)
-    wrapper = _fp32_norm_class()
+    wrapper = fp32_norm_class()
     model.half()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

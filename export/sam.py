@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from ..engine.manifest import file_entry, write_manifest
+from ._torch_utils import fp32_norm_class
 from .errors import ExportError
 from .sam_loader import (
     SAM_ARCHITECTURES,
@@ -86,15 +87,8 @@ PADDING_NOTE = "zeros bottom-right after normalisation"
 
 # --- modules that become the graphs --------------------------------------------------------
 
-class Fp32Norm(torch.nn.Module):
-    """Runs a normalisation module in fp32 inside an fp16 model (input cast up, output cast back)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner.float()
-
-    def forward(self, x):
-        return self.inner(x.float()).to(x.dtype)
+#: A normalisation module run in fp32 inside an fp16 model (shared with the classifier exporter).
+Fp32Norm = fp32_norm_class()
 
 
 def _half_with_fp32_norms(module):

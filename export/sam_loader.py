@@ -41,6 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ._torch_utils import state_dict_mismatch
 from .errors import CheckpointError, ExportError
 
 #: Name under which segment_anything's folder is mounted when its ``__init__`` cannot run.
@@ -422,21 +423,11 @@ def describe_state_dict(state: dict) -> str:
 
 def load_state_into(sam, state: dict, model_type: str, source: str) -> None:
     """Load ``state`` into ``sam`` strictly; :class:`CheckpointError` on any mismatch."""
-    expected = sam.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = []
-        if wrong:
-            detail.append(f"{len(wrong)} tensors of another shape, e.g. {wrong[0]}")
-        if missing:
-            detail.append(f"{len(missing)} missing, e.g. {missing[0]}")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    problems = state_dict_mismatch(sam.state_dict(), state)
+    if problems:
         raise CheckpointError(
             f"{source}: not a {model_type} checkpoint: {describe_state_dict(state)}; "
-            f"{'; '.join(detail)}. Pass the --model-type that matches the file"
+            f"{problems}. Pass the --model-type that matches the file"
         )
     sam.load_state_dict(state, strict=True)
 
