@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
             exact = explain(scene.image, clf, masks, method="shapley-exact", target=scene.label, max_n=16)
         t_exact = time.perf_counter() - t
         ev = MaskedEvaluator(clf, scene.image, masks)
-        full_prob = None
         if args.auc:
             rnd = random_ranking_auc(ev, scene.label, np.random.default_rng(s), repeats=8)
             rows.setdefault("random", []).append({"ins": rnd["insertion"], "del": rnd["deletion"]})

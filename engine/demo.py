@@ -18,7 +18,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import EacError
 
 #: Superpixels asked for on the 128×128 demo scene.
 DEMO_SEGMENTS = 24

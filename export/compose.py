@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 

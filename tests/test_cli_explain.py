@@ -6,7 +6,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 
 from eac.engine.cli import main
 from eac.engine.scenes import SHAPES, make_scene
