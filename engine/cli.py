@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .errors import EacError
@@ -190,11 +189,6 @@ def sam_settings_from_args(args: argparse.Namespace) -> dict:
         "min_mask_region_area": args.min_area,
         "crop_n_layers": args.crop_n_layers,
     }
-
-
-def _prepare_out(path: str) -> Path:
-    out = Path(path)
-    return out
 
 
 def _cmd_export_sam(args: argparse.Namespace) -> int:

@@ -57,9 +57,8 @@ def demo_command(args: argparse.Namespace) -> int:
     explainer = Explainer(classifier, method=args.method, seed=args.seed)
     explanation = explainer.explain(image, source)
     add_metrics(explanation, classifier)
-    crop, frame = classifier.crop(image)
-    if key_mask is not None:
-        key_mask = key_mask if frame.hw == key_mask.shape else None
+    if key_mask is not None and key_mask.shape != explanation.masks.shape[1:]:
+        key_mask = None  # the classifier resized the scene: its mask no longer lines up with the concepts
     out = Path(args.out)
     explanation.info["image"] = title
     explanation.save(out)
