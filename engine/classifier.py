@@ -1,10 +1,13 @@
 """The classifier at run time: a model folder, its preprocessing, batched inference.
 
 A classifier folder is written by ``eac export classifier`` or ``eac import-onnx``
-(see the manifest layout in :mod:`eac.export.classifier`). :class:`Classifier`
-reads it, checks that the ONNX file matches its manifest, creates one ONNX
-Runtime session and reuses it. It is safe to call from several threads at once
-(it keeps no per-call state; the session runner is thread-safe).
+(its manifest is :class:`eac.engine.manifest.ClassifierManifest`).
+:class:`Classifier` reads it, verifies the files against the manifest's
+checksums (cached by size and modification time), checks that the ONNX file
+matches its manifest, creates one ONNX Runtime session on its
+:class:`~eac.engine.session.Runtime` and reuses it. It is safe to call from
+several threads at once (it keeps no per-call state; the session runner is
+thread-safe).
 
 Preprocessing follows the manifest: resize the shorter side to ``resize``,
 centre-crop ``crop`` (:func:`eac.engine.images.resize_crop_frame`), scale pixels by
@@ -14,13 +17,15 @@ channels to the model's order, NCHW.
 Models whose batch axis is fixed (``input.batch`` an integer in the manifest,
 typical of ONNX files found in the wild) are run chunk by chunk, padding the last
 chunk, so :meth:`Classifier.run` takes any batch size. Models that output
-probabilities return log-probabilities, so that callers always get scores whose
-softmax is the model's class distribution.
+probabilities return log-probabilities (:meth:`Classifier.scores_from_output`),
+so that callers always get scores whose softmax is the model's class
+distribution. Outputs that are not finite raise :class:`NonFiniteOutputError`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +33,15 @@ from typing import Any
 import numpy as np
 
 from .concepts import Frame
-from .errors import InputShapeError, ModelFolderError
+from .errors import InputShapeError, ModelFolderError, NonFiniteOutputError
 from .images import apply_frame, resize_crop_frame, to_rgb_uint8
-from .manifest import MANIFEST_NAME, model_path, read_manifest, verify_files
-from .session import SessionOptions, SessionRunner, TensorRTProfile, active_provider, create_session
+from .manifest import MANIFEST_NAME, ClassifierManifest, model_path, verify_files
+from .session import Runtime, SessionOptions, TensorRTProfile, active_provider
 
-OUTPUT_KINDS = ("logits", "probabilities")
-CHANNEL_ORDERS = ("RGB", "BGR")
-LAYOUTS = ("NCHW", "NHWC")
 #: Probabilities are clipped to at least this before the log (log(0) = -inf).
 PROB_FLOOR = float(np.finfo(np.float32).tiny)
+#: TensorRT profile of the dynamic batch axis when no batch size is given.
+DEFAULT_TRT_BATCH = 32
 _ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _REEXPORT = "re-run `eac export classifier` or `eac import-onnx`"
 
@@ -52,14 +56,18 @@ class ClassifierOutput:
         Logits, or log-probabilities for models that output probabilities
         (``output_kind == "probabilities"``); softmax of either is the class distribution.
     features : ndarray of float32, B×D, or None
-        The input of the final linear layer, when the folder has a features output.
+        The input of the final linear layer, when asked for and the folder has one.
     provider : str
         The ONNX Runtime execution provider that ran the model.
+    feature_map : ndarray of float32, B×C×h×w, or None
+        The input of the global pooling before the final linear layer, when
+        asked for and the folder has one (CAM, SeCAM).
     """
 
     logits: np.ndarray
     features: np.ndarray | None
     provider: str
+    feature_map: np.ndarray | None = None
 
 
 class Classifier:
@@ -70,7 +78,9 @@ class Classifier:
     Attributes
     ----------
     folder : Path
-    manifest : dict
+    manifest : ClassifierManifest
+    runtime : Runtime
+        Providers, device and threads of the session.
     input_hw : (int, int)
         Network input height and width (the crop).
     resize : int or None
@@ -78,41 +88,66 @@ class Classifier:
     mean, std : ndarray of float32, (3,)
         Normalisation in R, G, B order, 0-1 scale.
     channel_order : {"RGB", "BGR"}
-        Channel order the network expects.
     output_kind : {"logits", "probabilities"}
         What the ONNX graph outputs (``run`` always returns logits or log-probabilities).
     num_classes : int
     labels : list of str or None
-    has_features : bool
+    has_features, has_feature_map : bool
     feature_dim : int or None
     head : (ndarray K×D float32, ndarray K float32) or None
-        The final linear layer (only for folders from ``eac export classifier``).
+        The final linear layer, when the folder has ``head.npz``.
     provider : str
         Execution provider of the session.
     max_batch : int or None
         Fixed batch size of the graph (None: any batch size in one call).
     """
 
-    def __init__(self, folder: str | os.PathLike, manifest: dict[str, Any], session_options: SessionOptions | None = None):
+    def __init__(self, folder: str | os.PathLike, manifest: ClassifierManifest,
+                 runtime: Runtime | SessionOptions | None = None, batch_size: int | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
-        self._parse_manifest(manifest)
+        self.runtime = Runtime.from_options(runtime)
+        m = manifest
+        self.input_name = m.input.name
+        self.input_hw = m.input.hw
+        self.max_batch = m.input.batch
+        self.layout = m.input.layout
+        self.logits_name = m.logits_output
+        self.features_name = m.features_output
+        self.feature_map_name = m.feature_map_output
+        self.output_kind = m.output_kind
+        self.num_classes = m.num_classes
+        self.feature_dim = m.feature_dim
+        self.labels = m.labels
+        pre = m.preprocess
+        self.resize = pre.resize
+        self.mean = np.asarray(pre.mean, dtype=np.float32)
+        self.std = np.asarray(pre.std, dtype=np.float32)
+        self.channel_order = pre.channel_order
+        self.scale = float(pre.scale)
+        self.has_features = self.features_name is not None
+        self.has_feature_map = self.feature_map_name is not None
         profile = None
         if self.max_batch is None:
             shape = (None, 3, *self.input_hw) if self.layout == "NCHW" else (None, *self.input_hw, 3)
-            profile = TensorRTProfile({self.input_name: shape})
-        self.session = create_session(model_path(self.folder, manifest, "model"), session_options, trt_profile=profile)
+            batch = DEFAULT_TRT_BATCH if batch_size is None else int(batch_size)
+            profile = TensorRTProfile({self.input_name: shape}, min_batch=1, opt_batch=batch, max_batch=batch)
+        self.session = self.runtime.session(model_path(self.folder, m, "model"), trt_profile=profile)
         self._check_session()
-        opts = session_options or SessionOptions()
-        self._runner = SessionRunner(self.session, device_id=opts.cuda_device_id)
+        self._runner = self.runtime.runner(self.session)
         self.provider = active_provider(self.session)
-        self.head = self._load_head() if "head" in manifest.get("files", {}) else None
-        self._output_names = [self.logits_name] + ([self.features_name] if self.has_features else [])
+        self.head = self._load_head() if m.has_head else None
+        self._compose_session = None
+        self._compose_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_folder(
-        cls, folder: str | os.PathLike, session_options: SessionOptions | None = None, verify: bool = False
+        cls,
+        folder: str | os.PathLike,
+        session_options: Runtime | SessionOptions | None = None,
+        verify: bool = True,
+        batch_size: int | None = None,
     ) -> Classifier:
         """Load a classifier folder.
 
@@ -120,68 +155,30 @@ class Classifier:
         ----------
         folder : path-like
             Written by ``eac export classifier`` or ``eac import-onnx``.
-        session_options : SessionOptions, optional
+        session_options : Runtime or SessionOptions, optional
             Providers and threads (default: ``"auto"`` providers).
         verify : bool
-            Also check every file's SHA-256 against the manifest (reads every
-            byte; sizes are always checked).
+            Check every file's SHA-256 against the manifest (default; the result
+            is cached by path, size and modification time, so unchanged files
+            are hashed once). Sizes are always checked.
+        batch_size : int, optional
+            The evaluation batch size, used to size the TensorRT profile.
 
         Raises
         ------
         ModelFolderError
-            Missing folder/file, malformed manifest, or an ONNX file that does not
-            match its manifest.
+            Missing folder/file, malformed manifest, a file whose checksum
+            differs, or an ONNX file that does not match its manifest.
         ManifestVersionError
             The manifest comes from a newer eac.
         """
-        manifest = read_manifest(folder, "classifier")
+        manifest = ClassifierManifest.read(folder)
         if verify:
             verify_files(folder, manifest)
-        return cls(folder, manifest, session_options)
+        return cls(folder, manifest, session_options, batch_size=batch_size)
 
     def _bad(self, what: str) -> ModelFolderError:
         return ModelFolderError(f"{self.folder / MANIFEST_NAME}: {what}; {_REEXPORT}")
-
-    def _parse_manifest(self, m: dict[str, Any]) -> None:
-        try:
-            inp = m["input"]
-            outputs = m["outputs"]
-            pre = m["preprocess"]
-            self.input_name = str(inp["name"])
-            self.input_hw = (int(inp["height"]), int(inp["width"]))
-            batch = inp.get("batch")
-            self.max_batch = None if batch is None else int(batch)
-            self.layout = str(inp.get("layout", "NCHW"))
-            self.logits_name = str(outputs["logits"])
-            self.features_name = None if outputs.get("features") is None else str(outputs["features"])
-            self.output_kind = str(m["output_kind"])
-            self.num_classes = int(m["num_classes"])
-            self.feature_dim = None if m.get("feature_dim") is None else int(m["feature_dim"])
-            self.labels = None if m.get("labels") is None else [str(s) for s in m["labels"]]
-            self.resize = None if pre.get("resize") is None else int(pre["resize"])
-            self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3)
-            self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3)
-            self.channel_order = str(pre.get("channel_order", "RGB"))
-            self.scale = float(pre.get("scale", 1.0 / 255.0))
-            crop = pre.get("crop", list(self.input_hw))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise self._bad(f"malformed classifier manifest ({type(exc).__name__}: {exc})") from exc
-        crop_hw = (int(crop), int(crop)) if isinstance(crop, (int, float)) else (int(crop[0]), int(crop[1]))
-        if crop_hw != self.input_hw:
-            raise self._bad(f"preprocess crop {crop_hw} differs from the input size {self.input_hw}")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise self._bad(f"output_kind {self.output_kind!r} is not one of {OUTPUT_KINDS}")
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise self._bad(f"channel_order {self.channel_order!r} is not one of {CHANNEL_ORDERS}")
-        if self.layout not in LAYOUTS:
-            raise self._bad(f"input layout {self.layout!r} is not one of {LAYOUTS}")
-        if not (np.all(self.std > 0) and np.all(np.isfinite(self.mean))):
-            raise self._bad("preprocess std must be positive and mean finite")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise self._bad(f"input batch {self.max_batch} must be positive or null")
-        self.has_features = self.features_name is not None
-        if self.has_features and self.feature_dim is None:
-            raise self._bad("a features output is named but feature_dim is missing")
 
     def _check_session(self) -> None:
         """Check the session's inputs/outputs against the manifest."""
@@ -208,6 +205,10 @@ class Classifier:
             out = outputs.get(name)
             if out is None or len(out.shape) != 2 or (isinstance(out.shape[1], int) and out.shape[1] != width):
                 raise self._bad(mismatch)
+        if self.feature_map_name is not None:
+            out = outputs.get(self.feature_map_name)
+            if out is None or len(out.shape) != 4:
+                raise self._bad(mismatch)
 
     def _load_head(self) -> tuple[np.ndarray, np.ndarray]:
         path = model_path(self.folder, self.manifest, "head")
@@ -226,11 +227,18 @@ class Classifier:
 
     # ------------------------------------------------------------------ preprocessing
     def frame_for(self, hw: tuple[int, int]) -> Frame:
-        """The :class:`Frame` (resize + centre crop) of an image of size ``hw``."""
+        """The :class:`Frame` of an image of size ``hw``: identity when it already is the input size,
+        else resize + centre crop as the manifest says."""
+        if tuple(int(v) for v in hw) == tuple(self.input_hw):
+            return Frame.identity(self.input_hw)
         return resize_crop_frame(hw, self.resize, self.input_hw)
 
     def crop(self, image: np.ndarray) -> tuple[np.ndarray, Frame]:
-        """Resize and centre-crop an image as the model expects.
+        """The image in the network's input frame.
+
+        An image that already has the input size is taken as the crop (identity
+        frame); any other is resized and centre-cropped as the manifest says.
+        This is the one place the crop is decided.
 
         Parameters
         ----------
@@ -273,33 +281,62 @@ class Classifier:
             x = x[..., ::-1]
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Frame]:
-        """``crop`` then ``normalize`` one image: (1×3×h×w float32, Frame)."""
-        crop, frame = self.crop(image)
-        return self.normalize(crop), frame
-
     def baseline_value(self) -> np.ndarray:
         """The normalised value of a black pixel, ``(0 - mean) / std``, (3,) float32 in the model's channel order."""
         value = (-self.mean / self.std).astype(np.float32)
         return value[::-1].copy() if self.channel_order == "BGR" else value
 
     # ------------------------------------------------------------------ inference
-    def run(self, batch: np.ndarray) -> ClassifierOutput:
+    def output_names(self, features: bool = True, feature_map: bool = False) -> list[str]:
+        """Graph outputs to fetch: logits, then features and the feature map when asked and present."""
+        names = [self.logits_name]
+        if features and self.has_features:
+            names.append(self.features_name)
+        if feature_map and self.has_feature_map:
+            names.append(self.feature_map_name)
+        return names
+
+    def scores_from_output(self, raw: np.ndarray) -> np.ndarray:
+        """The graph's class output → logits (or log-probabilities), B×K float32; non-finite values raise.
+
+        Raises
+        ------
+        NonFiniteOutputError
+            The model produced NaN or infinite values.
+        """
+        raw = np.asarray(raw)
+        if not np.isfinite(raw).all():
+            bad = int((~np.isfinite(raw)).any(axis=-1).sum()) if raw.ndim == 2 else int(raw.size)
+            raise NonFiniteOutputError(
+                f"{self.folder}: the classifier produced NaN or infinite values for {bad} of {len(raw)} images; "
+                "check the model (and its fp16 export) or its preprocessing in the manifest")
+        if self.output_kind == "probabilities":
+            return np.log(np.clip(raw, PROB_FLOOR, 1.0)).astype(np.float32)
+        return raw.astype(np.float32, copy=False)
+
+    def run(self, batch: np.ndarray, features: bool = True, feature_map: bool = False) -> ClassifierOutput:
         """Run the model on a normalised batch.
 
         Parameters
         ----------
         batch : ndarray, B×3×h×w float (from :meth:`normalize`); any B ≥ 0
+        features : bool
+            Also fetch the features output (when the folder has one).
+        feature_map : bool
+            Also fetch the feature map (when the folder has one).
 
         Returns
         -------
         ClassifierOutput
-            logits B×K (log-probabilities for probability models), features B×D or None.
+            logits B×K (log-probabilities for probability models), features B×D or None,
+            feature map B×C×h×w or None.
 
         Raises
         ------
         InputShapeError
             ``batch`` is not B×3×h×w floats.
+        NonFiniteOutputError
+            The model produced NaN or infinite scores.
         """
         batch = np.asarray(batch)
         h, w = self.input_hw
@@ -309,20 +346,27 @@ class Classifier:
             raise InputShapeError(
                 f"classifier input must be float (normalised), got {batch.dtype}; use classifier.normalize(crops)"
             )
+        names = self.output_names(features, feature_map)
         n = batch.shape[0]
         if n == 0:
-            feats = np.zeros((0, self.feature_dim), np.float32) if self.has_features else None
+            feats = np.zeros((0, self.feature_dim), np.float32) if features and self.has_features else None
             return ClassifierOutput(np.zeros((0, self.num_classes), np.float32), feats, self.provider)
         if self.max_batch is None:
-            outs = self._run_chunk(batch)
+            outs = self._run_chunk(batch, names)
         else:
-            parts = [self._run_chunk(self._pad(batch[i : i + self.max_batch])) for i in range(0, n, self.max_batch)]
-            outs = [np.concatenate([p[j] for p in parts], axis=0)[:n] for j in range(len(parts[0]))]
-        logits = outs[0].astype(np.float32, copy=False)
-        if self.output_kind == "probabilities":
-            logits = np.log(np.clip(logits, PROB_FLOOR, 1.0)).astype(np.float32)
-        features = outs[1].astype(np.float32, copy=False).reshape(n, -1) if self.has_features else None
-        return ClassifierOutput(logits, features, self.provider)
+            parts = [self._run_chunk(self._pad(batch[i : i + self.max_batch]), names)
+                     for i in range(0, n, self.max_batch)]
+            outs = [np.concatenate([p[j] for p in parts], axis=0)[:n] for j in range(len(names))]
+        got = dict(zip(names, outs))
+        logits = self.scores_from_output(got[self.logits_name])
+        feats = got.get(self.features_name) if features else None
+        fmap = got.get(self.feature_map_name) if feature_map else None
+        return ClassifierOutput(
+            logits,
+            None if feats is None else feats.astype(np.float32, copy=False).reshape(n, -1),
+            self.provider,
+            None if fmap is None else fmap.astype(np.float32, copy=False),
+        )
 
     def _pad(self, chunk: np.ndarray) -> np.ndarray:
         missing = self.max_batch - chunk.shape[0]
@@ -330,11 +374,11 @@ class Classifier:
             return chunk
         return np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)], axis=0)
 
-    def _run_chunk(self, chunk: np.ndarray) -> list[np.ndarray]:
+    def _run_chunk(self, chunk: np.ndarray, names: list[str]) -> list[np.ndarray]:
         x = chunk.astype(self._input_dtype, copy=False)
         if self.layout == "NHWC":
             x = x.transpose(0, 2, 3, 1)
-        outs = self._runner.run({self.input_name: np.ascontiguousarray(x)}, self._output_names)
+        outs = self._runner.run({self.input_name: np.ascontiguousarray(x)}, names)
         logits = outs[0]
         if logits.ndim != 2 or logits.shape != (chunk.shape[0], self.num_classes):
             raise ModelFolderError(
@@ -343,9 +387,25 @@ class Classifier:
             )
         return outs
 
+    # ------------------------------------------------------------------ on-device composition
+    @property
+    def supports_device_compose(self) -> bool:
+        """Whether a composed batch can go straight from the device into this model
+        (dynamic batch, NCHW float32 input)."""
+        return self.max_batch is None and self.layout == "NCHW" and self._input_dtype == np.float32
+
+    def compose_session(self):
+        """The composition graph's session on this classifier's runtime, created once and cached."""
+        with self._compose_lock:
+            if self._compose_session is None:
+                from .device_compose import COMPOSE_PATH
+
+                self._compose_session = self.runtime.session(COMPOSE_PATH)
+            return self._compose_session
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits (or log-probabilities) of a normalised batch, B×K float32."""
-        return self.run(batch).logits
+        return self.run(batch, features=False).logits
 
     def __repr__(self) -> str:
         return (

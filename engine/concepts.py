@@ -16,6 +16,10 @@ import numpy as np
 
 from .errors import ConceptError
 
+#: Concepts per image accepted by default (the reference's SAM gives 10–60): the masks
+#: (N×H×W bytes) and the evaluations needed grow with N. Raise with ``max_concepts``.
+DEFAULT_MAX_CONCEPTS = 256
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -109,7 +113,9 @@ class Concepts:
             raise ConceptError(f"{len(masks)} masks but {scores.shape} scores")
         self.scores = scores
         if masks.shape[1:] != self.frame.hw:
-            raise ConceptError(f"masks are {masks.shape[1:]} but the frame is {self.frame.hw}")
+            h, w = self.frame.hw
+            raise ConceptError(f"concept masks must be N×{h}×{w} (the frame they live in, e.g. the classifier's "
+                               f"crop), got {masks.shape}; make them in that frame (classifier.crop(image))")
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])

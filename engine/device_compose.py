@@ -22,28 +22,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .session import SessionOptions, active_provider, create_session, uses_device_memory
+from .manifest import COMPOSE
+from .session import GPU_PROVIDERS, active_provider
 
-COMPOSE_PATH = Path(__file__).resolve().parent / "data" / "compose.onnx"
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def _device_of(session: ort.InferenceSession) -> tuple[str, int]:
-    if not uses_device_memory(session):
-        return "cpu", 0
-    options = session.get_provider_options().get(active_provider(session), {})
-    return "cuda", int(options.get("device_id", 0))
+COMPOSE_PATH = Path(__file__).resolve().parent / "data" / COMPOSE.filename
 
 
 def supports_device_compose(classifier: Any) -> bool:
     """Whether ``classifier`` can take a composed batch straight from the device."""
-    session = getattr(classifier, "session", None)
-    if session is None or getattr(classifier, "max_batch", None) is not None:
-        return False
-    if getattr(classifier, "layout", "NCHW") != "NCHW":
-        return False
-    inputs = session.get_inputs()
-    return len(inputs) == 1 and inputs[0].type == "tensor(float)"
+    return bool(getattr(classifier, "supports_device_compose", False))
 
 
 def device_composer_for(classifier: Any, image_norm: np.ndarray, baseline_norm: np.ndarray,
@@ -52,7 +39,7 @@ def device_composer_for(classifier: Any, image_norm: np.ndarray, baseline_norm: 
     """A :class:`DeviceComposer` when the classifier runs on a GPU (or ``force``), else None."""
     if not supports_device_compose(classifier):
         return None
-    if not force and active_provider(classifier.session) not in _GPU_PROVIDERS:
+    if not force and active_provider(classifier.session) not in GPU_PROVIDERS:
         return None
     return DeviceComposer(classifier, image_norm, baseline_norm, masks_flat, record_features)
 
@@ -63,7 +50,8 @@ class DeviceComposer:
     Parameters
     ----------
     classifier : eac.engine.classifier.Classifier
-        A classifier with a dynamic batch axis and an NCHW float32 input.
+        A classifier with a dynamic batch axis and an NCHW float32 input; its
+        runtime runs the composition graph (one cached session per classifier).
     image_norm, baseline_norm : ndarray of float32, 3×h×w
         The crop and the baseline, normalised as the classifier expects.
     masks_flat : ndarray, N×P
@@ -75,34 +63,32 @@ class DeviceComposer:
     def __init__(self, classifier: Any, image_norm: np.ndarray, baseline_norm: np.ndarray,
                  masks_flat: np.ndarray, record_features: bool = True):
         self.classifier = classifier
-        session = classifier.session
-        providers = session.get_providers()
-        self.compose = create_session(
-            COMPOSE_PATH, SessionOptions(providers=providers, extra_provider_options=session.get_provider_options())
-        )
-        self.device, self.device_id = _device_of(session)
-        value = lambda a: ort.OrtValue.ortvalue_from_numpy(  # noqa: E731 - local shorthand
-            np.ascontiguousarray(a, dtype=np.float32).copy(), self.device, self.device_id)
+        self.compose = classifier.compose_session()
+        self.device = classifier.runtime.device_of(classifier.session)
+        self.device_id = classifier.runtime.device_id
+
+        def value(a: np.ndarray) -> ort.OrtValue:
+            return ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(a, dtype=np.float32).copy(), self.device, self.device_id)
+
         self._masks = value(masks_flat)
         self._image = value(np.asarray(image_norm)[None])
         self._baseline = value(np.asarray(baseline_norm)[None])
         self._invert = {flag: value(np.array([float(flag)])) for flag in (False, True)}
-        self.input_name = session.get_inputs()[0].name
-        self.output_names = [classifier.logits_name]
-        if record_features and getattr(classifier, "features_name", None):
-            self.output_names.append(classifier.features_name)
+        self.input_name = classifier.input_name
+        self.output_names = classifier.output_names(features=record_features)
 
     def run(self, coalitions: np.ndarray, invert: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits B×K (and features B×D or None) of the masked images of B coalitions."""
         coalitions = np.ascontiguousarray(coalitions, dtype=np.float32)
         compose = self.compose.io_binding()
-        compose.bind_ortvalue_input("coalitions",
+        compose.bind_ortvalue_input(COMPOSE.coalitions,
                                     ort.OrtValue.ortvalue_from_numpy(coalitions, self.device, self.device_id))
-        compose.bind_ortvalue_input("concept_masks", self._masks)
-        compose.bind_ortvalue_input("image", self._image)
-        compose.bind_ortvalue_input("baseline", self._baseline)
-        compose.bind_ortvalue_input("invert", self._invert[bool(invert)])
-        compose.bind_output("input", self.device, self.device_id)
+        compose.bind_ortvalue_input(COMPOSE.concept_masks, self._masks)
+        compose.bind_ortvalue_input(COMPOSE.image, self._image)
+        compose.bind_ortvalue_input(COMPOSE.baseline, self._baseline)
+        compose.bind_ortvalue_input(COMPOSE.invert, self._invert[bool(invert)])
+        compose.bind_output(COMPOSE.output, self.device, self.device_id)
         self.compose.run_with_iobinding(compose)
         batch = compose.get_outputs()[0]  # stays on the device
 
@@ -112,7 +98,5 @@ class DeviceComposer:
             classify.bind_output(name, "cpu")
         self.classifier.session.run_with_iobinding(classify)
         outs = [np.array(v.numpy(), copy=True) for v in classify.get_outputs()]
-        logits = outs[0]
-        if getattr(self.classifier, "output_kind", "logits") == "probabilities":
-            logits = np.log(np.clip(logits, np.finfo(np.float32).tiny, None))
+        logits = self.classifier.scores_from_output(outs[0])
         return logits, (outs[1] if len(outs) > 1 else None)

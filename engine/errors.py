@@ -38,5 +38,13 @@ class ExplainError(EacError):
     """An explanation cannot be computed as asked (bad target, method limits)."""
 
 
+class NonFiniteOutputError(EacError):
+    """A model produced NaN or infinite values."""
+
+
+class ConfigError(EacError):
+    """A setting given on the command line or to the library is out of range."""
+
+
 class ProviderError(EacError):
     """An ONNX Runtime execution provider was asked for but is not available."""

@@ -75,7 +75,8 @@ class MaskedEvaluator:
     progress : bool
         Show a tqdm bar per :meth:`evaluate` call.
     record_features : bool
-        Keep the features when the classifier has them.
+        Fetch and keep the features when the classifier has them (only methods
+        that read them ask; otherwise they are not copied back per batch).
     device_compose : bool, optional
         Compose masked batches on the classifier's device (see the module
         docstring). None (default): when the classifier runs on a GPU. True:
@@ -97,7 +98,7 @@ class MaskedEvaluator:
         baseline: str = "black",
         batch_size: int | None = None,
         progress: bool = False,
-        record_features: bool = True,
+        record_features: bool = False,
         device_compose: bool | None = None,
     ) -> None:
         crop = np.asarray(crop)
@@ -140,7 +141,7 @@ class MaskedEvaluator:
         return int(self.classifier.num_classes)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = self.classifier.run(batch)
+        out = self.classifier.run(batch, features=self.record_features)
         feats = out.features if self.record_features else None
         return np.asarray(out.logits, dtype=np.float32), None if feats is None else np.asarray(feats, np.float32)
 

@@ -17,6 +17,8 @@ from .concepts import Frame
 from .errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+#: Largest image accepted by default, in pixels (100 megapixels, ≈ 300 MB as RGB uint8).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def to_rgb_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
@@ -50,15 +52,19 @@ def to_rgb_uint8(array: np.ndarray, name: str = "image") -> np.ndarray:
     raise ImageError(f"{name}: unsupported image dtype {array.dtype}")
 
 
-def load_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
+def load_image(source: str | os.PathLike | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Load an image file (or take an array) as H×W×3 ``uint8`` RGB.
+
+    An H×W×3 ``uint8`` array is returned as it is (no copy).
 
     Raises
     ------
     ImageError
-        Missing, unreadable or corrupt file, or an unsupported array.
+        Missing, unreadable, corrupt or too large file (more than ``max_pixels``),
+        or an unsupported array.
     """
     if isinstance(source, np.ndarray):
+        _check_pixels(source.shape[:2], max_pixels, "image")
         return to_rgb_uint8(source)
     path = Path(source)
     if not path.is_file():
@@ -71,11 +77,32 @@ def load_image(source: str | os.PathLike | np.ndarray) -> np.ndarray:
         raise ImageError(f"{path}: empty file")
     # IMREAD_COLOR | IMREAD_ANYDEPTH keeps 16-bit data and applies EXIF orientation
     # (IMREAD_UNCHANGED would ignore orientation).
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:  # opencv refuses images above its own pixel limit this way
+        raise ImageError(f"{path}: opencv cannot decode it (too large or corrupt: {str(exc).strip().splitlines()[-1]})"
+                         ) from exc
     if decoded is None:
         raise ImageError(f"{path}: corrupt or unsupported image (opencv could not decode it)")
+    _check_pixels(decoded.shape[:2], max_pixels, str(path))
     rgb = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     return to_rgb_uint8(rgb, name=str(path))
+
+
+def _check_pixels(hw: tuple[int, ...], max_pixels: int, name: str) -> None:
+    if len(hw) == 2 and int(hw[0]) * int(hw[1]) > max_pixels:
+        raise ImageError(f"{name}: {hw[1]}×{hw[0]} pixels is more than the limit of {max_pixels} "
+                         "(--max-pixels raises it)")
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize H×W×C to ``hw`` with the one rule every model's preprocessing shares:
+    area averaging when shrinking (close to antialiased bilinear), bilinear when enlarging."""
+    h, w = int(hw[0]), int(hw[1])
+    if (h, w) == image.shape[:2]:
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def resize_crop_frame(hw: tuple[int, int], resize: int | None, crop: int | tuple[int, int] | None) -> Frame:
@@ -109,10 +136,7 @@ def apply_frame(image: np.ndarray, frame: Frame) -> np.ndarray:
     Downscaling uses area interpolation (close to antialiased bilinear),
     upscaling bilinear.
     """
-    rh, rw = frame.resized_hw
-    if (rh, rw) != image.shape[:2]:
-        shrink = rh * rw < image.shape[0] * image.shape[1]
-        image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    image = resize_image(image, frame.resized_hw)
     top, left, h, w = frame.box
     return np.ascontiguousarray(image[top : top + h, left : left + w])
 

@@ -37,14 +37,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..kernels import masks as mk
+from ..kernels.masks import MaskData
 from .concepts import Concepts, Frame
 from .errors import ConceptError, InputShapeError, ModelFolderError
-from .manifest import model_path, read_manifest
-from .session import SessionOptions, SessionRunner, TensorRTProfile, create_session
+from .images import resize_image
+from .manifest import SamManifest, model_path, verify_files
+from .session import Runtime, SessionOptions, TensorRTProfile
 
 #: Label of a foreground point prompt.
 FOREGROUND = 1.0
@@ -118,56 +119,59 @@ class SamSettings:
 class SamConceptGenerator:
     """Automatic SAM concepts from an exported SAM folder, with ONNX Runtime.
 
+    Create with :meth:`from_folder`.
+
     Parameters
     ----------
     encoder, decoder : onnxruntime.InferenceSession
         Sessions of ``encoder.onnx`` and ``decoder.onnx``.
-    manifest : dict
+    manifest : SamManifest
         The folder's manifest (input contract).
+    runtime : Runtime, optional
+        The device the sessions run on.
     **settings
         Fields of :class:`SamSettings`.
     """
 
-    def __init__(self, encoder, decoder, manifest: dict[str, Any], **settings: Any):
+    def __init__(self, encoder, decoder, manifest: SamManifest, runtime: Runtime | None = None, **settings: Any):
         self.settings = SamSettings(**settings)
         self.settings.check()
         self.manifest = manifest
-        try:
-            enc = manifest["encoder"]
-            dec = manifest["decoder"]
-            self.input_size = int(enc["input_size"])
-            self.pixel_mean = np.asarray(enc["pixel_mean"], np.float32).reshape(3)
-            self.pixel_std = np.asarray(enc["pixel_std"], np.float32).reshape(3)
-            normalize_in_graph = bool(enc.get("normalize_in_graph", False))
-            self.mask_threshold = float(dec.get("mask_threshold", 0.0))
-            self.low_res_size = int(dec["low_res_size"])
-            self.encoder_input = enc["input"]
-            self.encoder_output = enc["output"]
-            self.decoder_inputs = list(dec["inputs"])
-            self.decoder_outputs = list(dec["outputs"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFolderError(
-                f"the SAM manifest is incomplete or malformed ({type(exc).__name__}: {exc}); re-run `eac export sam`"
-            ) from exc
-        if normalize_in_graph:
-            raise ModelFolderError("this SAM folder normalises inside the graph, which this eac does not support; re-export it")
-        self._encoder = SessionRunner(encoder)
-        self._decoder = SessionRunner(decoder)
+        self.runtime = Runtime.from_options(runtime)
+        enc, dec = manifest.encoder, manifest.decoder
+        if enc.normalize_in_graph:
+            raise ModelFolderError("this SAM folder normalises inside the graph, which this eac does not support; "
+                                   "re-export it")
+        self.input_size = enc.input_size
+        self.pixel_mean = np.asarray(enc.pixel_mean, np.float32)
+        self.pixel_std = np.asarray(enc.pixel_std, np.float32)
+        self.mask_threshold = dec.mask_threshold
+        self.low_res_size = dec.low_res_size
+        self.encoder_input = enc.input
+        self.encoder_output = enc.output
+        self.decoder_inputs = list(dec.inputs)
+        self.decoder_outputs = list(dec.outputs)
+        self._encoder = self.runtime.runner(encoder)
+        self._decoder = self.runtime.runner(decoder)
         self.provider = self._decoder.provider
         got = [i.name for i in decoder.get_inputs()]
         if got != self.decoder_inputs:
-            raise ModelFolderError(f"decoder.onnx inputs are {got}, the manifest says {self.decoder_inputs}; re-run the export")
+            raise ModelFolderError(f"decoder.onnx inputs are {got}, the manifest says {self.decoder_inputs}; "
+                                   "re-run the export")
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, session_options: SessionOptions | None = None,
-                    **settings: Any) -> SamConceptGenerator:
+    def from_folder(cls, folder: str | os.PathLike, session_options: Runtime | SessionOptions | None = None,
+                    verify: bool = True, **settings: Any) -> SamConceptGenerator:
         """Open a folder written by ``eac export sam``.
 
         Parameters
         ----------
         folder : path-like
-        session_options : SessionOptions, optional
+        session_options : Runtime or SessionOptions, optional
             Providers and their options (``auto`` by default).
+        verify : bool
+            Check the files against the manifest's checksums (cached by size and
+            modification time, so a multi-GB encoder is hashed once).
         **settings
             :class:`SamSettings` fields (``points_per_side``, ``points_per_batch``,
             ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
@@ -176,23 +180,25 @@ class SamConceptGenerator:
         Raises
         ------
         ModelFolderError
-            Not a SAM folder, missing or unloadable files.
+            Not a SAM folder, missing, damaged or unloadable files.
         """
-        manifest = read_manifest(folder, "sam")
+        manifest = SamManifest.read(folder)
         SamSettings(**settings).check()
-        options = session_options or SessionOptions()
-        encoder = create_session(model_path(folder, manifest, "encoder"), options, default_mem_arena=SAM_MEM_ARENA)
+        if verify:
+            verify_files(folder, manifest)
+        runtime = Runtime.from_options(session_options)
+        encoder = runtime.session(model_path(folder, manifest, "encoder"), default_mem_arena=SAM_MEM_ARENA)
         batch = int(settings.get("points_per_batch", SamSettings.points_per_batch))
-        emb = manifest["decoder"].get("shapes", {}).get("image_embeddings")
+        emb = manifest.decoder.shapes.get("image_embeddings")
         profile = None
         if emb is not None:
             profile = TensorRTProfile(
                 {"image_embeddings": tuple(emb), "point_coords": (None, 1, 2), "point_labels": (None, 1)},
                 min_batch=1, opt_batch=batch, max_batch=max(batch, 1),
             )
-        decoder = create_session(model_path(folder, manifest, "decoder"), options, trt_profile=profile,
-                                 default_mem_arena=SAM_MEM_ARENA)
-        return cls(encoder, decoder, manifest, **settings)
+        decoder = runtime.session(model_path(folder, manifest, "decoder"), trt_profile=profile,
+                                  default_mem_arena=SAM_MEM_ARENA)
+        return cls(encoder, decoder, manifest, runtime, **settings)
 
     # --- stages --------------------------------------------------------------------------
 
@@ -208,8 +214,7 @@ class SamConceptGenerator:
         h, w = image.shape[:2]
         new_h, new_w = mk.longest_side_shape(h, w, self.input_size)
         # Bilinear like SAM's ResizeLongestSide (PIL); area averaging when shrinking (PIL antialiases too).
-        interpolation = cv2.INTER_LINEAR if max(h, w) <= self.input_size else cv2.INTER_AREA
-        resized = image if (new_h, new_w) == (h, w) else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        resized = resize_image(image, (new_h, new_w))
         tensor = np.zeros((1, 3, self.input_size, self.input_size), np.float32)
         normalised = (resized.astype(np.float32) - self.pixel_mean) / self.pixel_std
         tensor[0, :, :new_h, :new_w] = normalised.transpose(2, 0, 1)
@@ -274,48 +279,42 @@ class SamConceptGenerator:
         parts = [self._process_crop(crop, box, int(layer), timings, counts) for box, layer in zip(boxes, layers)]
 
         clock = time.perf_counter()
-        masks = np.concatenate([p["masks"] for p in parts])
-        iou = np.concatenate([p["iou"] for p in parts])
-        stability = np.concatenate([p["stability"] for p in parts])
-        points = np.concatenate([p["points"] for p in parts])
-        crop_index = np.concatenate([np.full(len(p["iou"]), i) for i, p in enumerate(parts)]).astype(np.int64)
-        if len(boxes) > 1 and len(masks):
+        for i, part in enumerate(parts):
+            part["crop_index"] = np.full(len(part), i, np.int64)
+        data = MaskData.cat(parts, _empty_mask_data((h, w)))
+        if len(boxes) > 1 and len(data):
             # Duplicates between crops: prefer masks from smaller crops (as the reference).
-            crop_area = mk.box_area(boxes)[crop_index]
-            keep = mk.nms(mk.masks_to_boxes(masks), 1.0 / crop_area, s.crop_nms_thresh)
-            keep = keep[np.argsort(-iou[keep], kind="stable")]
-            masks, iou, stability, points, crop_index = (
-                masks[keep], iou[keep], stability[keep], points[keep], crop_index[keep])
-        if s.min_mask_region_area > 0 and len(masks):
-            masks, changed = mk.remove_small_regions(masks, s.min_mask_region_area)
+            crop_area = mk.box_area(boxes)[data["crop_index"]]
+            keep = mk.nms(mk.masks_to_boxes(data["masks"]), 1.0 / crop_area, s.crop_nms_thresh)
+            data = data.filter(keep[np.argsort(-data["iou"][keep], kind="stable")])
+        if s.min_mask_region_area > 0 and len(data):
+            data["masks"], changed = mk.remove_small_regions(data["masks"], s.min_mask_region_area)
             # As the reference: prefer unchanged masks, then remove new duplicates.
-            keep = mk.nms(mk.masks_to_boxes(masks), (~changed).astype(np.float32),
+            keep = mk.nms(mk.masks_to_boxes(data["masks"]), (~changed).astype(np.float32),
                           max(s.box_nms_thresh, s.crop_nms_thresh))
-            keep = keep[masks[keep].reshape(len(keep), -1).any(axis=1)]
-            keep = keep[np.argsort(-iou[keep], kind="stable")]
-            masks, iou, stability, points, crop_index = (
-                masks[keep], iou[keep], stability[keep], points[keep], crop_index[keep])
+            keep = keep[data["masks"][keep].reshape(len(keep), -1).any(axis=1)]
+            data = data.filter(keep[np.argsort(-data["iou"][keep], kind="stable")])
         timings["postprocess"] += time.perf_counter() - clock
 
         info = {
             "provider": self.provider,
-            "model_type": self.manifest.get("model_type"),
-            "precision": self.manifest.get("precision"),
+            "model_type": self.manifest.model_type,
+            "precision": self.manifest.precision,
             "settings": asdict(s),
             **counts,
             "crops": boxes.tolist(),
-            "crop_index": crop_index.tolist(),
-            "stability_scores": stability.astype(float).tolist(),
-            "point_coords": points.astype(float).tolist(),
+            "crop_index": data["crop_index"].tolist(),
+            "stability_scores": data["stability"].astype(float).tolist(),
+            "point_coords": data["points"].astype(float).tolist(),
         }
-        return Concepts(masks=masks, scores=iou.astype(np.float32), source=SOURCE, frame=frame,
+        return Concepts(masks=data["masks"], scores=data["iou"].astype(np.float32), source=SOURCE, frame=frame,
                         timings=timings, info=info)
 
     def _process_crop(self, image: np.ndarray, box: np.ndarray, layer: int, timings: dict[str, float],
-                      counts: dict[str, int]) -> dict[str, np.ndarray]:
+                      counts: dict[str, int]) -> MaskData:
         """Masks of one crop box (the whole image for layer 0), in the image frame.
 
-        Returns a dict of ``masks`` N×H×W bool, ``iou`` N, ``stability`` N and
+        Returns MaskData with ``masks`` N×H×W bool, ``iou`` N, ``stability`` N and
         ``points`` N×2 (prompt of each mask, image frame), NMS-filtered within
         the crop and ordered by predicted IoU.
         """
@@ -340,7 +339,7 @@ class SamConceptGenerator:
         grid = mk.point_grid(max(per_side, 1)) * np.array([w, h], np.float64)  # sub-image frame (x, y)
         prompts = (grid * np.array([resized_hw[1] / w, resized_hw[0] / h])).astype(np.float32)
 
-        kept: dict[str, list[np.ndarray]] = {"masks": [], "iou": [], "stability": [], "points": []}
+        kept: list[MaskData] = []
         for start in range(0, len(prompts), s.points_per_batch):
             batch = prompts[start:start + s.points_per_batch]
             clock = time.perf_counter()
@@ -349,46 +348,47 @@ class SamConceptGenerator:
 
             clock = time.perf_counter()
             n_masks = low_res.shape[1]
-            logits = low_res.reshape(-1, low_res.shape[2], low_res.shape[3])
-            scores = iou.reshape(-1)
-            points = np.repeat(grid[start:start + len(batch)], n_masks, axis=0)
-            counts["candidates"] += len(scores)
-            keep = np.ones(len(scores), bool)
+            candidates = MaskData(logits=low_res.reshape(-1, low_res.shape[2], low_res.shape[3]),
+                                  iou=iou.reshape(-1),
+                                  points=np.repeat(grid[start:start + len(batch)], n_masks, axis=0))
+            counts["candidates"] += len(candidates)
             if s.pred_iou_thresh > FILTER_DISABLED_AT:
-                keep &= scores > s.pred_iou_thresh
-            idx = np.flatnonzero(keep)
-            stability = mk.stability_scores(logits[idx, :valid_rows, :valid_cols], self.mask_threshold,
-                                            s.stability_score_offset)
+                candidates = candidates.filter(candidates["iou"] > s.pred_iou_thresh)
+            candidates["stability"] = mk.stability_scores(
+                candidates["logits"][:, :valid_rows, :valid_cols], self.mask_threshold, s.stability_score_offset)
             if s.stability_score_thresh > FILTER_DISABLED_AT:
-                ok = stability >= s.stability_score_thresh
-                idx, stability = idx[ok], stability[ok]
-            if len(idx):
-                masks = mk.logits_to_frame(logits[idx], (h, w), valid_hw) > self.mask_threshold
-                ok = masks.reshape(len(idx), -1).any(axis=1)  # empty masks are no concepts
+                candidates = candidates.filter(candidates["stability"] >= s.stability_score_thresh)
+            if len(candidates):
+                masks = mk.logits_to_frame(candidates["logits"], (h, w), valid_hw) > self.mask_threshold
+                ok = masks.reshape(len(masks), -1).any(axis=1)  # empty masks are no concepts
                 if not full:
                     ok &= ~mk.boxes_near_crop_edge(mk.masks_to_boxes(masks), box, (img_h, img_w))
-                kept["masks"].append(masks[ok])
-                kept["iou"].append(scores[idx][ok])
-                kept["stability"].append(stability[ok])
-                kept["points"].append(points[idx][ok])
+                kept.append(MaskData(masks=masks[ok], iou=candidates["iou"][ok],
+                                     stability=candidates["stability"][ok], points=candidates["points"][ok]))
             timings["postprocess"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
-        masks = np.concatenate(kept["masks"]) if kept["masks"] else np.zeros((0, h, w), bool)
-        iou = np.concatenate(kept["iou"]) if kept["iou"] else np.zeros(0, np.float32)
-        stability = np.concatenate(kept["stability"]) if kept["stability"] else np.zeros(0, np.float32)
-        points = np.concatenate(kept["points"]) if kept["points"] else np.zeros((0, 2))
-        counts["after_filters"] += len(masks)
-        keep = mk.nms(mk.masks_to_boxes(masks), iou, s.box_nms_thresh)
+        empty = _empty_mask_data((h, w))
+        empty.pop("crop_index")
+        data = MaskData.cat(kept, empty)
+        counts["after_filters"] += len(data)
+        keep = mk.nms(mk.masks_to_boxes(data["masks"]), data["iou"], s.box_nms_thresh)
         counts["after_nms"] += len(keep)
-        masks, iou, stability, points = masks[keep], iou[keep], stability[keep], points[keep]
+        data = data.filter(keep)
         if not full:
-            placed = np.zeros((len(masks), img_h, img_w), bool)
-            placed[:, y0:y1, x0:x1] = masks
-            masks = placed
-            points = points + np.array([x0, y0], np.float64)
+            placed = np.zeros((len(data), img_h, img_w), bool)
+            placed[:, y0:y1, x0:x1] = data["masks"]
+            data["masks"] = placed
+            data["points"] = data["points"] + np.array([x0, y0], np.float64)
         timings["postprocess"] += time.perf_counter() - clock
-        return {"masks": masks, "iou": iou, "stability": stability, "points": points}
+        return data
+
+
+def _empty_mask_data(hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Zero-length arrays of every per-mask field (the image frame is ``hw``)."""
+    return {"masks": np.zeros((0, *hw), bool), "iou": np.zeros(0, np.float32),
+            "stability": np.zeros(0, np.float32), "points": np.zeros((0, 2)),
+            "crop_index": np.zeros(0, np.int64)}
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

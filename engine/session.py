@@ -35,8 +35,12 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+#: Providers that run on a GPU (I/O binding and on-device composition pay off there).
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: Preference order for ``providers="auto"``.
-AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+AUTO_ORDER = (*GPU_PROVIDERS, "CPUExecutionProvider")
+#: ONNX Runtime log severity of eac's sessions: errors only (3), no warnings on stderr.
+ORT_LOG_ERRORS_ONLY = 3
 
 
 @dataclass(frozen=True)
@@ -188,16 +192,89 @@ def provider_options(
     return result
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how eac runs its graphs: the one device object.
+
+    Made once from :class:`SessionOptions` (providers resolved, so an
+    unavailable provider fails here, before any model is loaded) and carried
+    by the :class:`~eac.engine.classifier.Classifier`, the SAM generator and
+    the on-device composer, which all create their sessions through
+    :meth:`session`.
+
+    Attributes
+    ----------
+    options : SessionOptions
+    providers : tuple of str
+        ONNX Runtime provider names, in preference order, ending with CPU.
+    """
+
+    options: SessionOptions
+    providers: tuple[str, ...]
+
+    @classmethod
+    def from_options(cls, options: SessionOptions | Runtime | None = None) -> Runtime:
+        """The runtime for ``options`` (``"auto"`` providers when None); a Runtime is returned as is."""
+        if isinstance(options, Runtime):
+            return options
+        options = options or SessionOptions()
+        return cls(options, tuple(resolve_providers(options.providers)))
+
+    @property
+    def device_id(self) -> int:
+        """GPU index of the CUDA and TensorRT providers."""
+        return int(self.options.cuda_device_id)
+
+    def device_of(self, session: ort.InferenceSession) -> str:
+        """``"cuda"`` when ``session`` runs on a GPU provider, else ``"cpu"`` (for OrtValues and binding)."""
+        return "cuda" if uses_device_memory(session) else "cpu"
+
+    def session(
+        self, path: str | os.PathLike, trt_profile: TensorRTProfile | None = None, default_mem_arena: bool = True
+    ) -> ort.InferenceSession:
+        """Create an ONNX Runtime session for ``path`` on this runtime's providers.
+
+        ``default_mem_arena`` is the CPU memory arena setting used when
+        ``options.cpu_mem_arena`` is None.
+
+        Raises
+        ------
+        ModelFolderError
+            The file is missing or ONNX Runtime cannot load it.
+        """
+        options = self.options
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: ONNX file not found; re-run the export")
+        names = list(self.providers)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+        if options.cpu_threads is not None:
+            so.intra_op_num_threads = int(options.cpu_threads)
+        so.log_severity_level = ORT_LOG_ERRORS_ONLY
+        so.enable_cpu_mem_arena = default_mem_arena if options.cpu_mem_arena is None else bool(options.cpu_mem_arena)
+        try:
+            return ort.InferenceSession(
+                str(path), sess_options=so, providers=names,
+                provider_options=provider_options(names, options, trt_profile),
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated exception types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFolderError(
+                f"{path}: ONNX Runtime cannot load this model ({first_line}); re-run the export") from exc
+
+    def runner(self, session: ort.InferenceSession) -> SessionRunner:
+        """A thread-safe :class:`SessionRunner` for ``session`` on this runtime's device."""
+        return SessionRunner(session, device_id=self.device_id)
+
+
 def create_session(
     path: str | os.PathLike,
-    options: SessionOptions | None = None,
+    options: SessionOptions | Runtime | None = None,
     trt_profile: TensorRTProfile | None = None,
     default_mem_arena: bool = True,
 ) -> ort.InferenceSession:
-    """Create an ONNX Runtime session for ``path`` as ``options`` asks.
-
-    ``default_mem_arena`` is the CPU memory arena setting used when
-    ``options.cpu_mem_arena`` is None.
+    """Create an ONNX Runtime session for ``path`` as ``options`` asks (see :meth:`Runtime.session`).
 
     Raises
     ------
@@ -206,24 +283,7 @@ def create_session(
     ProviderError
         A requested provider is unavailable.
     """
-    options = options or SessionOptions()
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFolderError(f"{path}: ONNX file not found; re-run the export")
-    names = resolve_providers(options.providers)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
-    if options.cpu_threads is not None:
-        so.intra_op_num_threads = int(options.cpu_threads)
-    so.log_severity_level = 3
-    so.enable_cpu_mem_arena = default_mem_arena if options.cpu_mem_arena is None else bool(options.cpu_mem_arena)
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=so, providers=names, provider_options=provider_options(names, options, trt_profile)
-        )
-    except Exception as exc:  # onnxruntime raises several unrelated exception types
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFolderError(f"{path}: ONNX Runtime cannot load this model ({first_line}); re-run the export") from exc
+    return Runtime.from_options(options).session(path, trt_profile, default_mem_arena)
 
 
 def active_provider(session: ort.InferenceSession) -> str:
@@ -240,8 +300,8 @@ class BoundRunner:
     usual case: every batch but the last has the same size). On the CPU provider
     it works too (device ``"cpu"``), which is how its logic is tested.
 
-    A runner is not shared between threads; :class:`SessionPool` hands one to
-    each thread.
+    A runner is not shared between threads; :class:`SessionRunner` keeps one
+    per thread.
     """
 
     def __init__(self, session: ort.InferenceSession, device: str = "cuda", device_id: int = 0):
@@ -249,8 +309,6 @@ class BoundRunner:
         self.device = device
         self.device_id = device_id
         self._inputs: dict[str, ort.OrtValue] = {}
-        self._outputs: dict[str, ort.OrtValue] = {}
-        self._output_shapes: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
         self.allocations = 0
 
     def _input_value(self, name: str, array: np.ndarray) -> ort.OrtValue:
@@ -289,7 +347,7 @@ def _ort_type(dtype: np.dtype) -> str:
 
 def uses_device_memory(session: ort.InferenceSession) -> bool:
     """True when the session runs on a GPU provider (where I/O binding pays off)."""
-    return active_provider(session) in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    return active_provider(session) in GPU_PROVIDERS
 
 
 class SessionRunner:

@@ -334,3 +334,50 @@ def boxes_near_crop_edge(boxes: np.ndarray, crop_box: np.ndarray, image_hw: tupl
     near_crop = np.abs(shifted - crop[None, :]) <= atol
     near_image = np.abs(shifted - image[None, :]) <= atol
     return np.any(near_crop & ~near_image, axis=1)
+
+
+class MaskData:
+    """Parallel per-mask arrays (masks, scores, points...) filtered and joined together.
+
+    Like segment-anything's ``utils.amg.MaskData``: every field holds one entry per
+    mask along axis 0, so one :meth:`filter` keeps the fields in step instead of
+    indexing each array by hand.
+
+    Parameters
+    ----------
+    **fields : ndarray
+        Arrays with the same length along axis 0.
+    """
+
+    def __init__(self, **fields: np.ndarray) -> None:
+        self._fields: dict[str, np.ndarray] = {}
+        for name, value in fields.items():
+            self[name] = value
+
+    def __len__(self) -> int:
+        return len(next(iter(self._fields.values()))) if self._fields else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._fields[name]
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        value = np.asarray(value)
+        if self._fields and len(value) != len(self):
+            raise ValueError(f"field {name!r} has {len(value)} entries, the others {len(self)}")
+        self._fields[name] = value
+
+    def keys(self) -> list[str]:
+        return list(self._fields)
+
+    def filter(self, keep: np.ndarray) -> MaskData:
+        """The entries selected by ``keep`` (boolean mask or integer indices, in that order)."""
+        keep = np.asarray(keep)
+        return MaskData(**{name: value[keep] for name, value in self._fields.items()})
+
+    @classmethod
+    def cat(cls, parts: list[MaskData], empty: dict[str, np.ndarray]) -> MaskData:
+        """Join ``parts`` field by field; ``empty`` gives each field's zero-length array when there are none."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls(**empty)
+        return cls(**{name: np.concatenate([p[name] for p in parts]) for name in empty})

@@ -75,7 +75,7 @@ class FakeClassifier:
     def baseline_value(self):
         return ((0 - self.mean) / self.std).astype(np.float32)
 
-    def run(self, batch):
+    def run(self, batch, features=True, feature_map=False):
         batch = np.asarray(batch, np.float32)
         self.calls += 1
         self.images += len(batch)
@@ -86,7 +86,8 @@ class FakeClassifier:
         if self.nonlinear:
             hid = np.tanh(hid)
         logits = hid @ self.fc.T + self.bias
-        return Output(logits.astype(np.float32), None if self.black_box else hid.astype(np.float32))
+        keep = features and not self.black_box
+        return Output(logits.astype(np.float32), hid.astype(np.float32) if keep else None)
 
     def __call__(self, batch):
         return self.run(batch).logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ def _write_scene(path, seed):
 
 def test_demo_finds_the_red_shape(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["results"][0]
     scene = make_scene(np.random.default_rng(0), 128)
     assert data["labels"] == [SHAPES[scene.label]]
     masks = np.load(tmp_path / "d" / "masks.npz")
@@ -44,8 +45,10 @@ def test_explain_folder_skips_bad_images_and_keeps_the_rest(tmp_path, demo_class
     captured = capsys.readouterr()
     assert code == 1  # one image failed...
     assert "broken.jpg" in captured.err and "corrupt" in captured.err
-    results = json.loads(captured.out)  # ...but the others were explained and saved
+    printed = json.loads(captured.out)  # ...but the others were explained and saved
+    results = printed["results"]
     assert len(results) == 2
+    assert [Path(f["image"]).name for f in printed["failures"]] == ["broken.jpg"]
     for i, scene in enumerate(scenes):
         folder = out / f"s{i}"
         assert (folder / "explanation.json").is_file() and (folder / "overlay.png").is_file()
@@ -63,7 +66,7 @@ def test_explain_with_label_masks_target_name_and_metrics(tmp_path, demo_classif
                  "--masks", str(tmp_path / "labels.png"), "--target", other, "--metrics",
                  "--method", "shapley-exact", "--out", str(tmp_path / "o"), "--json"])
     assert code == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["results"][0]
     assert data["labels"] == [other]
     assert data["num_concepts"] == len(scene.object_masks)
     assert data["value_type"] == "shapley"
@@ -86,9 +89,9 @@ def test_evaluation_budget_flag(tmp_path, demo_classifier_folder, capsys):
     base = ["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
             "--concepts", "slic", "--n-segments", "24", "--json", "--out"]
     assert main(base + [str(tmp_path / "a"), "--evaluations", "64"]) == 0
-    small = json.loads(capsys.readouterr().out)
+    small = json.loads(capsys.readouterr().out)["results"][0]
     assert main(base + [str(tmp_path / "b"), "--evaluations", "512"]) == 0
-    large = json.loads(capsys.readouterr().out)
+    large = json.loads(capsys.readouterr().out)["results"][0]
     assert small["num_concepts"] > 16  # not enumerated: the budget is what bounds the evaluations
     assert small["num_evaluations"] <= 64 + 2 < large["num_evaluations"] <= 512 + 2
     assert main(base + [str(tmp_path / "c"), "--evaluations", "64", "--method", "loo"]) != 0

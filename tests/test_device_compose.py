@@ -73,8 +73,8 @@ def test_evaluator_on_device_equals_numpy_path(demo_classifier_folder):
     crop = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     masks = rng.random((5, h, w)) < 0.3
     coalitions = rng.random((11, 5)) < 0.5  # 11 = two full batches of 4 and a partial one
-    host = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=False)
-    device = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=True)
+    host = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=False, record_features=True)
+    device = MaskedEvaluator(classifier, crop, masks, batch_size=4, device_compose=True, record_features=True)
     assert device.on_device and not host.on_device
     for invert in (False, True):
         a, b = host.evaluate(coalitions, invert=invert), device.evaluate(coalitions, invert=invert)

@@ -1,0 +1,68 @@
+"""The ``eac`` command: one module per subcommand, above the engine.
+
+Nothing under :mod:`eac.engine` outside this package imports the command line;
+subcommands that need :mod:`eac.export` or :mod:`eac.bench` import them lazily,
+here and nowhere else in the engine, so ``eac explain`` never imports torch and
+``eac export``/``eac bench`` fail with one line when the export extra is missing.
+
+Exit codes: 0 success; 1 some images failed or had no concepts (the others were
+written); 2 a usage or input error (one line on stderr); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Sequence
+
+from ..errors import EacError
+from . import bench, concepts, demo, explain, export
+
+#: Subcommand modules, in --help order; each has ``register(subparsers)``.
+SUBCOMMANDS = (export, concepts, explain, demo, bench)
+EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``eac`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="eac",
+        description="Explain Any Concept with ONNX Runtime: SAM concepts, Shapley values, no torch at run time.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the eac version and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``eac`` with ``argv`` (default: the process arguments); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from ..manifest import eac_version
+        from ..session import available_providers
+
+        print(f"eac {eac_version()}; ONNX Runtime providers: {', '.join(available_providers())}")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except EacError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"eac: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("eac: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

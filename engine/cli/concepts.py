@@ -1,0 +1,62 @@
+"""``eac concepts``: propose concepts with an exported SAM and save them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import MAX_POINTS_PER_SIDE, add_sam_args, add_session_args, add_verify_arg, runtime_from_args, \
+    sam_settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("concepts", help="propose concepts with the exported SAM and save them")
+    p.add_argument("image")
+    p.add_argument("--sam", required=True, help="folder written by `eac export sam`")
+    p.add_argument("--out", required=True, help="output .npz file (masks, scores, timings)")
+    p.add_argument("--classifier", default=None, help="classifier folder: masks in its crop frame")
+    p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
+    add_sam_args(p)
+    add_session_args(p)
+    add_verify_arg(p)
+    p.set_defaults(func=run)
+
+
+def check_sam_limits(args: argparse.Namespace) -> None:
+    """Refuse a point grid whose cost would be unbounded, unless --allow-large."""
+    if args.points_per_side > MAX_POINTS_PER_SIDE and not getattr(args, "allow_large", False):
+        raise ConfigError(f"--points-per-side {args.points_per_side} means {args.points_per_side ** 2} decoder "
+                          f"prompts; the limit is {MAX_POINTS_PER_SIDE} (pass --allow-large to go beyond)")
+
+
+def npz_path(out: str) -> Path:
+    """The file numpy will write: ``out`` with ``.npz`` appended unless it already ends so."""
+    path = Path(out)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..images import load_image
+    from ..sam import SamConceptGenerator
+
+    check_sam_limits(args)
+    out = npz_path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError(f"{out}: cannot write there (a folder has that name, or the parent folder is missing)")
+    image = load_image(args.image)
+    runtime = runtime_from_args(args)
+    generator = SamConceptGenerator.from_folder(args.sam, session_options=runtime, verify=not args.no_verify,
+                                                **sam_settings_from_args(args))
+    if args.classifier:
+        from ..classifier import Classifier
+
+        classifier = Classifier.from_folder(args.classifier, session_options=runtime, verify=not args.no_verify)
+        crop, frame = classifier.crop(image)
+        concepts = generator(crop, frame)
+    else:
+        concepts = generator.generate(image)
+    concepts.save(out)
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in concepts.timings.items())
+    print(f"{len(concepts)} concepts ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
+    return 0

@@ -1,0 +1,123 @@
+"""``eac export sam|classifier`` and ``eac import-onnx``: the exporters, imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import EacError
+from .options import add_preprocess_args, positive_int
+
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+
+
+class MissingExtraError(EacError):
+    """A command needs an optional extra that is not installed."""
+
+
+def _exporters(module: str):
+    """Import ``eac.export.<module>``; without torch, one line saying which extra to install."""
+    import importlib
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"this command needs PyTorch and segment-anything ({exc}); install the export extra: "
+            "pip install torch==2.13.0 -e '.[export]' (see README)") from exc
+    return importlib.import_module(f"eac.export.{module}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p_export = sub.add_parser("export", help="export SAM or a PyTorch classifier to ONNX (needs the export extra)")
+    export_sub = p_export.add_subparsers(dest="what", metavar="WHAT", required=True)
+
+    p = export_sub.add_parser("sam", help="export SAM's image encoder and a batched prompt decoder")
+    p.add_argument("--model-type", required=True, choices=SAM_MODEL_TYPES)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="official segment-anything checkpoint (.pth)")
+    src.add_argument("--download", action="store_true",
+                     help="fetch the official checkpoint into the cache ($EAC_CACHE, default ~/.cache/eac)")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--opset", type=positive_int, default=None,
+                   help="ONNX opset (default 17, the first with LayerNormalization)")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights, LayerNorm and softmax kept in fp32")
+    p.add_argument("--skip-validation", action="store_true", help="do not compare with PyTorch (not recommended)")
+    p.set_defaults(func=export_sam)
+
+    p = export_sub.add_parser("classifier", help="export a PyTorch classifier with logits and features outputs")
+    p.add_argument("--out", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet50")
+    src.add_argument("--module", metavar="PKG.MOD:FACTORY", help="a factory returning a torch.nn.Module")
+    p.add_argument("--weights", default=None, help="with --torchvision: PATH to a state dict, or 'default'")
+    p.add_argument("--checkpoint", default=None, help="with --module: a state dict to load")
+    p.add_argument("--feature-layer", default=None, help="name of the final linear layer (found automatically)")
+    p.add_argument("--opset", type=positive_int, default=None)
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--skip-validation", action="store_true")
+    add_preprocess_args(p, defaults=True)
+    p.set_defaults(func=export_classifier)
+
+    p = sub.add_parser("import-onnx", help="adopt a classifier that already is an ONNX file")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--features-output", default=None, help="name of a B×D features tensor, if the graph has one")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--probabilities", action="store_true",
+                      help="the model outputs probabilities (softmax applied); detected when neither flag is given")
+    kind.add_argument("--logits", action="store_true", help="the model outputs logits (skip the detection)")
+    add_preprocess_args(p, defaults=False)
+    p.set_defaults(func=import_onnx)
+
+
+def export_sam(args: argparse.Namespace) -> int:
+    manifest = _exporters("sam").export_sam(
+        model_type=args.model_type, out=args.out, checkpoint=args.checkpoint, download=args.download,
+        opset=args.opset, fp16=args.fp16, validate=not args.skip_validation,
+    )
+    print_export_summary(args.out, manifest)
+    return 0
+
+
+def export_classifier(args: argparse.Namespace) -> int:
+    manifest = _exporters("classifier").export_classifier(
+        out=args.out, torchvision=args.torchvision, weights=args.weights, module=args.module,
+        checkpoint=args.checkpoint, feature_layer=args.feature_layer, input_size=args.input_size,
+        resize=args.resize, mean=args.mean, std=args.std, channel_order=args.channel_order,
+        labels=args.labels, opset=args.opset, fp16=args.fp16, validate=not args.skip_validation,
+    )
+    print_export_summary(args.out, manifest)
+    return 0
+
+
+def import_onnx(args: argparse.Namespace) -> int:
+    from ...export.import_onnx import import_onnx as adopt  # needs onnx and onnxruntime only
+
+    probabilities = True if args.probabilities else False if args.logits else None
+    manifest = adopt(
+        model=args.model, out=args.out, features_output=args.features_output, probabilities=probabilities,
+        input_size=args.input_size, resize=args.resize, mean=args.mean, std=args.std,
+        channel_order=args.channel_order, labels=args.labels,
+    )
+    print_export_summary(args.out, manifest)
+    return 0
+
+
+def print_export_summary(out: str, manifest: dict) -> None:
+    """What an export wrote: files, validation, and for classifiers the input contract and rewrites."""
+    files = ", ".join(f"{e['path']} ({e['bytes'] / 1e6:.1f} MB)" for e in manifest.get("files", {}).values())
+    print(f"wrote {out}: {files}")
+    validation = manifest.get("validation")
+    if validation:
+        print(f"validation: {json.dumps(validation)}")
+    if manifest.get("kind") == "classifier":
+        inp = manifest.get("input", {})
+        batch = inp.get("batch")
+        print(f"input {inp.get('name')} {inp.get('layout', 'NCHW')} {inp.get('height')}×{inp.get('width')}, "
+              f"batch {'dynamic' if batch is None else f'fixed at {batch} (the engine loops)'}; "
+              f"outputs are {manifest.get('output_kind')}; {manifest.get('num_classes')} classes")
+        source = manifest.get("source", {})
+        for key in ("output_kind_reason", "rewrites", "assumed", "other_outputs"):
+            if source.get(key):
+                print(f"{key.replace('_', ' ')}: {json.dumps(source[key], default=str, ensure_ascii=False)}")

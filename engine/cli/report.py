@@ -1,0 +1,49 @@
+"""What the command line prints about an explanation (terminal text only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..explanation import Explanation
+
+#: Concept values are printed with this many significant digits.
+VALUE_DIGITS = 4
+#: Stages printed on the time line, in order.
+TIME_STAGES = ("concepts", "evaluations", "fit", "values")
+
+
+def summary_lines(explanation: Explanation, top_k: int = 5,
+                  annotate: Callable[[int], str] | None = None) -> list[str]:
+    """Human-readable ranking: one line per top concept, then timings and metrics.
+
+    ``annotate(i)`` may add a note to concept i's line (the demo says how much of it
+    lies on the known right answer).
+    """
+    name = explanation.labels[0] if explanation.labels else f"class {explanation.target}"
+    lines = [
+        f"explained {name} (p={explanation.probability:.3f}) with {explanation.method} "
+        f"({explanation.value_type} values) over {explanation.num_concepts} concepts, "
+        f"{explanation.num_evaluations} classifier evaluations on {explanation.provider or '?'}"
+    ]
+    values = explanation.values_2d[0]
+    stderr = None if explanation.stderr is None else np.atleast_2d(explanation.stderr)[0]
+    area = explanation.masks.reshape(explanation.num_concepts, -1).mean(axis=1) if explanation.num_concepts else []
+    for rank, i in enumerate(explanation.top(top_k), start=1):
+        err = f" ± {stderr[i]:.2g}" if stderr is not None and np.isfinite(stderr[i]) else ""
+        extra = annotate(i) if annotate is not None else ""
+        lines.append(f"  #{rank}: concept {i:3d}  value {values[i]:+.{VALUE_DIGITS}g}{err}  "
+                     f"(area {100 * area[i]:.1f}%{extra})")
+    if explanation.num_concepts == 0:
+        lines.append("  no concepts: nothing to rank")
+    stop = explanation.info.get("stop_reason")
+    if stop:
+        lines.append(f"  stopped: {stop}")
+    t = explanation.timings
+    lines.append("  time: " + ", ".join(f"{k} {t[k]:.3f}s" for k in TIME_STAGES if k in t))
+    metrics = explanation.info.get("metrics")
+    if metrics and metrics.get("insertion_auc") is not None:
+        lines.append(f"  insertion AUC {metrics['insertion_auc']:.2f} (higher is better), "
+                     f"deletion AUC {metrics['deletion_auc']:.2f} (lower is better)")
+    return lines
