@@ -21,21 +21,30 @@ Typical use::
     explanation = explain("photo.jpg", classifier, sam)
 """
 
-from .classifier import Classifier
-from .concepts import Concepts, Frame
-from .explain import Explainer, explain
-from .explanation import Explanation
-from .sam import SamConceptGenerator
-from .session import Runtime, SessionOptions
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "Classifier",
-    "Concepts",
-    "Explainer",
-    "Explanation",
-    "Frame",
-    "Runtime",
-    "SamConceptGenerator",
-    "SessionOptions",
-    "explain",
-]
+#: The public API: name → module that defines it. Imported on first use, so that
+#: ``eac --help`` works, and says what to install, even without ONNX Runtime.
+_API = {
+    "Classifier": "classifier",
+    "Concepts": "concepts",
+    "Explainer": "explain",
+    "Explanation": "explanation",
+    "Frame": "concepts",
+    "Runtime": "session",
+    "SamConceptGenerator": "sam",
+    "SessionOptions": "session",
+    "explain": "explain",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -18,13 +18,12 @@ class MissingExtraError(EacError):
 def _exporters(module: str):
     """Import ``eac.export.<module>``; without torch, one line saying which extra to install."""
     import importlib
+    import importlib.util
 
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
+    if importlib.util.find_spec("torch") is None:
         raise MissingExtraError(
-            f"this command needs PyTorch and segment-anything ({exc}); install the export extra: "
-            "pip install torch==2.13.0 -e '.[export]' (see README)") from exc
+            "this command needs PyTorch (not installed); install the export extra: "
+            "pip install torch==2.13.0 -e '.[export]' (see README)")
     return importlib.import_module(f"eac.export.{module}")
 
 

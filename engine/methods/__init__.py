@@ -49,3 +49,12 @@ def get_method(name: str) -> type[Method]:
     if name not in methods:
         raise ExplainError(f"unknown method {name!r}; choose one of {', '.join(methods)}")
     return methods[name]
+
+
+def methods_table() -> str:
+    """The README's method table (markdown), built from the registered classes."""
+    rows = ["| `--method` | values | what it computes | classifier evaluations |", "| --- | --- | --- | --- |"]
+    for name, cls in registry().items():
+        label = f"`{name}` (default)" if name == "eac" else f"`{name}`"
+        rows.append(f"| {label} | {cls.value_type} | {cls.summary} | {cls.cost} |")
+    return "\n".join(rows)
