@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ImageError(f"no images found in {' '.join(args.images)}")
     out = Path(args.out)
-    check_output_folder(out)
+    single = len(paths) == 1 and not Path(args.images[0]).is_dir()
+    check_output_folder(out, replace=single)  # before any work: a bad destination fails at once
     runtime = runtime_from_args(args)
     classifier = Classifier.from_folder(args.classifier, session_options=runtime, verify=not args.no_verify,
                                         batch_size=args.batch_size)
@@ -142,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
     target = None
     if args.target:
         target = args.target[0] if len(args.target) == 1 else list(args.target)
-    single = len(paths) == 1 and not Path(args.images[0]).is_dir()
     results: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     log = sys.stderr if args.json else sys.stdout
@@ -197,5 +197,7 @@ def _first_line(exc: BaseException) -> str:
 def _fail(failures: list[dict[str, str]], path: Path, message: str, args: argparse.Namespace) -> None:
     if getattr(args, "debug", False):
         traceback.print_exc()
+    prefix = f"{path}: "
+    message = message[len(prefix):] if message.startswith(prefix) else message
     failures.append({"image": str(path), "error": message})
     print(f"eac: error: {path}: {message}", file=sys.stderr)

@@ -1,0 +1,335 @@
+"""The command line under bad input and faults: one clear line, nothing lost, nothing half-written.
+
+Each case of the reliability issue is a row below (with the cases that already
+worked, so they keep working): the exit code, that stderr has exactly the
+expected error lines and no traceback, and what exists on disk afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from eac.engine.cli import main
+from eac.engine.demo import demo_classifier_path
+from eac.engine.scenes import make_scene
+
+SIZE = 128  # the demo classifier's input side
+
+
+def _scene_png(path: Path, seed: int) -> Path:
+    scene = make_scene(np.random.default_rng(seed), SIZE)
+    cv2.imwrite(str(path), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        _scene_png(images / f"s{i}.png", 300 + i)
+    (tmp_path / "afile").write_text("not a folder")
+    empty_masks = np.zeros((0, SIZE, SIZE), bool)
+    np.save(tmp_path / "empty_masks.npy", empty_masks)
+    return tmp_path
+
+
+def _explain(ws: Path, *extra: str, images: str = "images/s0.png") -> list[str]:
+    return ["explain", str(ws / images), "--classifier", str(demo_classifier_path()), "--concepts", "grid",
+            "--n-segments", "9", "--no-progress", *extra]
+
+
+@dataclass
+class Case:
+    name: str
+    argv: object  # callable(workspace) -> argv
+    code: int
+    err: str  # a fragment of the (single) error line
+    exists: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    err_lines: int = 1
+    usage: bool = False  # argparse usage errors print a usage line before the error line
+    setup: object = None
+    extra: dict = field(default_factory=dict)
+
+
+CASES = [
+    Case("out is a file", lambda ws: _explain(ws, "--out", str(ws / "afile")), 2, "is a file"),
+    Case("out under a file", lambda ws: _explain(ws, "--out", str(ws / "afile" / "sub")), 2, "is a file"),
+    Case("out is a folder of other files", lambda ws: _explain(ws, "--out", str(ws / "images")), 2,
+         "not an explanation", exists=("images/s0.png", "images/s1.png")),
+    Case("corrupt image in a batch", lambda ws: _explain(ws, "--out", str(ws / "o"), images="images"), 1,
+         "corrupt", exists=("o/s0/explanation.json", "o/s1/explanation.json"),
+         setup=lambda ws: (ws / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff junk")),
+    Case("image above the pixel limit", lambda ws: _explain(ws, "--out", str(ws / "o"), "--max-pixels", "100"), 1,
+         "more than the limit", absent=("o/explanation.json",)),
+    Case("zero concepts", lambda ws: ["explain", str(ws / "images/s0.png"), "--classifier",
+                                      str(demo_classifier_path()), "--masks", str(ws / "empty_masks.npy"),
+                                      "--out", str(ws / "o"), "--no-progress"], 1,
+         "no concepts", exists=("o/explanation.json",)),
+    Case("grid far too fine", lambda ws: _explain(ws, "--out", str(ws / "o"), "--n-segments", "100000"), 2,
+         "--max-concepts", absent=("o",)),
+    Case("evaluations below the method's minimum", lambda ws: _explain(ws, "--out", str(ws / "o"),
+                                                                      "--evaluations", "1"), 2,
+         "at least", absent=("o",)),
+    Case("evaluations for a method without a budget", lambda ws: _explain(ws, "--out", str(ws / "o"),
+                                                                         "--method", "loo", "--evaluations", "64"),
+         2, "does not apply", absent=("o",)),
+    Case("negative seed", lambda ws: _explain(ws, "--seed", "-1"), 2, "--seed", usage=True),
+    Case("negative top-k", lambda ws: _explain(ws, "--top-k", "-3"), 2, "--top-k", usage=True),
+    Case("zero threads", lambda ws: _explain(ws, "--threads", "0"), 2, "--threads", usage=True),
+    Case("target out of range", lambda ws: _explain(ws, "--out", str(ws / "o"), "--target", "9"), 1,
+         "out of range", absent=("o/explanation.json",)),
+    Case("missing classifier folder", lambda ws: ["explain", str(ws / "images/s0.png"), "--classifier",
+                                                  str(ws / "nowhere")], 2, "no such model folder"),
+    Case("concepts --out without .npz", lambda ws: ["concepts", str(ws / "images/s0.png"), "--sam",
+                                                    str(ws / "nowhere"), "--out", str(ws / "afile")], 2,
+         "no such model folder"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_fault_table(case, workspace, capsys):
+    if case.setup is not None:
+        case.setup(workspace)
+    if case.usage:
+        with pytest.raises(SystemExit) as info:
+            main(case.argv(workspace))
+        code = info.value.code
+    else:
+        code = main(case.argv(workspace))
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == case.err_lines, err
+    assert case.err in errors[0], err
+    for rel in case.exists:
+        assert (workspace / rel).exists(), rel
+    for rel in case.absent:
+        assert not (workspace / rel).exists(), rel
+
+
+def test_zero_concepts_json_is_strict_and_says_what_to_change(workspace, capsys):
+    code = main(["explain", str(workspace / "images/s0.png"), "--classifier", str(demo_classifier_path()),
+                 "--masks", str(workspace / "empty_masks.npy"), "--out", str(workspace / "o"), "--json",
+                 "--metrics", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "superpixels" in captured.err  # the hint names another concept source
+
+    def refuse(token):
+        raise ValueError(f"non-strict JSON constant {token}")
+
+    printed = json.loads(captured.out, parse_constant=refuse)
+    saved = json.loads((workspace / "o" / "explanation.json").read_text(), parse_constant=refuse)
+    assert printed["results"][0]["num_concepts"] == saved["num_concepts"] == 0
+    assert printed["failures"][0]["image"].endswith("s0.png")
+
+
+def test_json_has_one_shape_for_one_and_many_images(workspace, capsys):
+    assert main(_explain(workspace, "--out", str(workspace / "one"), "--json")) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(_explain(workspace, "--out", str(workspace / "many"), "--json", images="images")) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert set(one) == set(many) == {"results", "failures"}
+    assert len(one["results"]) == 1 and len(many["results"]) == 2
+
+
+def test_rerun_into_the_same_out_leaves_no_stale_files(workspace, capsys):
+    out = workspace / "o"
+    assert main(_explain(workspace, "--out", str(out), "--top-k", "5")) == 0
+    assert (out / "concept_5.png").is_file()
+    assert main(_explain(workspace, "--out", str(out), "--top-k", "2")) == 0
+    assert sorted(p.name for p in out.glob("concept_*.png")) == ["concept_1.png", "concept_2.png"]
+    assert not [p for p in workspace.iterdir() if p.name.startswith(".o")]  # no temporary folders left
+
+
+def test_unexpected_error_in_one_image_does_not_end_the_batch(workspace, capsys, monkeypatch):
+    from eac.engine import sources
+
+    real = sources.GridSource.__call__
+
+    def flaky(self, crop, frame):
+        if int(crop.sum()) % 2 == 0 and not getattr(flaky, "fired", False):
+            flaky.fired = True
+            raise RuntimeError("simulated bug\nsecond line")
+        return real(self, crop, frame)
+
+    monkeypatch.setattr(sources.GridSource, "__call__", flaky)
+    for i in range(2, 6):
+        _scene_png(workspace / "images" / f"s{i}.png", 400 + i)
+    code = main(_explain(workspace, "--out", str(workspace / "o"), images="images"))
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("eac: error")]
+    assert len(errors) == 1 and "RuntimeError: simulated bug" in errors[0] and "second line" not in err
+    assert "Traceback" not in err
+    assert len(list((workspace / "o").glob("*/explanation.json"))) == 5
+    assert "5 of 6 images explained" in err and "1 failed" in err
+
+
+def test_debug_shows_the_traceback(workspace, capsys):
+    code = main(["--debug", *_explain(workspace, "--out", str(workspace / "afile"))])
+    assert code == 2 and "Traceback" in capsys.readouterr().err
+
+
+def _demo_folder_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "clf"
+    shutil.copytree(demo_classifier_path(), folder)
+    return folder
+
+
+def test_damaged_model_of_the_same_size_is_detected(workspace, capsys):
+    folder = _demo_folder_copy(workspace)
+    data = bytearray((folder / "classifier.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "classifier.onnx").write_bytes(bytes(data))
+    argv = ["explain", str(workspace / "images/s0.png"), "--classifier", str(folder), "--out", str(workspace / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "checksum differs" in err and len(err.strip().splitlines()) == 1
+    assert not (workspace / "o").exists()
+
+
+def test_nan_output_is_a_per_image_error_naming_the_model(workspace, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from eac.engine.manifest import ClassifierInput, ClassifierManifest, Preprocess, file_entry
+
+    folder = workspace / "nanclf"
+    folder.mkdir()
+    # logits = mean(x) * [0, 1] / 0  → NaN for class 0 (0/0), ±inf for class 1
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Unsqueeze", ["m", "axis"], ["m2"]),
+         helper.make_node("Mul", ["m2", "w"], ["num"]),
+         helper.make_node("Div", ["num", "zero"], ["logits"])],
+        "nan", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [2], [0.0, 1.0]),
+                     helper.make_tensor("zero", TensorProto.FLOAT, [2], [0.0, 0.0]),
+                     helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, folder / "classifier.onnx")
+    ClassifierManifest(files={"model": file_entry(folder, "classifier.onnx")},
+                       input=ClassifierInput("input", SIZE, SIZE), logits_output="logits", num_classes=2,
+                       preprocess=Preprocess(crop=(SIZE, SIZE), resize=SIZE)).write(folder)
+    code = main(["explain", str(workspace / "images"), "--classifier", str(folder), "--concepts", "grid",
+                 "--n-segments", "4", "--out", str(workspace / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("eac: error")]
+    assert len(errors) == 2 and all("NaN" in line and str(folder) in line for line in errors)
+    assert not list((workspace / "o").glob("*/explanation.json"))  # nothing half-written
+
+
+def test_labels_shorter_than_the_class_count_are_refused_at_load(workspace, capsys):
+    folder = _demo_folder_copy(workspace)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["labels"] = manifest["labels"][:2]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code = main(["explain", str(workspace / "images/s0.png"), "--classifier", str(folder), "--target", "3",
+                 "--out", str(workspace / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 labels for 4 classes" in err and len(err.strip().splitlines()) == 1
+
+
+_BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "segment_anything"):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return None
+    sys.meta_path.insert(0, Block())
+    import importlib.util
+    importlib.util.find_spec = lambda name, *a, **k: None if name.split(".")[0] == "torch" else _real(name, *a, **k)
+    from eac.engine.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+    """
+).replace("import importlib.util\n", "import importlib.util\n_real = importlib.util.find_spec\n")
+
+
+@pytest.mark.parametrize("argv", [["export", "sam", "--model-type", "vit_b", "--download", "--out", "X"],
+                                  ["export", "classifier", "--module", "m:f", "--out", "X"]])
+def test_export_without_torch_is_one_line(argv, tmp_path):
+    argv = [a.replace("X", str(tmp_path / "x")) for a in argv]
+    proc = subprocess.run([sys.executable, "-c", _BLOCK_TORCH, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "export extra" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_concepts_reports_the_file_it_writes(tmp_path):
+    from eac.engine.cli.concepts import npz_path
+
+    assert npz_path(str(tmp_path / "afile")) == tmp_path / "afile.npz"
+    assert npz_path(str(tmp_path / "b.npz")) == tmp_path / "b.npz"
+
+
+# --------------------------------------------------------------------------- kills and races
+_RUN = textwrap.dedent(
+    """
+    import sys
+    from eac.engine.cli import main
+    raise SystemExit(main(sys.argv[1:]))
+    """
+)
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _RUN, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _consistent(folder: Path) -> bool:
+    data = json.loads((folder / "explanation.json").read_text())
+    with np.load(folder / "masks.npz") as z:
+        return str(z["save_id"]) == data["save_id"] and int(z["shape"][0]) == data["num_concepts"]
+
+
+KILL_DELAYS = (0.8, 1.6, 2.4)
+
+
+@pytest.mark.parametrize("delay", KILL_DELAYS)
+def test_sigkill_leaves_only_complete_result_folders(workspace, delay):
+    for i in range(2, 8):
+        _scene_png(workspace / "images" / f"s{i}.png", 500 + i)
+    out = workspace / "o"
+    proc = _spawn(_explain(workspace, "--out", str(out), images="images"))
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folders = [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
+    for folder in folders:  # every visible folder is one complete, consistent result
+        assert _consistent(folder), folder.name
+    # a re-run completes the batch and cleans nothing it should keep
+    assert main(_explain(workspace, "--out", str(out), images="images")) == 0
+    assert len([p for p in out.iterdir() if not p.name.startswith(".")]) == 8
+
+
+def test_two_concurrent_runs_into_one_destination_stay_consistent(workspace):
+    out = workspace / "same"
+    runs = [_spawn(_explain(workspace, "--out", str(out), "--n-segments", n, images=f"images/s{i}.png"))
+            for i, n in ((0, "9"), (1, "16"))]
+    for proc in runs:
+        assert proc.wait(timeout=120) == 0
+    assert _consistent(out)
