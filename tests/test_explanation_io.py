@@ -1,25 +1,90 @@
-"""Explanation.save / load: exact round trip, overlay and cut-outs on disk."""
+"""Explanation.save / load: exact round trip, strict JSON, atomic folders, readable pictures."""
 
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing
+import os
+import shutil
 
 import cv2
 import numpy as np
 import pytest
+from eac.engine import explanation as explanation_module
 from eac.engine.errors import ExplainError
 from eac.engine.explain import explain
-from eac.engine.explanation import OVERLAY_SCALE, Explanation
+from eac.engine.explanation import (
+    CUTOUT_PATTERN,
+    JSON_NAME,
+    LEGEND_PAD,
+    MASKS_NAME,
+    MIN_CUTOUT_SIDE,
+    MIN_OVERLAY_HEIGHT,
+    NEGATIVE_COLOUR,
+    POSITIVE_COLOUR,
+    SWATCH,
+    ZERO_COLOUR,
+    Explanation,
+    check_output_folder,
+    cutout,
+    format_value,
+    overlay_scale,
+    render_overlay,
+    value_colour,
+)
 
 from .explainer_fakes import FakeClassifier, grid_masks, random_image
+
+#: Rounds of the two-writer race.
+RACE_ROUNDS = 20
+#: Seconds a race round may wait for its writers before the test fails.
+RACE_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
 def expl():
     clf = FakeClassifier(seed=1, scale=3.0)
-    return explain(random_image(seed=2), clf, grid_masks(rows=4, cols=5), method="eac", target=[1, "class3"])
+    return explain(
+        random_image(seed=2), clf, grid_masks(rows=4, cols=5), method="eac", target=[1, "class3"]
+    )
 
 
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _strict_load(path):
+    """Parse a JSON file the way a strict parser would (NaN / Infinity rejected)."""
+    return json.loads(path.read_text(), parse_constant=_reject_constant)
+
+
+def _made_up(values, masks=None, stderr=None, crop_value=None, **kwargs):
+    """An Explanation with the given values over vertical-stripe concepts on a 32×32 crop."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[-1]
+    masks = grid_masks(rows=1, cols=n) if masks is None else masks
+    crop = (
+        random_image(seed=4) if crop_value is None else np.full((32, 32, 3), crop_value, np.uint8)
+    )
+    return Explanation(
+        values=values,
+        masks=masks,
+        targets=[0],
+        probabilities=[0.9],
+        method="loo",
+        value_type="other",
+        stderr=stderr,
+        crop=crop,
+        **kwargs,
+    )
+
+
+def _hidden_siblings(folder):
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith("."))
+
+
+# ---------------------------------------------------------------------- round trip
 def test_round_trip_is_exact(expl, tmp_path):
     path = expl.save(tmp_path / "out", top_k=3)
     assert path.name == "explanation.json"
@@ -35,6 +100,7 @@ def test_round_trip_is_exact(expl, tmp_path):
     assert back.num_evaluations == expl.num_evaluations and back.provider == "FakeProvider"
     assert back.settings == json.loads(json.dumps(expl.settings))
     assert back.frame == expl.frame and back.frame is not None
+    assert back.ties is None
     again = Explanation.load(path)  # the JSON file itself works too
     np.testing.assert_array_equal(again.values, expl.values)
 
@@ -45,18 +111,31 @@ def test_files_overlay_and_cutouts(expl, tmp_path):
     assert set(data["timings"]) >= {"concepts", "evaluations", "fit", "values"}
     assert data["ranking"][0][0] == int(np.argmax(expl.values[0]))
     overlay = cv2.imread(str(tmp_path / "overlay.png"))
-    assert overlay.shape[0] == 32 * OVERLAY_SCALE and overlay.shape[1] > 32 * OVERLAY_SCALE  # image + legend
+    factor = overlay_scale(32)
+    side = 32 * factor
+    assert overlay.shape[0] >= MIN_OVERLAY_HEIGHT and overlay.shape[1] > side  # image + legend
     assert (tmp_path / "overlay_target1.png").is_file()
     # The best concept is tinted red: its region differs from the plain upscaled crop.
-    plain = cv2.resize(cv2.cvtColor(expl.crop, cv2.COLOR_RGB2BGR), (64, 64), interpolation=cv2.INTER_NEAREST)
-    best = cv2.resize(expl.masks[expl.top(1)[0]].astype(np.uint8), (64, 64), interpolation=cv2.INTER_NEAREST) > 0
-    assert np.abs(overlay[:, :64].astype(int) - plain.astype(int))[best].mean() > 10
+    plain = cv2.resize(
+        cv2.cvtColor(expl.crop, cv2.COLOR_RGB2BGR), (side, side), interpolation=cv2.INTER_NEAREST
+    )
+    best = (
+        cv2.resize(
+            expl.masks[expl.top(1)[0]].astype(np.uint8),
+            (side, side),
+            interpolation=cv2.INTER_NEAREST,
+        )
+        > 0
+    )
+    assert np.abs(overlay[:side, :side].astype(int) - plain.astype(int))[best].mean() > 10
     for rank in (1, 2, 3):
         cut = cv2.imread(str(tmp_path / f"concept_{rank}.png"), cv2.IMREAD_UNCHANGED)
         mask = expl.masks[expl.top(3)[rank - 1]]
         ys, xs = np.nonzero(mask)
-        assert cut.shape == (np.ptp(ys) + 1, np.ptp(xs) + 1, 4)
-        assert (cut[:, :, 3] == 255).sum() == mask.sum()
+        h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
+        k = math.ceil(MIN_CUTOUT_SIDE / max(h, w))
+        assert cut.shape == (h * k, w * k, 4)
+        assert (cut[:, :, 3] == 255).sum() == mask.sum() * k * k
     assert not (tmp_path / "concept_4.png").exists()
 
 
@@ -75,11 +154,22 @@ def test_single_target_and_zero_concepts(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(ExplainError, match="explanation.json"):
+    with pytest.raises(ExplainError, match=r"explanation\.json"):
         Explanation.load(tmp_path)
     (tmp_path / "explanation.json").write_text("{not json")
     with pytest.raises(ExplainError, match="readable"):
         Explanation.load(tmp_path)
+
+
+def test_negative_top_k_is_refused(tmp_path):
+    e = _made_up([0.1, 0.2, 0.3])
+    with pytest.raises(ExplainError, match="top_k"):
+        e.save(tmp_path / "out", top_k=-1)
+    with pytest.raises(ExplainError, match="top_k"):
+        e.top(-2)
+    assert list(tmp_path.iterdir()) == []
+    e.save(tmp_path / "out", top_k=0)  # no cut-outs, an overlay without concepts drawn
+    assert not (tmp_path / "out" / "concept_1.png").exists()
 
 
 def test_bad_value_type_and_shape():
@@ -87,3 +177,319 @@ def test_bad_value_type_and_shape():
         Explanation(np.zeros(2), np.zeros((2, 4, 4), bool), [0], [0.5], "eac", "exact")
     with pytest.raises(ExplainError, match="concepts"):
         Explanation(np.zeros(3), np.zeros((2, 4, 4), bool), [0], [0.5], "eac", "shapley")
+
+
+# ---------------------------------------------------------------------- strict JSON
+def test_json_is_strict_and_nulls_read_back_as_nan(tmp_path):
+    e = _made_up(
+        [0.5, math.nan, -math.inf],
+        stderr=[0.01, math.inf, math.nan],
+        info={
+            "metrics": {"insertion_auc": math.nan, "deletion_auc": np.float32(12.5)},
+            "arr": np.array([1.0, math.inf]),
+            3: "int key",
+        },
+    )
+    e.timings["fit"] = math.nan
+    e.probabilities = [math.nan]
+    json.dumps(e.to_dict(), allow_nan=False)  # to_dict is strict-JSON-safe as it is
+    e.save(tmp_path / "out")
+    data = _strict_load(tmp_path / "out" / JSON_NAME)
+    assert data["values"] == [0.5, None, None] and data["stderr"] == [0.01, None, None]
+    assert data["info"]["metrics"] == {"insertion_auc": None, "deletion_auc": 12.5}
+    assert data["info"]["arr"] == [1.0, None] and data["info"]["3"] == "int key"
+    assert data["timings"]["fit"] is None and data["probabilities"] == [None]
+    back = Explanation.load(tmp_path / "out")
+    assert back.values[0] == 0.5 and np.isnan(back.values[1:]).all()
+    assert back.stderr[0] == 0.01 and np.isnan(back.stderr[1:]).all()
+    assert math.isnan(back.timings["fit"]) and math.isnan(back.probability)
+    assert (tmp_path / "out" / "overlay.png").is_file()  # NaN values draw, they do not crash
+
+
+def test_zero_concepts_json_is_strict(tmp_path):
+    clf = FakeClassifier(seed=1)
+    for target in (None, [0, 2]):
+        none = explain(
+            random_image(seed=3), clf, np.zeros((0, 32, 32), bool), method="eac", target=target
+        )
+        none.info["metrics"] = {"insertion_auc": math.nan, "deletion_auc": math.nan}
+        folder = tmp_path / f"none{0 if target is None else len(target)}"
+        none.save(folder)
+        data = _strict_load(folder / JSON_NAME)
+        assert data["num_concepts"] == 0 and data["info"]["metrics"]["insertion_auc"] is None
+        back = Explanation.load(folder)
+        assert back.values.shape == none.values.shape and back.num_concepts == 0
+
+
+# ---------------------------------------------------------------------- atomic folders
+def test_resave_replaces_the_folder_whole(expl, tmp_path):
+    out = tmp_path / "out"
+    expl.save(out, top_k=7)  # two targets, seven cut-outs
+    assert (out / "overlay_target1.png").is_file() and (out / "concept_7.png").is_file()
+    small = _made_up([0.2, -0.1])
+    small.save(out, top_k=7)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [JSON_NAME, MASKS_NAME, "crop.png", "overlay.png", "concept_1.png", "concept_2.png"]
+    )
+    assert Explanation.load(out).num_concepts == 2
+    assert _hidden_siblings(out) == []  # no temporary or set-aside folders left
+
+
+def test_masks_from_another_save_are_detected(tmp_path):
+    _made_up([0.1, 0.2]).save(tmp_path / "a")
+    _made_up([0.3, 0.4]).save(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / MASKS_NAME, tmp_path / "a" / MASKS_NAME)
+    with pytest.raises(ExplainError, match="different saves"):
+        Explanation.load(tmp_path / "a")
+
+
+def _race_worker(dest, n, barrier, rounds):
+    """Save an explanation with ``n`` concepts to ``dest`` once per round, all writers at once."""
+    rng = np.random.default_rng(n)
+    e = _made_up(rng.normal(size=n), masks=grid_masks(rows=1, cols=n))
+    try:
+        for _ in range(rounds):
+            barrier.wait(RACE_TIMEOUT_S)
+            e.save(dest, top_k=n)
+            barrier.wait(RACE_TIMEOUT_S)
+    except BaseException:
+        barrier.abort()  # the test fails at once instead of waiting for the timeout
+        raise
+
+
+def _assert_consistent(folder):
+    data = _strict_load(folder / JSON_NAME)
+    with np.load(folder / MASKS_NAME) as z:
+        assert str(z["save_id"]) == data["save_id"]
+        assert int(z["shape"][0]) == data["num_concepts"]
+    n = data["num_concepts"]
+    cutouts = sorted(p.name for p in folder.iterdir() if p.name.startswith("concept_"))
+    assert cutouts == sorted(CUTOUT_PATTERN.format(rank=r) for r in range(1, n + 1))
+    assert Explanation.load(folder).num_concepts == n
+
+
+def test_two_processes_saving_to_one_folder_never_mix(tmp_path):
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    dest = tmp_path / "out"
+    barrier = ctx.Barrier(3)
+    workers = [
+        ctx.Process(target=_race_worker, args=(dest, n, barrier, RACE_ROUNDS)) for n in (3, 6)
+    ]
+    for w in workers:
+        w.start()
+    seen = set()
+    try:
+        for _ in range(RACE_ROUNDS):
+            barrier.wait(RACE_TIMEOUT_S)  # both writers save now
+            barrier.wait(RACE_TIMEOUT_S)  # both are done
+            _assert_consistent(dest)
+            seen.add(json.loads((dest / JSON_NAME).read_text())["num_concepts"])
+            assert _hidden_siblings(dest) == []
+    except BaseException:
+        barrier.abort()  # release the writers at once
+        raise
+    finally:
+        for w in workers:
+            w.join(RACE_TIMEOUT_S)
+            if w.is_alive():
+                w.terminate()
+    assert all(w.exitcode == 0 for w in workers)
+    assert seen <= {3, 6}
+
+
+def test_failed_save_leaves_the_old_result_and_no_temporary_folder(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _made_up([0.1, 0.2, 0.3]).save(out)
+    before = sorted(p.name for p in out.iterdir())
+
+    def broken(*args, **kwargs):
+        raise ExplainError("drawing failed")
+
+    monkeypatch.setattr(explanation_module, "render_overlay", broken)
+    with pytest.raises(ExplainError, match="drawing failed"):
+        _made_up([0.5, 0.6]).save(out)
+    with pytest.raises(ExplainError, match="drawing failed"):
+        _made_up([0.5, 0.6]).save(tmp_path / "new")
+    assert (
+        sorted(p.name for p in out.iterdir()) == before and Explanation.load(out).num_concepts == 3
+    )
+    assert not (tmp_path / "new").exists()
+    assert _hidden_siblings(out) == []
+
+
+def test_stale_temporary_folder_is_harmless(tmp_path):
+    out = tmp_path / "out"
+    stale = tmp_path / ".out.tmp-99999-0123456789ab"  # what a killed save leaves
+    stale.mkdir()
+    (stale / MASKS_NAME).write_bytes(b"half written")
+    _made_up([0.1, 0.2]).save(out)
+    assert Explanation.load(out).num_concepts == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name, "out"]
+
+
+def test_bad_destinations_are_one_line_errors(tmp_path):
+    e = _made_up([0.1, 0.2])
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = {afile: "is a file", afile / "sub" / "out": "is a file"}
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"keep me")
+    cases[foreign] = "not an explanation"
+    for dest, message in cases.items():
+        for call in (lambda d=dest: check_output_folder(d), lambda d=dest: e.save(d)):
+            with pytest.raises(ExplainError, match=message) as info:
+                call()
+            assert len(str(info.value).splitlines()) == 1
+    assert afile.read_text() == "x" and (foreign / "holiday.jpg").read_bytes() == b"keep me"
+    assert check_output_folder(foreign, replace=False) == foreign  # writing *into* it is fine
+    fresh = tmp_path / "a" / "b" / "c"
+    assert (
+        check_output_folder(fresh) == fresh and not (tmp_path / "a").exists()
+    )  # checks, writes nothing
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_output_folder(empty) == empty
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty", "photos"]
+
+
+def test_unwritable_destination_is_a_one_line_error(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() == 0:
+        # Root can write anywhere, whatever the mode bits: simulate the refusal instead.
+        real_access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, **kw: os.fspath(p) != str(locked) and real_access(p, mode, **kw),
+        )
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ExplainError, match="not writable") as info:
+            check_output_folder(locked / "out")
+        assert len(str(info.value).splitlines()) == 1
+        with pytest.raises(ExplainError, match="not writable"):
+            _made_up([0.1]).save(locked / "out")
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- ties
+def test_ties_are_normalised_saved_and_drawn(tmp_path):
+    e = _made_up([0.5, 0.41, 0.4, 0.1], ties=[[2, 1], [3], [0, 0]])
+    assert e.ties == [[1, 2]]  # sorted, groups of fewer than two dropped
+    e.save(tmp_path / "t")
+    assert _strict_load(tmp_path / "t" / JSON_NAME)["ties"] == [[1, 2]]
+    assert Explanation.load(tmp_path / "t").ties == [[1, 2]]
+    untied = _made_up([0.5, 0.41, 0.4, 0.1])
+    assert untied.to_dict()["ties"] is None
+    tied_overlay, plain_overlay = render_overlay(e), render_overlay(untied)
+    assert (
+        tied_overlay.shape[0] > plain_overlay.shape[0]
+        or tied_overlay.shape[1] > plain_overlay.shape[1]
+        or (tied_overlay != plain_overlay).any()
+    )
+    with pytest.raises(ExplainError, match="ties"):
+        _made_up([0.1, 0.2], ties=[[0, 5]])
+
+
+# ---------------------------------------------------------------------- overlay
+def test_overlay_has_a_minimum_size_for_a_small_crop():
+    overlay = render_overlay(_made_up([0.3, -0.2]))
+    assert overlay.shape[0] >= MIN_OVERLAY_HEIGHT
+    assert (
+        overlay_scale(32) * 32 >= MIN_OVERLAY_HEIGHT
+        and overlay_scale(224) == 2
+        and overlay_scale(2000) == 1
+    )
+
+
+def _legend_part(overlay):
+    return overlay[:, overlay_scale(32) * 32 :]
+
+
+def _has_swatch(legend, colour):
+    """Whether the legend holds a SWATCH-sized block of exactly this colour."""
+    hits = np.all(legend == np.array(colour, np.uint8), axis=-1)
+    return hits.sum() >= (SWATCH - 1) ** 2
+
+
+@pytest.mark.parametrize("top_k", [5, 12])
+def test_legend_lists_every_shown_concept(top_k):
+    n = 12
+    values = np.linspace(0.6, -0.5, n)  # distinct colours, positive and negative
+    e = _made_up(values, masks=grid_masks(rows=3, cols=4))
+    overlay = render_overlay(e, top_k=top_k)
+    legend = _legend_part(overlay)
+    assert legend.shape[0] == overlay.shape[0] >= MIN_OVERLAY_HEIGHT
+    scale = np.abs(values[:top_k]).max()
+    for i in range(top_k):
+        assert _has_swatch(legend, value_colour(values[i], scale)), f"row #{i + 1} is missing"
+    assert not (
+        legend[-LEGEND_PAD:] != 255
+    ).any()  # nothing drawn into the bottom margin: rows all fit
+
+
+def test_negative_top_concept_is_drawn_strongly_blue():
+    # Every value is negative, so #1 is the least negative; it is still clearly blue, not pale.
+    e = _made_up([-0.3, -0.35, -0.4], crop_value=128)
+    overlay = render_overlay(e, top_k=3)
+    factor = overlay_scale(32)
+    mask = cv2.resize(
+        e.masks[0].astype(np.uint8), (32 * factor, 32 * factor), interpolation=cv2.INTER_NEAREST
+    ).astype(bool)
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    b, g, r = overlay[: 32 * factor, : 32 * factor][inner].astype(int).mean(axis=0)
+    assert b - r > 80 and b > g
+    # A single negative concept is drawn at full strength.
+    single = render_overlay(_made_up([-0.02], crop_value=128), top_k=1)
+    b, g, r = single[MIN_OVERLAY_HEIGHT // 4, MIN_OVERLAY_HEIGHT // 4].astype(
+        int
+    )  # away from its number
+    assert b - r > 120
+
+
+def test_colour_scale_is_diverging_and_symmetric():
+    assert value_colour(1.0, 1.0) == POSITIVE_COLOUR and value_colour(-1.0, 1.0) == NEGATIVE_COLOUR
+    assert value_colour(0.0, 1.0) == ZERO_COLOUR and value_colour(5.0, 1.0) == POSITIVE_COLOUR
+    half_pos, half_neg = np.array(value_colour(0.5, 1.0)), np.array(value_colour(-0.5, 1.0))
+    white = np.array(ZERO_COLOUR)
+    assert np.abs(white - half_pos).sum() == pytest.approx(
+        np.abs(white - np.array(POSITIVE_COLOUR)).sum() / 2, abs=3
+    )
+    assert np.abs(white - half_neg).sum() == pytest.approx(
+        np.abs(white - np.array(NEGATIVE_COLOUR)).sum() / 2, abs=3
+    )
+    assert value_colour(math.nan, 1.0) != ZERO_COLOUR
+
+
+def test_values_are_printed_with_significant_digits():
+    assert format_value(-3.14159e-5) == "-3.14e-05"
+    assert format_value(0.41234, 0.01349) == "+0.412 ± 0.013"
+    assert format_value(0.0, None) == "+0"
+    assert format_value(math.nan) == "n/a" and format_value(0.5, math.nan) == "+0.5"
+    assert "0.0000" not in format_value(-1e-7)
+
+
+def test_cutouts_are_scaled_up_to_a_readable_size():
+    crop = random_image(seed=5)
+    mask = np.zeros((32, 32), bool)
+    mask[3:6, 10:12] = True  # 3×2 pixels
+    cut = cutout(crop, mask)
+    k = math.ceil(MIN_CUTOUT_SIDE / 3)
+    assert cut.shape == (3 * k, 2 * k, 4) and max(cut.shape[:2]) >= MIN_CUTOUT_SIDE
+    assert (cut[:, :, 3] == 255).sum() == mask.sum() * k * k
+    bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(
+        cut[0, 0, :3], bgr[3, 10]
+    )  # nearest neighbour: pixels kept as they are
+    big = np.ones((200, 150), bool)
+    assert cutout(np.zeros((200, 150, 3), np.uint8), big).shape == (
+        200,
+        150,
+        4,
+    )  # large enough already
+    assert cutout(crop, np.zeros((32, 32), bool)).shape == (1, 1, 4)
