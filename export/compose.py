@@ -26,25 +26,27 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-#: Opset of the composition graph: every op used exists unchanged since opset 13
-#: (Reshape/Slice with tensor inputs); 13 keeps it loadable by old runtimes.
-COMPOSE_OPSET = 13
+from ..engine.manifest import COMPOSE
+
+#: Opset of the composition graph (:data:`eac.engine.manifest.COMPOSE`'s): every op used
+#: exists unchanged since opset 13 (Reshape/Slice with tensor inputs); 13 keeps it loadable
+#: by old runtimes.
+COMPOSE_OPSET = COMPOSE.opset
 COMPOSE_IR_VERSION = 7
-INPUTS = ("coalitions", "concept_masks", "image", "baseline", "invert")
-OUTPUT = "input"
 
 
 def build_compose_model() -> onnx.ModelProto:
     """Build the composition graph (see the module docstring)."""
     f32 = TensorProto.FLOAT
+    c = COMPOSE
     inputs = [
-        helper.make_tensor_value_info("coalitions", f32, ["batch", "concepts"]),
-        helper.make_tensor_value_info("concept_masks", f32, ["concepts", "pixels"]),
-        helper.make_tensor_value_info("image", f32, [1, 3, "height", "width"]),
-        helper.make_tensor_value_info("baseline", f32, [1, 3, "height", "width"]),
-        helper.make_tensor_value_info("invert", f32, [1]),
+        helper.make_tensor_value_info(c.coalitions, f32, ["batch", "concepts"]),
+        helper.make_tensor_value_info(c.concept_masks, f32, ["concepts", "pixels"]),
+        helper.make_tensor_value_info(c.image, f32, [1, 3, "height", "width"]),
+        helper.make_tensor_value_info(c.baseline, f32, [1, 3, "height", "width"]),
+        helper.make_tensor_value_info(c.invert, f32, [1]),
     ]
-    output = helper.make_tensor_value_info(OUTPUT, f32, ["batch", 3, "height", "width"])
+    output = helper.make_tensor_value_info(c.output, f32, ["batch", 3, "height", "width"])
     consts = [
         helper.make_tensor("one", f32, [], [1.0]),
         helper.make_tensor("lead", TensorProto.INT64, [2], [-1, 1]),
@@ -52,17 +54,17 @@ def build_compose_model() -> onnx.ModelProto:
         helper.make_tensor("hw_end", TensorProto.INT64, [1], [4]),
     ]
     nodes = [
-        helper.make_node("MatMul", ["coalitions", "concept_masks"], ["covered"]),
+        helper.make_node("MatMul", [c.coalitions, c.concept_masks], ["covered"]),
         helper.make_node("Min", ["covered", "one"], ["union"]),
-        helper.make_node("Sub", ["invert", "union"], ["signed"]),
+        helper.make_node("Sub", [c.invert, "union"], ["signed"]),
         helper.make_node("Abs", ["signed"], ["keep_flat"]),
-        helper.make_node("Shape", ["image"], ["image_shape"]),
+        helper.make_node("Shape", [c.image], ["image_shape"]),
         helper.make_node("Slice", ["image_shape", "hw_start", "hw_end"], ["hw"]),
         helper.make_node("Concat", ["lead", "hw"], ["keep_shape"], axis=0),
         helper.make_node("Reshape", ["keep_flat", "keep_shape"], ["keep"]),
-        helper.make_node("Sub", ["image", "baseline"], ["delta"]),
+        helper.make_node("Sub", [c.image, c.baseline], ["delta"]),
         helper.make_node("Mul", ["keep", "delta"], ["kept"]),
-        helper.make_node("Add", ["baseline", "kept"], [OUTPUT]),
+        helper.make_node("Add", [c.baseline, "kept"], [c.output]),
     ]
     graph = helper.make_graph(nodes, "eac_compose", inputs, [output], initializer=consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", COMPOSE_OPSET)],
@@ -74,12 +76,13 @@ def build_compose_model() -> onnx.ModelProto:
 
 def shipped_path() -> Path:
     """Where the package keeps the composition graph."""
-    return Path(__file__).resolve().parent.parent / "engine" / "data" / "compose.onnx"
+    return Path(__file__).resolve().parent.parent / "engine" / "data" / COMPOSE.filename
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the masked-batch composition graph.")
-    parser.add_argument("--out", default=str(shipped_path()), help="where to write it (default: the package's copy)")
+    parser.add_argument("--out", default=str(shipped_path()),
+                        help="where to write it (default: the package's copy)")
     args = parser.parse_args(argv)
     onnx.save(build_compose_model(), args.out)
     print(f"wrote {args.out} ({Path(args.out).stat().st_size} bytes)")
