@@ -7,7 +7,7 @@ output against its own tolerance from the model's :class:`~eac.export.spec.Expor
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -88,6 +88,7 @@ def check_io_names(session, inputs: Sequence[str], outputs: Sequence[str], model
     got_out = [o.name for o in session.get_outputs()]
     if list(got_in) != list(inputs) or list(got_out) != list(outputs):
         raise ValidationError(
-            f"{model}: graph I/O names are inputs {got_in} / outputs {got_out}, expected {list(inputs)} / {list(outputs)}",
+            f"{model}: graph I/O names are inputs {got_in} / outputs {got_out}, "
+            f"expected {list(inputs)} / {list(outputs)}",
             kind="names",
         )
