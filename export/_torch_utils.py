@@ -1,95 +1,46 @@
-"""Helpers shared by the classifier exporters.
+"""The exporters' helpers that need torch (the torch-free ones are in :mod:`eac.export.common`).
 
-* :class:`StagedFolder` — write an output folder atomically (a hidden temporary
-  sibling renamed at the end; nothing half-written is left behind).
+* :func:`require_torch` — a one-line :class:`ExportError` when the export extra is missing.
 * :func:`import_factory` — resolve ``pkg.mod:factory`` strings.
-* :func:`load_state_dict` — read a PyTorch checkpoint into a module with
-  one-line :class:`CheckpointError` messages.
-* :func:`read_labels` — class names from a text file.
+* :func:`load_state_dict` / :func:`state_dict_mismatch` — read a PyTorch checkpoint
+  into a module with one-line :class:`CheckpointError` messages.
+* :func:`fp32_norm_class` / :func:`half_with_fp32_norms` — float16 models whose
+  normalisation layers stay float32.
 
-torch is imported lazily, inside the functions that need it, so that
-``eac import-onnx`` (which only needs onnx) works without torch.
+torch is imported lazily, inside the functions that need it, so that importing
+this module (and ``eac import-onnx``, which only needs onnx) works without torch.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .common import first_line
 from .errors import CheckpointError, ExportError
 
 #: Keys under which training scripts commonly nest the state dict in a checkpoint.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 #: Prefix added by ``nn.DataParallel`` / DDP to every parameter name.
 _PARALLEL_PREFIX = "module."
-#: Mode of a finished output folder before the umask is applied (as ``mkdir``).
-_FOLDER_MODE = 0o777
+#: torch.nn normalisation layers kept in float32 by fp16 exports.
+FP32_NORM_NAMES = ("LayerNorm", "GroupNorm")
 
 
-def first_line(exc: BaseException) -> str:
-    """First non-empty line of an exception message (or its type name)."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
-class StagedFolder:
-    """An output folder written under a temporary name and renamed when complete.
-
-    Use as a context manager: ``with StagedFolder(out) as tmp: ...write into tmp...;
-    staged.commit()``. Leaving the block without :meth:`commit` (an exception)
-    removes the temporary folder. The final folder must not exist or be empty.
-
-    Raises
-    ------
-    ExportError
-        ``out`` exists and is not an empty folder, or its parent cannot be written.
-    """
-
-    def __init__(self, out: str | os.PathLike):
-        self.out = Path(out)
-        self.path: Path | None = None
-        self.committed = False
-
-    def __enter__(self) -> Path:
-        out = self.out
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ExportError(f"{out}: output exists and is not an empty folder; choose another --out or remove it")
-        parent = out.parent if str(out.parent) else Path(".")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-        except OSError as exc:
-            raise ExportError(f"{out}: cannot create the output folder ({exc.strerror or first_line(exc)})") from exc
-        return self.path
-
-    def commit(self) -> Path:
-        """Rename the temporary folder to its final name."""
-        if self.path is None:
-            raise RuntimeError("StagedFolder.commit() called outside its with-block")
-        try:
-            # mkdtemp creates the folder 0700; give it the permissions a plain mkdir would.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.path, _FOLDER_MODE & ~umask)
-            if self.out.is_dir():
-                self.out.rmdir()  # empty (checked on entry)
-            os.replace(self.path, self.out)
-        except OSError as exc:
-            raise ExportError(f"{self.out}: cannot move the finished export into place ({first_line(exc)})") from exc
-        self.committed = True
-        return self.out
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.committed and self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+def require_torch(what: str = "exporting") -> None:
+    """Raise a one-line :class:`ExportError` when PyTorch (the export extra) is not installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"{what} needs PyTorch ({first_line(exc)}); install the export extra: "
+            "pip install torch==2.13.0 -e '.[export]' (see README)"
+        ) from exc
 
 
 def import_factory(spec: str) -> Callable[[], Any]:
@@ -122,7 +73,9 @@ def import_factory(spec: str) -> Callable[[], Any]:
             if sys.path and sys.path[0] == cwd:
                 sys.path.pop(0)
     except Exception as exc:  # the module itself raised while importing
-        raise ExportError(f"--module {spec!r}: importing {mod_name} failed ({type(exc).__name__}: {first_line(exc)})") from exc
+        raise ExportError(
+            f"--module {spec!r}: importing {mod_name} failed ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
@@ -227,18 +180,42 @@ def fp32_norm_class():
 _FP32_NORM = None
 
 
-def read_labels(path: str | os.PathLike | None) -> list[str] | None:
-    """Class names from a text file, one per line (blank lines at the end ignored)."""
-    if path is None:
-        return None
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{path}: cannot read the labels file ({first_line(exc)})") from exc
-    labels = [line.strip() for line in text.splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
-    if not labels:
-        raise ExportError(f"{path}: the labels file is empty; give one class name per line")
-    return labels
+def half_with_fp32_norms(module, extra_norm_names: tuple[str, ...] = (), inplace: bool = False):
+    """``module`` in float16 with its normalisation layers wrapped to run in float32.
+
+    Normalisation statistics (a mean and a variance over many channels) lose too
+    much precision, or overflow, in float16; the layers around them do not.
+    BatchNorm in eval mode is an affine map folded into the neighbouring
+    convolution by the exporter, so it stays float16.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        An fp32 model.
+    extra_norm_names : tuple of str
+        Class names of normalisation layers kept in fp32 besides ``torch.nn.LayerNorm``
+        and ``torch.nn.GroupNorm`` (SAM's ``LayerNorm2d``; matched by name, since
+        segment-anything's modules may be loaded under two package names).
+    inplace : bool
+        Convert ``module`` itself instead of a deep copy.
+
+    Returns
+    -------
+    torch.nn.Module
+        The converted model (``module`` itself when ``inplace``).
+    """
+    import torch
+
+    norm_types = tuple(getattr(torch.nn, name) for name in FP32_NORM_NAMES)
+    wrapper = fp32_norm_class()
+    half = (module if inplace else copy.deepcopy(module)).half()
+
+    def replace(parent) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, norm_types) or type(child).__name__ in extra_norm_names:
+                setattr(parent, name, wrapper(child))
+            else:
+                replace(child)
+
+    replace(half)
+    return half

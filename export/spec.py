@@ -30,6 +30,8 @@ class ExportSpec:
         File written in the output folder.
     inputs, outputs : tuple of str
         Graph input and output names, in order.
+    optional_outputs : tuple of str
+        Outputs a graph has only when the model allows them (after ``outputs``, in order).
     dynamic_axes : dict
         ``{tensor name: {axis: symbolic name}}`` as ``torch.onnx.export`` takes it.
     shapes : dict
@@ -46,6 +48,7 @@ class ExportSpec:
     filename: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    optional_outputs: tuple[str, ...] = ()
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
     shapes: dict[str, list] = field(default_factory=dict)
     tolerance: dict[str, float] = field(default_factory=dict)
@@ -53,7 +56,20 @@ class ExportSpec:
     opset: int = DEFAULT_OPSET
 
     def tolerances(self, fp16: bool = False) -> dict[str, float]:
+        """Largest absolute difference to PyTorch fp32 allowed per output."""
         return dict(self.tolerance_fp16 if fp16 else self.tolerance)
+
+    def output_names(self, *optional: str) -> tuple[str, ...]:
+        """``outputs`` followed by the named optional outputs, in spec order."""
+        unknown = set(optional) - set(self.optional_outputs)
+        if unknown:
+            raise ValueError(f"{self.name}: {sorted(unknown)} are not optional outputs {self.optional_outputs}")
+        return self.outputs + tuple(n for n in self.optional_outputs if n in optional)
+
+    def axes_for(self, names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` restricted to the graph's inputs and the given outputs."""
+        keep = set(self.inputs) | set(names)
+        return {k: dict(v) for k, v in self.dynamic_axes.items() if k in keep}
 
 
 SAM_ENCODER = ExportSpec(
@@ -98,10 +114,15 @@ CLASSIFIER = ExportSpec(
     filename="classifier.onnx",
     inputs=("input",),
     outputs=("logits", "features"),
-    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-    shapes={"input": ["batch", 3, "height", "width"], "logits": ["batch", "classes"], "features": ["batch", "features"]},
-    tolerance={"logits": 1e-3, "features": 1e-3},
-    tolerance_fp16={"logits": 5e-2, "features": 5e-2},
+    # feature_map: the input of the global average pooling before the final linear layer
+    # (B×C×h×w, C = features), for CAM / SeCAM; absent for networks without one (ViT).
+    optional_outputs=("feature_map",),
+    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"},
+                  "feature_map": {0: "batch"}},
+    shapes={"input": ["batch", 3, "height", "width"], "logits": ["batch", "classes"],
+            "features": ["batch", "features"], "feature_map": ["batch", "features", "map_height", "map_width"]},
+    tolerance={"logits": 1e-3, "features": 1e-3, "feature_map": 1e-3},
+    tolerance_fp16={"logits": 5e-2, "features": 5e-2, "feature_map": 5e-2},
 )
 
 #: Name of the file holding the classifier's final linear layer (weight K×D, bias K).

@@ -13,12 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from eac.engine.cli import main
-from eac.export import classifier as export_mod
-from eac.export.classifier import export_classifier
-from eac.export.errors import CheckpointError, ExportError, ValidationError
+from eac.engine.cli import main  # noqa: E402
+from eac.export import classifier as export_mod  # noqa: E402
+from eac.export.classifier import export_classifier  # noqa: E402
+from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
 
-from tests import tiny_models
+from tests import tiny_models  # noqa: E402
 
 SIZE = 32
 RESIZE = 36
@@ -46,7 +46,7 @@ def small_folder(tmp_path_factory) -> Path:
 def _ort_run(folder: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(folder / "classifier.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {"input": x})))
+    return dict(zip(names, sess.run(None, {"input": x}), strict=True))
 
 
 def test_cli_writes_complete_folder(small_folder):
@@ -57,14 +57,15 @@ def test_cli_writes_complete_folder(small_folder):
     assert m["feature_dim"] == tiny_models.FEATURE_DIM
     assert m["input"] == {"name": "input", "height": SIZE, "width": SIZE, "batch": None, "layout": "NCHW",
                           "dtype": "float32"}
-    assert m["outputs"] == {"logits": "logits", "features": "features"}
+    assert m["outputs"] == {"logits": "logits", "features": "features", "feature_map": "feature_map"}
     assert m["output_kind"] == "logits"
     assert m["preprocess"]["resize"] == RESIZE and m["preprocess"]["crop"] == SIZE
     assert m["preprocess"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert m["source"]["feature_layer"] == "fc"
+    assert m["source"]["feature_layer"] == "fc" and m["source"]["feature_map_layer"] == "body"
     val = m["validation"]
     assert val["passed"] and val["batch"] != val["traced_batch"]
-    assert set(val["max_abs_diff"]) == {"logits", "features"}
+    assert set(val["max_abs_diff"]) == {"logits", "features", "feature_map"}
+    assert val["feature_map_pool_max_abs_diff"] < 1e-5
     assert all(val["max_abs_diff"][k] <= val["tolerance"][k] for k in val["tolerance"])
     assert 0 <= val["head_max_abs_diff"] < 1e-5
 
@@ -121,7 +122,7 @@ def test_feature_layer_override_and_errors(tmp_path):
     m = export_classifier(tmp_path / "ok", module="tests.tiny_models:small_cnn", feature_layer="fc",
                           input_size=SIZE, resize=RESIZE)
     assert m["source"]["feature_layer"] == "fc"
-    with pytest.raises(ExportError, match="not a torch.nn.Linear"):
+    with pytest.raises(ExportError, match=r"not a torch\.nn\.Linear"):
         export_classifier(tmp_path / "conv", module="tests.tiny_models:small_cnn", feature_layer="body.0",
                           input_size=SIZE, resize=RESIZE)
     with pytest.raises(ExportError, match="no such module"):
@@ -153,7 +154,8 @@ def test_validation_failure_raises_and_leaves_nothing(tmp_path):
 
 
 def test_validation_uses_spec_tolerance(tmp_path, monkeypatch):
-    strict = dataclasses.replace(export_mod.CLASSIFIER, tolerance={"logits": -1.0, "features": -1.0})
+    strict = dataclasses.replace(export_mod.CLASSIFIER,
+                                 tolerance={"logits": -1.0, "features": -1.0, "feature_map": -1.0})
     monkeypatch.setattr(export_mod, "CLASSIFIER", strict)
     with pytest.raises(ValidationError):
         export_classifier(tmp_path / "x", module="tests.tiny_models:small_cnn", input_size=SIZE, resize=RESIZE)
@@ -366,10 +368,103 @@ def test_torchvision_path(tmp_path, fake_torchvision):
                           input_size=SIZE, resize=RESIZE)
 
 
+# --------------------------------------------------------------------------- feature map (issue 10)
+def _torch_map(factory: str, module: str, x: np.ndarray, tensor: str = "output") -> np.ndarray:
+    model = getattr(tiny_models, factory)()
+    got = {}
+    layer = dict(model.named_modules())[module]
+
+    def keep_first(mod, args, out) -> None:  # a hook returning a value would replace the output
+        got.setdefault("map", args[0] if tensor == "input" else out)
+
+    layer.register_forward_hook(keep_first)
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    return got["map"].numpy()
+
+
+@pytest.mark.parametrize(
+    "factory, layer, tensor, exact",
+    [
+        ("small_cnn", "body", "output", True),  # ResNet-like: pool module → flatten → fc
+        ("efficient_head_cnn", "features", "output", True),  # EfficientNet-like
+        ("functional_pool_cnn", "features", "output", True),  # MobileNetV2: pooling is a function
+        ("convnext_like", "avgpool", "input", False),  # pool → LayerNorm → head
+    ],
+)
+def test_feature_map_found_automatically(tmp_path, factory, layer, tensor, exact):
+    m = export_classifier(tmp_path / "out", module=f"tests.tiny_models:{factory}", input_size=SIZE, resize=RESIZE)
+    assert m["outputs"]["feature_map"] == "feature_map"
+    assert m["source"]["feature_map_layer"] == layer and tensor in m["source"]["feature_map"]
+    assert m["validation"]["max_abs_diff"]["feature_map"] <= m["validation"]["tolerance"]["feature_map"]
+    x = np.random.default_rng(4).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    got = _ort_run(tmp_path / "out", x)
+    fmap = got["feature_map"]
+    assert fmap.ndim == 4 and fmap.shape[:2] == (2, tiny_models.FEATURE_DIM) and fmap.shape[2] * fmap.shape[3] > 1
+    np.testing.assert_allclose(fmap, _torch_map(factory, layer, x, tensor), atol=PARITY_ATOL)
+    pooled = fmap.mean(axis=(2, 3))
+    assert np.allclose(pooled, got["features"], atol=1e-5) == exact
+    if exact:  # CAM: the class map W·F averaged over the map is the logits (minus the bias)
+        head = np.load(tmp_path / "out" / "head.npz")
+        cam = np.einsum("kd,bdhw->bkhw", head["weight"], fmap)
+        np.testing.assert_allclose(cam.mean(axis=(2, 3)) + head["bias"], got["logits"], atol=1e-4)
+
+
+@pytest.mark.parametrize("factory", ["tiny_vit", "sequential_head_cnn", "decoy_linear_cnn"])
+def test_networks_without_a_feature_map_say_so(tmp_path, factory):
+    m = export_classifier(tmp_path / "out", module=f"tests.tiny_models:{factory}", input_size=SIZE, resize=RESIZE)
+    assert m["outputs"].get("feature_map") is None
+    assert m["source"]["feature_map_layer"] is None and m["source"]["feature_map"].startswith("none")
+    assert "feature_map" not in _ort_run(tmp_path / "out", np.zeros((1, 3, SIZE, SIZE), np.float32))
+
+
+def test_feature_map_layer_override_and_errors(tmp_path):
+    m = export_classifier(tmp_path / "pool", module="tests.tiny_models:small_cnn", feature_map_layer="pool",
+                          input_size=SIZE, resize=RESIZE)
+    assert m["source"]["feature_map_layer"] == "pool" and "input of 'pool'" in m["source"]["feature_map"]
+    m = export_classifier(tmp_path / "body5", module="tests.tiny_models:small_cnn", feature_map_layer="body.5",
+                          input_size=SIZE, resize=RESIZE)
+    assert m["source"]["feature_map_layer"] == "body.5" and m["outputs"]["feature_map"] == "feature_map"
+    cases = [
+        ("small_cnn", "nope", "no such module"),
+        ("small_cnn", "fc", "does not run before the final linear layer"),
+        ("small_cnn", "body.0", "8 channels"),
+        ("small_cnn", "body.3", "does not take the global average pooling"),  # before BN and ReLU
+        ("tiny_vit", "conv_proj", "has no feature map"),  # a ViT: patches, no global average pooling
+        ("tiny_vit", "ln", "not a B×C×h×w feature map"),
+    ]
+    for i, (factory, layer, message) in enumerate(cases):
+        with pytest.raises(ExportError, match=message) as info:
+            export_classifier(tmp_path / f"e{i}", module=f"tests.tiny_models:{factory}", feature_map_layer=layer,
+                              input_size=SIZE, resize=RESIZE)
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / f"e{i}").exists()
+    assert _no_leftovers(tmp_path)
+
+
+def test_nan_model_is_refused_in_one_line(tmp_path, capsys):
+    """issue 14: a model whose logits are NaN is refused naming the model and the output, not the head."""
+    assert _export_cli(tmp_path / "nan", "--module", "tests.tiny_models:nan_cnn") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "tests.tiny_models:nan_cnn" in err and "'logits'" in err and "NaN" in err
+    assert "linear layer" not in err
+    assert not (tmp_path / "nan").exists() and _no_leftovers(tmp_path)
+
+
+def test_without_torch_the_export_says_so(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ExportError, match="needs PyTorch"):
+        export_classifier(tmp_path / "o", module="tests.tiny_models:small_cnn")
+
+
 @pytest.mark.slow
 def test_resnet50_sized_export(tmp_path):
     """A ResNet-50 (bench's torchvision-layout copy, random weights) at 224: head found, parity holds."""
     pytest.importorskip("eac.bench.models")
     m = export_classifier(tmp_path / "r50", module="eac.bench.models:resnet50_factory")
     assert m["source"]["feature_layer"] == "fc" and m["feature_dim"] == 2048 and m["num_classes"] == 1000
+    assert m["source"]["feature_map_layer"] == "layer4" and m["outputs"]["feature_map"] == "feature_map"
     assert all(m["validation"]["max_abs_diff"][k] <= m["validation"]["tolerance"][k] for k in ("logits", "features"))

@@ -16,14 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from eac.engine.cli import main
-from eac.engine.manifest import file_sha256, read_manifest
-from eac.export import sam as sam_export
-from eac.export import sam_loader
-from eac.export.errors import CheckpointError, ExportError, ValidationError
-from eac.export.spec import SAM_DECODER, SAM_ENCODER
+from eac.engine.cli import main  # noqa: E402
+from eac.engine.manifest import file_sha256, read_manifest  # noqa: E402
+from eac.export import common as export_common  # noqa: E402
+from eac.export import sam as sam_export  # noqa: E402
+from eac.export import sam_loader  # noqa: E402
+from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
+from eac.export.spec import SAM_DECODER, SAM_ENCODER  # noqa: E402
 
-from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint
+from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +200,7 @@ def test_cli_wrong_model_type(tmp_path, capsys, tiny_checkpoint, monkeypatch):
 def test_not_a_sam_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(CheckpointError, match="not a vit_b checkpoint.*not a SAM checkpoint"):
+    with pytest.raises(CheckpointError, match=r"not a vit_b checkpoint.*not a SAM checkpoint"):
         sam_loader.load_sam("vit_b", path)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"hello, not a zip")
@@ -213,14 +214,14 @@ def test_cli_non_empty_out_refused(tmp_path, capsys, tiny_checkpoint, tiny_as_vi
     (out / "keep.txt").write_text("mine")
     rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint),
                        "--out", str(out)], capsys)
-    assert rc != 0 and "not empty" in err and len(err.splitlines()) == 1
+    assert rc != 0 and "not an empty folder" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
 def test_unwritable_out(tmp_path, tiny_sam):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(ExportError, match="cannot write there"):
+    with pytest.raises(ExportError, match="cannot create the output folder"):
         sam_export.export_sam_model(tiny_sam, blocker / "sub" / "sam", "tiny")
 
 
@@ -249,6 +250,18 @@ def test_validation_failure_leaves_nothing(tmp_path, capsys, tiny_checkpoint, ti
                        "--out", str(tmp_path / "out")], capsys)
     assert rc != 0 and "differs from PyTorch" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_without_torch_says_so_in_one_line(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """A runtime-only install (no torch): `eac export sam` fails in one line naming the extra."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    rc, err = run_cli(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint),
+                       "--out", str(tmp_path / "out")], capsys)
+    assert rc != 0 and len(err.splitlines()) == 1
+    assert "needs PyTorch" in err and "export" in err and "Traceback" not in err
+    with pytest.raises(ExportError, match="needs PyTorch"):
+        sam_export.export_sam_model(object(), tmp_path / "o", "tiny")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
 def test_opset_too_old(tmp_path, tiny_sam):
@@ -348,7 +361,8 @@ def test_official_checkpoint_table():
 
 def run_python(code: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -383,9 +397,12 @@ def test_loader_uses_real_package_when_torchvision_is_present():
 
 def test_real_architectures_have_official_shapes():
     arch = sam_loader.SAM_ARCHITECTURES
-    assert (arch["vit_b"].encoder_embed_dim, arch["vit_b"].encoder_depth, arch["vit_b"].encoder_num_heads) == (768, 12, 12)
-    assert (arch["vit_l"].encoder_embed_dim, arch["vit_l"].encoder_depth, arch["vit_l"].encoder_num_heads) == (1024, 24, 16)
-    assert (arch["vit_h"].encoder_embed_dim, arch["vit_h"].encoder_depth, arch["vit_h"].encoder_num_heads) == (1280, 32, 16)
+    a = arch["vit_b"]
+    assert (a.encoder_embed_dim, a.encoder_depth, a.encoder_num_heads) == (768, 12, 12)
+    a = arch["vit_l"]
+    assert (a.encoder_embed_dim, a.encoder_depth, a.encoder_num_heads) == (1024, 24, 16)
+    a = arch["vit_h"]
+    assert (a.encoder_embed_dim, a.encoder_depth, a.encoder_num_heads) == (1280, 32, 16)
     assert arch["vit_h"].encoder_global_attn_indexes == (7, 15, 23, 31)
 
 
@@ -420,8 +437,8 @@ def test_vit_b_random_weights_export_through_cli(tmp_path, capsys):
 
 def test_external_data_above_the_protobuf_limit(tmp_path, tiny_sam, monkeypatch):
     """Graphs over the 2 GB protobuf limit (ViT-H) keep their weights in one .data file; it loads."""
-    monkeypatch.setattr(sam_export, "PROTOBUF_LIMIT_BYTES", 200_000)  # the tiny graphs are ~0.8 MB
-    monkeypatch.setattr(sam_export, "PROTOBUF_MARGIN_BYTES", 0)
+    monkeypatch.setattr(export_common, "PROTOBUF_LIMIT_BYTES", 200_000)  # the tiny graphs are ~0.8 MB
+    monkeypatch.setattr(export_common, "PROTOBUF_MARGIN_BYTES", 0)
     out = tmp_path / "sam"
     manifest = sam_export.export_sam_model(tiny_sam, out, "tiny")  # validation loads both graphs
     assert sorted(p.name for p in out.iterdir()) == [

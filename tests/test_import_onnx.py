@@ -36,15 +36,20 @@ def _graph_classifier(
     input_name: str = "data_0:0",
     init_as_inputs: bool = True,
     seed: int = 0,
+    head: str = "gemm",
+    pool: str = "gap",
 ) -> Path:
     """Write a tiny classifier with onnx.helper: 1×1 conv → ReLU → global pool → flatten → Gemm → tail.
 
     tail: "none" (logits), "softmax" (a Softmax node), "manual_softmax" (Exp/ReduceSum/Div),
     "conv_head" (the classifier is a 1×1 conv: output B×K×1×1).
+    head: "gemm" (Gemm, weight K×D, transB=1), "matmul" (MatMul by a D×K weight, then Add).
+    pool: "gap" (GlobalAveragePool → Flatten), "reducemean" (ReduceMean over H, W, keepdims=0).
     """
     rng = np.random.default_rng(seed)
     conv_w = numpy_helper.from_array(rng.standard_normal((D, 3, 1, 1)).astype(np.float32), "conv.w:0")
-    fc_w = numpy_helper.from_array(rng.standard_normal((K, D)).astype(np.float32), "fc.w:0")
+    fc_w_array = rng.standard_normal((K, D)).astype(np.float32)
+    fc_w = numpy_helper.from_array(fc_w_array if head == "gemm" else fc_w_array.T.copy(), "fc.w:0")
     fc_b = numpy_helper.from_array(rng.standard_normal(K).astype(np.float32), "fc.b:0")
     head_w = numpy_helper.from_array(rng.standard_normal((K, D, 1, 1)).astype(np.float32), "head.w:0")
     inits = [conv_w, fc_w, fc_b] + ([head_w] if tail == "conv_head" else [])
@@ -60,16 +65,21 @@ def _graph_classifier(
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
     ]
+    if pool == "reducemean":
+        nodes[-1] = helper.make_node("ReduceMean", ["r"], ["pool:0"], axes=[2, 3], keepdims=0)
     out_batch = batch if batch is not None else "N"
     outputs = []
     if tail == "conv_head":
         nodes.append(helper.make_node("Conv", ["g", "head.w:0"], ["scores:0"]))
         outputs.append(helper.make_tensor_value_info("scores:0", TensorProto.FLOAT, [out_batch, K, 1, 1]))
     else:
-        nodes += [
-            helper.make_node("Flatten", ["g"], ["pool:0"], axis=1),
-            helper.make_node("Gemm", ["pool:0", "fc.w:0", "fc.b:0"], ["fc:0"], transB=1),
-        ]
+        if pool == "gap":
+            nodes.append(helper.make_node("Flatten", ["g"], ["pool:0"], axis=1))
+        if head == "gemm":
+            nodes.append(helper.make_node("Gemm", ["pool:0", "fc.w:0", "fc.b:0"], ["fc:0"], transB=1))
+        else:
+            nodes += [helper.make_node("MatMul", ["pool:0", "fc.w:0"], ["mm"]),
+                      helper.make_node("Add", ["fc.b:0", "mm"], ["fc:0"])]
         final = "fc:0"
         if tail == "softmax":
             nodes.append(helper.make_node("Softmax", ["fc:0"], ["prob:0"], axis=1))
@@ -107,15 +117,33 @@ def _batch(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, HW, HW)).astype(np.float32)
 
 
+def _direct(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `_graph_classifier(seed=seed)` computes, in numpy: (logits B×K, features B×D, map B×D×h×w)."""
+    rng = np.random.default_rng(seed)
+    conv_w = rng.standard_normal((D, 3, 1, 1)).astype(np.float32)
+    fc_w = rng.standard_normal((K, D)).astype(np.float32)
+    fc_b = rng.standard_normal(K).astype(np.float32)
+    fmap = np.maximum(np.einsum("dc,bchw->bdhw", conv_w[:, :, 0, 0], x), 0.0)
+    features = fmap.mean(axis=(2, 3))
+    return features @ fc_w.T + fc_b, features, fmap
+
+
+def _ort_outputs(folder: Path, x: np.ndarray, manifest: dict) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(folder / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    names = {role: name for role, name in manifest["outputs"].items() if name is not None}
+    return dict(zip(names, sess.run(list(names.values()), {manifest["input"]["name"]: x}), strict=True))
+
+
 def test_wild_softmax_file_opset9(tmp_path):
     src = _graph_classifier(tmp_path / "wild.onnx", tail="softmax")
     assert len(onnx.load(str(src)).graph.input) == 4  # weights listed as inputs
     m = import_onnx(src, tmp_path / "out")
     assert m["opset"] == 9
     assert m["input"]["name"] == "data_0:0" and m["input"]["batch"] is None and m["input"]["layout"] == "NCHW"
-    assert m["outputs"] == {"logits": "prob:0", "features": None}
+    # the Gemm is found: its input is the features, the global pool's input the feature map
+    assert m["outputs"] == {"logits": "prob:0", "features": "pool:0", "feature_map": "r"}
     assert m["output_kind"] == "probabilities" and "Softmax" in m["source"]["output_kind_reason"]
-    assert m["num_classes"] == K and m["feature_dim"] is None and "head" not in m["files"]
+    assert m["num_classes"] == K and m["feature_dim"] == D and "head" in m["files"]
     assert m["validation"]["batch_check"]["dynamic"] is True
     assert any("initializers removed" in r for r in m["source"]["rewrites"])
     assert any("dynamic" in r for r in m["source"]["rewrites"])
@@ -207,6 +235,9 @@ def test_conv_head_output_is_flattened(tmp_path):
     src = _graph_classifier(tmp_path / "conv.onnx", tail="conv_head", opset=11)
     m = import_onnx(src, tmp_path / "out")
     assert m["outputs"]["logits"] != "scores:0" and any("flattened" in r for r in m["source"]["rewrites"])
+    # a 1×1 conv head is no Gemm/MatMul: no features, no head, and the manifest says why
+    assert m["outputs"]["features"] is None and m["outputs"].get("feature_map") is None
+    assert "head" not in m["files"] and "Conv" in m["source"]["head"]["reason"]
     clf = Classifier.from_folder(tmp_path / "out")
     x = _batch(3)
     np.testing.assert_allclose(clf(x), _original_run(src, x).reshape(3, K), atol=ATOL)
@@ -214,18 +245,33 @@ def test_conv_head_output_is_flattened(tmp_path):
 
 def test_features_output(tmp_path):
     src = _graph_classifier(tmp_path / "f.onnx", features=True, tail="none")
-    plain = import_onnx(src, tmp_path / "plain")
-    assert plain["outputs"]["features"] is None
-    assert plain["source"]["other_outputs"] == {"pool:0": [1, D, "float32"]}  # reported so the user can name it
+    plain = import_onnx(src, tmp_path / "plain")  # found: the graph output that is the Gemm's input
+    assert plain["outputs"]["features"] == "pool:0" and plain["source"]["other_outputs"] == {}
     m = import_onnx(src, tmp_path / "out", features_output="pool:0")
-    assert m["source"]["other_outputs"] == {}
-    assert m["outputs"] == {"logits": "fc:0", "features": "pool:0"}
-    assert m["feature_dim"] == D and "head" not in m["files"]
+    assert m["outputs"] == {"logits": "fc:0", "features": "pool:0", "feature_map": "r"}
+    assert m["feature_dim"] == D and "head" in m["files"]
     clf = Classifier.from_folder(tmp_path / "out")
     out = clf.run(_batch(2))
-    assert out.features.shape == (2, D) and clf.head is None
+    assert out.features.shape == (2, D) and clf.head is not None
     with pytest.raises(ExportError, match="not an output"):
         import_onnx(src, tmp_path / "bad", features_output="nope")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_features_output_accepts_an_intermediate_tensor(tmp_path):
+    """`g` (GlobalAveragePool, B×D×1×1) is no graph output: it is added, flattened, and is not the Gemm input."""
+    src = _graph_classifier(tmp_path / "f.onnx", tail="softmax")
+    m = import_onnx(src, tmp_path / "out", features_output="g")
+    assert m["outputs"]["features"] not in (None, "g") and m["feature_dim"] == D
+    assert any("exposed" in r for r in m["source"]["rewrites"])
+    assert any("flattened" in r for r in m["source"]["rewrites"])
+    assert "head" not in m["files"] and "not the input" in m["source"]["head"]["reason"]
+    x = _batch(3)
+    sess = ort.InferenceSession(str(tmp_path / "out" / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run([m["outputs"]["features"]], {"data_0:0": x})[0]
+    np.testing.assert_allclose(got, _direct(x)[1], atol=ATOL)
+    with pytest.raises(ExportError, match="not B×D"):  # the 4-D map itself is no features tensor
+        import_onnx(src, tmp_path / "bad", features_output="r")
     assert not (tmp_path / "bad").exists()
 
 
@@ -389,3 +435,131 @@ def test_integer_outputs_are_not_logits(tmp_path):
     m = import_onnx(src, tmp_path / "out")
     assert m["outputs"]["logits"] == "prob:0" and m["num_classes"] == K
     assert m["source"]["other_outputs"] == {"top_classes": [1, 2, "int64"]}
+
+
+# --------------------------------------------------------------------------- the final linear layer
+@pytest.mark.parametrize(
+    "head, pool, tail, opset",
+    [
+        ("gemm", "gap", "none", 9),
+        ("gemm", "gap", "softmax", 11),
+        ("matmul", "gap", "none", 11),
+        ("matmul", "reducemean", "softmax", 11),
+        ("gemm", "reducemean", "none", 13),
+    ],
+)
+def test_head_features_and_feature_map_are_found(tmp_path, head, pool, tail, opset):
+    """Gemm or MatMul+Add, after GlobalAveragePool or ReduceMean, softmax or not, weights as inputs."""
+    src = _graph_classifier(tmp_path / "m.onnx", tail=tail, opset=opset, head=head, pool=pool)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["feature_dim"] == D and m["outputs"]["feature_map"] == "r"
+    assert m["source"]["head"]["op"] == ("Gemm" if head == "gemm" else "MatMul+Add")
+    assert m["source"]["head"]["then"] == (["Softmax"] if tail == "softmax" else [])
+    assert m["validation"]["head_max_abs_diff"] < ATOL
+    assert m["validation"]["feature_map_pool_max_abs_diff"] < ATOL
+    x = _batch(3)
+    logits, features, fmap = _direct(x)
+    got = _ort_outputs(tmp_path / "out", x, m)
+    np.testing.assert_allclose(got["features"], features, atol=ATOL)
+    np.testing.assert_allclose(got["feature_map"], fmap, atol=ATOL)
+    assert got["feature_map"].shape == (3, D, HW, HW)
+    with np.load(tmp_path / "out" / "head.npz") as npz:
+        weight, bias = npz["weight"], npz["bias"]
+    assert weight.shape == (K, D) and bias.shape == (K,) and weight.dtype == np.float32
+    np.testing.assert_allclose(features @ weight.T + bias, logits, atol=ATOL)
+    # the folder runs in the engine with its head
+    clf = Classifier.from_folder(tmp_path / "out")
+    assert clf.head is not None and clf.run(x).features.shape == (3, D)
+
+
+def test_torch_exported_cnn_opset11_with_softmax(tmp_path):
+    """A torch CNN exported as found in the wild (batch 1, weights as inputs, softmax, opset 11)."""
+    torch = pytest.importorskip("torch")
+    from tests import tiny_models
+
+    model = tiny_models.softmax_cnn()
+    src = tmp_path / "cnn.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, HW * 4, HW * 4),), str(src), input_names=["input.1"],
+                          output_names=["probs"], opset_version=11, dynamo=False,
+                          keep_initializers_as_inputs=True)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["output_kind"] == "probabilities" and m["input"]["batch"] is None
+    assert m["feature_dim"] == tiny_models.FEATURE_DIM and m["outputs"]["feature_map"] is not None
+    x = np.random.default_rng(3).standard_normal((2, 3, HW * 4, HW * 4)).astype(np.float32)
+    captured = {}
+    model.fc.register_forward_hook(lambda mod, args, out: captured.__setitem__("features", args[0]))
+    model.body.register_forward_hook(lambda mod, args, out: captured.__setitem__("map", out))
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    got = _ort_outputs(tmp_path / "out", x, m)
+    np.testing.assert_allclose(got["features"], captured["features"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["feature_map"], captured["map"].numpy(), atol=1e-4)
+    with np.load(tmp_path / "out" / "head.npz") as npz:
+        np.testing.assert_allclose(npz["weight"], model.fc.weight.detach().numpy(), atol=1e-6)
+        np.testing.assert_allclose(npz["bias"], model.fc.bias.detach().numpy(), atol=1e-6)
+
+
+def _nhwc_reducemean_classifier(path: Path) -> Path:
+    """NHWC all the way: x B×H×W×3 @ W (3×D) → ReLU → ReduceMean(axes 1, 2) → Gemm (TF-converted style)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, D)).astype(np.float32), "proj"),
+             numpy_helper.from_array(rng.standard_normal((K, D)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(K).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["images", "proj"], ["m"]),
+             helper.make_node("Relu", ["m"], ["map_nhwc"]),
+             helper.make_node("ReduceMean", ["map_nhwc"], ["feat"], axes=[1, 2], keepdims=0),
+             helper.make_node("Gemm", ["feat", "w", "b"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, HW, HW, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, K])], initializer=inits)
+    onnx.save(_model(graph), str(path))
+    return path
+
+
+def test_nhwc_feature_map_is_transposed_to_nchw(tmp_path):
+    src = _nhwc_reducemean_classifier(tmp_path / "nhwc.onnx")
+    m = import_onnx(src, tmp_path / "out")
+    assert m["input"]["layout"] == "NHWC" and "NHWC" in m["source"]["feature_map"]
+    x = np.random.default_rng(2).standard_normal((2, HW, HW, 3)).astype(np.float32)
+    got = _ort_outputs(tmp_path / "out", x, m)
+    proj = onnx.numpy_helper.to_array(onnx.load(str(src)).graph.initializer[0])
+    fmap = np.maximum(x @ proj, 0.0)
+    np.testing.assert_allclose(got["feature_map"], fmap.transpose(0, 3, 1, 2), atol=ATOL)
+    np.testing.assert_allclose(got["features"], fmap.mean(axis=(1, 2)), atol=ATOL)
+    assert "head" in m["files"]
+
+
+def test_head_that_does_not_reproduce_the_logits_is_not_written(tmp_path, monkeypatch):
+    from eac.export import import_onnx as import_mod
+
+    monkeypatch.setattr(import_mod, "HEAD_ATOL", -1.0)  # nothing can pass: the check must refuse
+    m = import_onnx(_graph_classifier(tmp_path / "m.onnx"), tmp_path / "out")
+    assert "head" not in m["files"] and not (tmp_path / "out" / "head.npz").exists()
+    assert "differs" in m["source"]["head"]["reason"] and m["validation"]["head_max_abs_diff"] >= 0
+    assert m["outputs"]["features"] == "pool:0"  # the features stay useful without a head
+
+
+@pytest.mark.parametrize("where", ["logits", "features"])
+def test_nan_outputs_are_refused(tmp_path, capsys, where):
+    """issue 14: a model producing NaN on a random input is refused in one line naming it and the output."""
+    src = _graph_classifier(tmp_path / "m.onnx", opset=13, init_as_inputs=False)
+    model = onnx.load(str(src))
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([-1.0], np.float32), "minus_one"))
+    graph.node.append(helper.make_node("Sqrt", ["minus_one"], ["nan"]))
+    bad = "bad_logits" if where == "logits" else "bad_features"
+    graph.node.append(helper.make_node("Add", ["fc:0" if where == "logits" else "pool:0", "nan"], [bad]))
+    extra = []
+    if where == "logits":
+        graph.output[0].name = bad
+    else:  # NaN only in the features named with --features-output; the logits are fine
+        extra = ["--features-output", bad]
+    onnx.save(model, str(src))
+    assert main(["import-onnx", str(src), "--out", str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "NaN" in err and str(src) in err and repr(bad) in err
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,11 @@ They cover the shapes of head an exporter meets in common architectures:
 * :func:`decoy_linear_cnn` — two Linear layers with K outputs; the last one in
   module order is the head.
 * :func:`softmax_cnn` — applies softmax after the head (its output is not logits).
+* :func:`functional_pool_cnn` — MobileNetV2-like: ``features`` → functional global
+  average pooling (no module to hook) → ``classifier.1``.
+* :func:`convnext_like` — ConvNeXt-like: ``avgpool`` → ``LayerNorm`` → ``head``: the
+  pooled map is not the head's input itself.
+* :func:`nan_cnn` — SmallCNN whose logits are NaN (a broken model).
 * :func:`tracing_mismatch_cnn` — behaves differently while being exported to
   ONNX, so validation must fail.
 """
@@ -153,6 +158,41 @@ class EfficientHeadCNN(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class FunctionalPoolCNN(nn.Module):
+    """MobileNetV2-like: ``features`` then ``adaptive_avg_pool2d`` as a function, then ``classifier``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, width: int = FEATURE_DIM):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width),
+                                      nn.ReLU6())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class ConvNeXtLike(nn.Module):
+    """ConvNeXt-like head: ``avgpool`` → LayerNorm over channels → ``head``."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, width: int = FEATURE_DIM):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 4, stride=4), nn.GELU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(torch.flatten(self.avgpool(self.stem(x)), 1)))
+
+
+class NanCNN(SmallCNN):
+    """SmallCNN whose logits are NaN: a broken model must be refused, not exported."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * float("nan")
+
+
 def tiny_vit() -> nn.Module:
     return _init(TinyViT())
 
@@ -179,6 +219,18 @@ def softmax_cnn() -> nn.Module:
 
 def tracing_mismatch_cnn() -> nn.Module:
     return _init(TracingMismatchCNN())
+
+
+def functional_pool_cnn() -> nn.Module:
+    return _init(FunctionalPoolCNN())
+
+
+def convnext_like() -> nn.Module:
+    return _init(ConvNeXtLike())
+
+
+def nan_cnn() -> nn.Module:
+    return _init(NanCNN())
 
 
 def not_a_module() -> object:

@@ -1,0 +1,228 @@
+"""The PyTorch modules that become SAM's ONNX graphs, the PyTorch reference, synthetic inputs.
+
+Imported by :mod:`eac.export.sam` only once torch is known to be installed, so
+that ``eac export sam`` without the export extra fails with one line instead of
+a ``ModuleNotFoundError``. See :mod:`eac.export.sam` for the graphs' contracts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._torch_utils import half_with_fp32_norms
+from .sam_loader import SAM_ARCHITECTURES
+
+#: Synthetic images: an 8×8 grid of random colours upsampled, plus this much pixel noise.
+_COARSE_GRID = 8
+_PIXEL_NOISE = 8.0
+_PIXEL_MAX = 255.0
+
+
+# --- modules that become the graphs --------------------------------------------------------
+
+#: SAM's channel-first LayerNorm, kept in fp32 by fp16 exports (besides torch.nn.LayerNorm).
+SAM_NORM_NAMES = ("LayerNorm2d",)
+
+
+class SamEncoderGraph(torch.nn.Module):
+    """``image`` (normalised, padded, fp32) → ``image_embeddings`` (fp32), computing in ``dtype``."""
+
+    def __init__(self, encoder, dtype):
+        super().__init__()
+        self.encoder = encoder
+        self.dtype = dtype
+
+    def forward(self, image):
+        return self.encoder(image.to(self.dtype)).float()
+
+
+def encoder_module(sam, fp16: bool) -> SamEncoderGraph:
+    """The encoder graph's module (fp16 with fp32 norms when asked), eval mode."""
+    encoder = half_with_fp32_norms(sam.image_encoder, SAM_NORM_NAMES) if fp16 else sam.image_encoder
+    return SamEncoderGraph(encoder, torch.float16 if fp16 else torch.float32).eval()
+
+
+class BatchedPromptDecoder(torch.nn.Module):
+    """Embeddings 1×C×h×w + B point-prompt sets → B×3 mask logits and B×3 IoUs.
+
+    The prompt encoding (random-Fourier positional encoding plus label
+    embeddings, with the padding point SAM adds when there is no box) runs in
+    fp32; the transformer and mask head run in ``dtype``.
+    """
+
+    def __init__(self, sam, decoder, dtype):
+        super().__init__()
+        pe = sam.prompt_encoder
+        self.dtype = dtype
+        self.transformer = decoder.transformer
+        self._init_upscaling(decoder.output_upscaling, dtype)
+        self.hypernetworks = decoder.output_hypernetworks_mlps
+        self.iou_head = decoder.iou_prediction_head
+        self.num_mask_tokens = decoder.num_mask_tokens
+        with torch.no_grad():
+            tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+            self.register_buffer("output_tokens", tokens.float().clone())
+            self.register_buffer("dense_pe", pe.get_dense_pe().float().clone())
+            self.register_buffer("no_mask", pe.no_mask_embed.weight.float().reshape(1, -1, 1, 1).clone())
+            self.register_buffer("gaussian", pe.pe_layer.positional_encoding_gaussian_matrix.float().clone())
+            self.register_buffer("not_a_point", pe.not_a_point_embed.weight.float().clone())
+            self.register_buffer("negative", pe.point_embeddings[0].weight.float().clone())
+            self.register_buffer("positive", pe.point_embeddings[1].weight.float().clone())
+            in_h, in_w = pe.input_image_size
+            self.register_buffer("input_wh", torch.tensor([float(in_w), float(in_h)]))
+
+    def embed_points(self, coords, labels):
+        pad_coords = torch.zeros_like(coords[:, :1, :])
+        pad_labels = -torch.ones_like(labels[:, :1])
+        coords = torch.cat([coords + 0.5, pad_coords], dim=1)  # SAM shifts to pixel centres, not the pad
+        labels = torch.cat([labels, pad_labels], dim=1).unsqueeze(-1)
+        unit = 2.0 * (coords / self.input_wh) - 1.0
+        angles = 2.0 * math.pi * (unit @ self.gaussian)
+        encoding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        is_pad = (labels == -1.0).to(encoding.dtype)
+        is_neg = (labels == 0.0).to(encoding.dtype)
+        is_pos = (labels == 1.0).to(encoding.dtype)
+        return (encoding * (1.0 - is_pad) + is_pad * self.not_a_point
+                + is_neg * self.negative + is_pos * self.positive)
+
+    def forward(self, image_embeddings, point_coords, point_labels):
+        sparse = self.embed_points(point_coords, point_labels)
+        batch = sparse.shape[0]
+        tokens = torch.cat([self.output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1)
+        src = (image_embeddings + self.no_mask).to(self.dtype)  # batch 1: broadcast against B prompts
+        channels, height, width = src.shape[1], src.shape[2], src.shape[3]
+        hs, keys = self.transformer(src, self.dense_pe.to(self.dtype), tokens.to(self.dtype))
+        # multimask output: mask tokens 1..3 (token 0 is the single-mask output)
+        hyper = torch.stack(
+            [self.hypernetworks[i](hs[:, 1 + i, :]) for i in range(1, self.num_mask_tokens)], dim=1
+        )
+        masks = self.upscale_and_project(keys.reshape(-1, height, width, channels), hyper)
+        iou = self.iou_head(hs[:, 0, :])[:, 1:]
+        return masks.float(), iou.float()
+
+    def _init_upscaling(self, upscaling, dtype):
+        """Keep SAM's output upscaling (ConvT 2×2/2 → LayerNorm2d → GELU → ConvT 2×2/2 → GELU) as matrices.
+
+        A transposed convolution with kernel = stride = 2 maps each input pixel
+        to a 2×2 output block independently: one matrix product per pixel,
+        channels-last, followed by a depth-to-space reshuffle. It avoids
+        ConvTranspose kernels (slow in ONNX Runtime's CPU provider) and makes
+        LayerNorm2d a plain LayerNormalization over the last axis.
+        """
+        conv1, norm, act1, conv2, act2 = list(upscaling)
+        norm = getattr(norm, "inner", norm)
+        with torch.no_grad():
+            for index, conv in ((1, conv1), (2, conv2)):
+                c_in, c_out = conv.weight.shape[0], conv.weight.shape[1]
+                # (C_in, C_out, 2, 2) → (C_in, 2·2·C_out) ordered (dy, dx, c_out)
+                weight = conv.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+                self.register_buffer(f"up{index}_weight", weight.to(dtype).clone())
+                self.register_buffer(f"up{index}_bias", conv.bias.detach().repeat(4).to(dtype).clone())
+            self.register_buffer("up_norm_weight", norm.weight.detach().float().clone())
+            self.register_buffer("up_norm_bias", norm.bias.detach().float().clone())
+        self.up_norm_eps = float(norm.eps)
+        self.up_act1, self.up_act2 = act1, act2
+        self.up_channels = (int(conv1.weight.shape[1]), int(conv2.weight.shape[1]))
+
+    def upscale_and_project(self, grid, hyper):
+        """B×h×w×C keys and B×K×C' hypernetwork outputs → B×K×4h×4w mask logits.
+
+        Everything between the two transposed convolutions is per output
+        pixel (LayerNorm over channels, GELU), so it runs on the blocked
+        layout B×h×w×(2·2)×c; the pixels are put in raster order once, on
+        the K-channel result.
+        """
+        c1, c2 = self.up_channels
+        h, w = grid.shape[1], grid.shape[2]
+        x = (grid @ self.up1_weight + self.up1_bias).reshape(-1, h, w, 4, c1)  # blocks (dy, dx)
+        x = torch.nn.functional.layer_norm(x.float(), (c1,), self.up_norm_weight, self.up_norm_bias,
+                                           self.up_norm_eps).to(self.dtype)
+        x = self.up_act1(x)
+        x = self.up_act2(x @ self.up2_weight + self.up2_bias)  # B×h×w×4×(2·2·c2): blocks of blocks
+        k = hyper.shape[1]
+        masks = x.reshape(-1, h * w * 16, c2) @ hyper.transpose(1, 2)  # B×(h·w·16)×K
+        # (i, j, dy, dx, dy', dx', k) → row 4i + 2dy + dy', column 4j + 2dx + dx'
+        masks = masks.reshape(-1, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(-1, k, 4 * h, 4 * w)
+
+
+def decoder_module(sam, fp16: bool) -> BatchedPromptDecoder:
+    """The decoder graph's module (fp16 with fp32 norms when asked), eval mode."""
+    if fp16:
+        decoder = half_with_fp32_norms(sam.mask_decoder, SAM_NORM_NAMES)
+        dtype = torch.float16
+    else:
+        decoder, dtype = sam.mask_decoder, torch.float32
+    return BatchedPromptDecoder(sam, decoder, dtype).eval()
+
+
+def reference_decoder(sam, embeddings, coords, labels):
+    """PyTorch reference: ``SamPredictor.predict_torch(..., multimask_output=True)`` without boxes/masks.
+
+    Parameters
+    ----------
+    sam : segment_anything Sam
+    embeddings : Tensor, 1×C×h×w
+    coords : Tensor, B×P×2 (x, y in the encoder input frame)
+    labels : Tensor, B×P
+
+    Returns
+    -------
+    (Tensor B×3×4h×4w, Tensor B×3)
+        Low-resolution mask logits and predicted IoUs.
+    """
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(coords, labels.int()), boxes=None, masks=None)
+        return sam.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+
+
+# --- synthetic inputs -------------------------------------------------------------------
+
+def synthetic_image(size: int, height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth, photo-like 0-255 RGB image of height×width, normalised and padded to size×size.
+
+    Returns
+    -------
+    ndarray of float32, 1×3×size×size
+        SAM's encoder input (pixel mean/std of the official models applied).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, _COARSE_GRID, _COARSE_GRID, generator=gen) * _PIXEL_MAX
+    image = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    noise = torch.randn(1, 3, height, width, generator=gen) * _PIXEL_NOISE
+    image = (image + noise).clamp(0.0, _PIXEL_MAX)
+    arch = SAM_ARCHITECTURES["vit_b"]
+    mean = torch.tensor(arch.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(arch.pixel_std).view(1, 3, 1, 1)
+    normalised = (image - mean) / std
+    padded = torch.zeros(1, 3, size, size)
+    padded[:, :, :height, :width] = normalised
+    return padded.numpy().astype(np.float32)
+
+
+def synthetic_prompts(batch: int, points: int, size: int, seed: int,
+                      mixed_labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Random point prompts: coords B×P×2 in [0, size), labels B×P (1, or 1/0/-1 when mixed)."""
+    rng = np.random.default_rng(seed)
+    coords = rng.uniform(0.0, size, size=(batch, points, 2)).astype(np.float32)
+    if mixed_labels:
+        labels = rng.choice(np.array([1.0, 0.0, -1.0], np.float32), size=(batch, points))
+        labels[:, 0] = 1.0
+    else:
+        labels = np.ones((batch, points), np.float32)
+    return coords, labels
+
+
+__all__ = [
+    "BatchedPromptDecoder", "SamEncoderGraph", "decoder_module", "encoder_module",
+    "reference_decoder", "synthetic_image", "synthetic_prompts",
+]
