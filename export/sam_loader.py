@@ -25,7 +25,6 @@ one-line errors.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -41,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engine.manifest import file_sha256
 from ._torch_utils import state_dict_mismatch
 from .errors import CheckpointError, ExportError
 
@@ -50,7 +50,6 @@ ALIAS_PACKAGE = "_eac_segment_anything"
 CACHE_ENV = "EAC_CACHE"
 DEFAULT_CACHE = Path("~/.cache/eac")
 _DOWNLOAD_CHUNK_BYTES = 1 << 20
-_HASH_CHUNK_BYTES = 1 << 22
 _DOWNLOAD_TIMEOUT_S = 60
 
 _import_lock = threading.Lock()
@@ -277,14 +276,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -300,7 +291,7 @@ def _check_cached(path: Path, official: OfficialCheckpoint) -> None:
     marker = _verified_marker(path)
     if marker.is_file() and marker.read_text().strip() == official.sha256:
         return
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != official.sha256:
         raise CheckpointError(
             f"{path}: SHA-256 {digest[:12]}… differs from the official {official.model_type} checkpoint "
