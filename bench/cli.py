@@ -28,6 +28,17 @@ workloads:
   fidelity    the small trained scene classifier, scenes with ≤ 12 concepts: Spearman
               vs exact Shapley values, top-1/top-3 agreement, insertion/deletion AUC and
               evaluations for eac, eac-faithful, kernelshap, lime and the reference.
+  peers       eac against the libraries you would use instead, in one process on the
+              same trained scene classifier (PyTorch for the libraries, its ONNX export
+              for eac), the same scenes (N <= 12 concepts) and the same concepts: captum
+              (ShapleyValueSampling, KernelShap, Lime, FeatureAblation, and
+              IntegratedGradients, Saliency, NoiseTunnel summed over the concepts), shap
+              (KernelExplainer, PermutationExplainer), lime (LimeImageExplainer), shapiq
+              (its own Shapley approximator) and eac's methods (secam/cam when the model
+              folder has a feature map); each at its defaults and at eac's evaluation
+              budget: seconds per image, evaluations, peak memory, Spearman / top-3 vs
+              exact Shapley values, insertion/deletion AUC, time over eac's. Needs the
+              peer libraries: pip install ".[bench]" (a missing one is skipped, named).
 
 how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
   explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager

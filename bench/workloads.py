@@ -887,8 +887,12 @@ RUNNERS: dict[str, Callable[[BenchOptions], BenchReport]] = {
 
 def run_workload(opts: BenchOptions) -> BenchReport:
     """Run ``opts.workload`` and return its report."""
-    if opts.workload not in RUNNERS:
+    if opts.workload not in RUNNERS and opts.workload != "peers":
         raise BenchError(f"unknown workload {opts.workload!r}; choose from {', '.join(WORKLOADS)}")
     if opts.n_concepts is not None and opts.n_concepts < 1:
         raise BenchError(f"--n-concepts must be at least 1 (got {opts.n_concepts})")
+    if opts.workload == "peers":  # eac vs captum, shap, lime, shapiq (bench/peers.py)
+        from .peers import run_peers
+
+        return run_peers(opts)
     return RUNNERS[opts.workload](opts)
