@@ -370,9 +370,8 @@ class ClassifierManifest:
             raise ValueError("the manifest lists no model file")
 
     def to_dict(self) -> dict[str, Any]:
-        outputs: dict[str, Any] = {"logits": self.logits_output, "features": self.features_output}
-        if self.feature_map_output is not None:
-            outputs["feature_map"] = self.feature_map_output
+        outputs = {"logits": self.logits_output, "features": self.features_output,
+                   "feature_map": self.feature_map_output}
         return {
             "kind": self.kind, "opset": self.opset, "precision": self.precision, **self.extra,
             "files": self.files, "input": self.input.to_dict(), "outputs": outputs,

@@ -150,7 +150,8 @@ def test_batch_equals_single(folder):
 def test_fixed_batch_probability_model(prob_folder, folder):
     clf = Classifier.from_folder(prob_folder)
     assert clf.max_batch == 1 and clf.output_kind == "probabilities"
-    assert not clf.has_features and clf.head is None and clf.feature_dim is None
+    # import-onnx found the final linear layer of the adopted graph: features and head are exposed
+    assert clf.has_features and clf.head is not None and clf.feature_dim == tiny_models.FEATURE_DIM
     x = np.random.default_rng(3).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
     logp = clf(x)
     assert logp.shape == (5, tiny_models.NUM_CLASSES) and logp.dtype == np.float32
@@ -215,8 +216,10 @@ def test_onnx_not_matching_manifest(folder, prob_folder, tmp_path):
     dst = _copy(folder, tmp_path)
     shutil.copy(prob_folder / "classifier.onnx", dst / "classifier.onnx")
     _edit_manifest(dst, files__model__bytes=(dst / "classifier.onnx").stat().st_size)
-    with pytest.raises(ModelFolderError, match="does not match its manifest.*re-run"):
+    with pytest.raises(ModelFolderError, match="checksum differs"):  # caught by the checksums first...
         Classifier.from_folder(dst)
+    with pytest.raises(ModelFolderError, match="does not match its manifest.*re-run"):  # ...and by the graph check
+        Classifier.from_folder(dst, verify=False)
     # right file, manifest claims another class count
     dst2 = tmp_path / "k"
     shutil.copytree(folder, dst2)

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="with --torchvision: PATH to a state dict, or 'default'")
     p.add_argument("--checkpoint", default=None, help="with --module: a state dict to load")
     p.add_argument("--feature-layer", default=None, help="name of the final linear layer (found automatically)")
+    p.add_argument("--feature-map-layer", default=None,
+                   help="module whose output is the feature map before global pooling (found automatically; "
+                        "used by --method cam/secam)")
     p.add_argument("--opset", type=positive_int, default=None)
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--skip-validation", action="store_true")
@@ -85,6 +88,7 @@ def export_classifier(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, feature_layer=args.feature_layer, input_size=args.input_size,
         resize=args.resize, mean=args.mean, std=args.std, channel_order=args.channel_order,
         labels=args.labels, opset=args.opset, fp16=args.fp16, validate=not args.skip_validation,
+        feature_map_layer=args.feature_map_layer,
     )
     print_export_summary(args.out, manifest)
     return 0
@@ -117,6 +121,9 @@ def print_export_summary(out: str, manifest: dict) -> None:
               f"batch {'dynamic' if batch is None else f'fixed at {batch} (the engine loops)'}; "
               f"outputs are {manifest.get('output_kind')}; {manifest.get('num_classes')} classes")
         source = manifest.get("source", {})
-        for key in ("output_kind_reason", "rewrites", "assumed", "other_outputs"):
+        outputs = manifest.get("outputs", {})
+        print(f"features: {outputs.get('features') or 'none'}; feature map: {outputs.get('feature_map') or 'none'}; "
+              f"head: {'head.npz' if 'head' in manifest.get('files', {}) else 'none'}")
+        for key in ("output_kind_reason", "rewrites", "assumed", "head", "feature_map", "other_outputs"):
             if source.get(key):
                 print(f"{key.replace('_', ' ')}: {json.dumps(source[key], default=str, ensure_ascii=False)}")
