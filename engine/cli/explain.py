@@ -46,6 +46,7 @@ from .report import summary_lines
 #: Exit code of a run in which some images failed or had no concepts.
 EXIT_SOME_FAILED = 1
 CONCEPT_KINDS = ("superpixels", "slic", "grid")
+FORMATS = ("folders", "parquet")
 
 
 def _method_help() -> str:
@@ -79,10 +80,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse images with more pixels than this")
     p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
     p.add_argument("--no-progress", action="store_true")
+    add_dataset_args(p)
     add_sam_args(p)
     add_session_args(p)
     add_verify_arg(p)
     p.set_defaults(func=run)
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """Flags of dataset runs (one Parquet table, resumable; :mod:`eac.engine.dataset`)."""
+    from ..dataset import DEFAULT_PART_IMAGES
+
+    g = p.add_argument_group("many images (one Parquet table, resumable)")
+    g.add_argument("--format", choices=FORMATS, default=None,
+                   help="folders: one folder per image (default); parquet: one table OUT/explanations.parquet and "
+                        "OUT/summary.json, skipping images already done on a re-run (pip install '.[parquet]')")
+    g.add_argument("--workers", type=positive_int, default=None,
+                   help="engine processes on this machine, CPU threads shared among them (implies --format parquet)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local Ray, or join the cluster at ADDRESS; --workers sets the actors "
+                        "(implies --format parquet; pip install '.[ray]'; put it after the images, or --ray=ADDRESS)")
+    g.add_argument("--overlays", action="store_true", help="--format parquet: also write overlay PNGs to OUT/overlays")
+    g.add_argument("--part-images", type=positive_int, default=DEFAULT_PART_IMAGES,
+                   help="--format parquet: images per part file (a crash loses at most the images not yet in one)")
 
 
 def concept_source_from_args(args: argparse.Namespace, runtime=None):
@@ -130,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     paths = list_images(args.images)
     if not paths:
         raise ImageError(f"no images found in {' '.join(args.images)}")
+    if _dataset_mode(args):
+        return run_dataset_command(args, paths)
     out = Path(args.out)
     single = len(paths) == 1 and not Path(args.images[0]).is_dir()
     check_output_folder(out, replace=single)  # before any work: a bad destination fails at once
@@ -201,3 +223,60 @@ def _fail(failures: list[dict[str, str]], path: Path, message: str, args: argpar
     message = message[len(prefix):] if message.startswith(prefix) else message
     failures.append({"image": str(path), "error": message})
     print(f"eac: error: {path}: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- many images: one table
+def _dataset_mode(args: argparse.Namespace) -> bool:
+    """Whether the run writes one Parquet table (``--format parquet``, ``--workers``, ``--ray``)."""
+    parallel = getattr(args, "workers", None) is not None or getattr(args, "ray", None) is not None
+    fmt = getattr(args, "format", None)
+    if fmt == "folders" and parallel:
+        raise ConfigError("--workers and --ray write one Parquet table; use --format parquet")
+    return fmt == "parquet" or parallel
+
+
+def run_dataset_command(args: argparse.Namespace, paths: list[Path]) -> int:
+    """``eac explain ... --format parquet``: one resumable table (:func:`eac.engine.dataset.run_dataset`)."""
+    from ..dataset import RunConfig, run_dataset, table_path
+
+    if args.ray and Path(args.ray).exists():
+        raise ConfigError(f"--ray took {args.ray!r} as the cluster address; put --ray after the images "
+                          "(or write --ray=ADDRESS)")
+    if args.sam:
+        check_sam_limits(args)
+    config = RunConfig(
+        classifier=args.classifier, concepts=args.concepts, n_segments=args.n_segments, sam=args.sam,
+        sam_settings=sam_settings_from_args(args) if args.sam else {}, masks=args.masks, method=args.method,
+        options=method_options(args.method, args.evaluations), seed=args.seed, batch_size=args.batch_size,
+        target=tuple(args.target) if args.target else None, max_concepts=args.max_concepts,
+        max_pixels=args.max_pixels, metrics=args.metrics, overlays=args.overlays, top_k=args.top_k,
+        providers=args.providers, threads=args.threads, device_id=args.device_id, trt_fp16=args.trt_fp16,
+        trt_cache=args.trt_cache, verify=not args.no_verify)
+    bar = tqdm(total=0, desc="explaining", unit="image", disable=args.no_progress, file=sys.stderr)
+
+    def on_plan(total: int, todo: int) -> None:
+        bar.reset(total=todo)
+        if total > todo:
+            print(f"eac: {total - todo} of {total} images already in {table_path(args.out)}; skipping them",
+                  file=sys.stderr)
+
+    def on_result(result) -> None:
+        bar.update(1)
+        if not result.ok:
+            bar.write(f"eac: error: {result.image}: {result.error}", file=sys.stderr)
+
+    try:
+        summary = run_dataset(paths, args.out, config, workers=args.workers or 1, ray=args.ray,
+                              ray_actors=args.workers if args.ray is not None else None,
+                              part_images=args.part_images, on_plan=on_plan, on_result=on_result)
+    finally:
+        bar.close()
+    counts = summary["counts"]
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+    rate = summary["throughput"]["images_per_second"]
+    print(f"eac: {counts['explained']} explained, {counts['skipped']} already done, {counts['failed']} failed "
+          f"of {counts['images']} images" + (f" ({rate:.2f} images/s)" if rate else "")
+          + f"; table {table_path(args.out)} ({counts['rows']} rows)", file=sys.stderr)
+    return EXIT_SOME_FAILED if counts["failed"] else 0
