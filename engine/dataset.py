@@ -635,9 +635,11 @@ def _ray_results(paths: list[str], job: _Job, address: str, actors: int | None,
             ray.init(num_cpus=cpu_cores(), include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False)
         started = True
-    try:
-        context = ray.data.DataContext.get_current()
+    context = ray.data.DataContext.get_current()
+    progress_bars = context.enable_progress_bars
+    if started:  # our own Ray: no progress bars of its own (restored below); a caller's Ray is left alone
         context.enable_progress_bars = False
+    try:
         gpu = resolve_providers(job.config.providers)[0] in GPU_PROVIDERS
         cpus = job.threads or DEFAULT_RAY_ACTOR_CPUS
         resources = ray.cluster_resources()
@@ -656,6 +658,7 @@ def _ray_results(paths: list[str], job: _Job, address: str, actors: int | None,
             yield from _results_of_batch(batch)
     finally:
         if started:
+            context.enable_progress_bars = progress_bars
             ray.shutdown()
 
 
