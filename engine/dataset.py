@@ -991,7 +991,6 @@ def run_dataset(
     failures: list[dict[str, str]] = []
     interrupted = True
     run_info: dict[str, Any] = {"workers": workers if mode == "workers" else 1, "threads_per_worker": threads}
-    work_start = time.perf_counter()
     with _RunLock(out):
         folder = table_path(out)
         _clean(folder)

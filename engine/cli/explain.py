@@ -95,13 +95,13 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--format", choices=FORMATS, default=None,
                    help="folders: one folder per image (default); parquet: one table OUT/explanations.parquet and "
                         "OUT/summary.json, skipping images already done on a re-run (pip install '.[parquet]')")
-    g.add_argument("--workers", type=positive_int, default=None,
+    g.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="engine processes on this machine, CPU threads shared among them (implies --format parquet)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray Data: a local Ray, or join the cluster at ADDRESS; --workers sets the actors "
                         "(implies --format parquet; pip install '.[ray]'; put it after the images, or --ray=ADDRESS)")
     g.add_argument("--overlays", action="store_true", help="--format parquet: also write overlay PNGs to OUT/overlays")
-    g.add_argument("--part-images", type=positive_int, default=DEFAULT_PART_IMAGES,
+    g.add_argument("--part-images", type=positive_int, default=DEFAULT_PART_IMAGES, metavar="N",
                    help="--format parquet: images per part file (a crash loses at most the images not yet in one)")
 
 
