@@ -181,6 +181,27 @@ def test_sigkill_leaves_a_readable_table_and_a_rerun_finishes(tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
+def test_a_crash_between_compaction_and_cleanup_loses_nothing_and_duplicates_nothing(tmp_path, monkeypatch):
+    paths = write_scenes(tmp_path / "images", 3)
+    out = tmp_path / "out"
+    real_compact = ds.compact
+    monkeypatch.setattr(ds, "compact", lambda out: 0)
+    ds.run_dataset(paths, out, config(), part_images=1)
+    parts = sorted(ds.table_path(out).iterdir())
+    assert len(parts) == 3
+    with monkeypatch.context() as m:  # the merged file is in place, the old parts are not deleted yet
+        m.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+        assert real_compact(out) == 3
+    assert len(list(ds.table_path(out).iterdir())) == 4
+    assert [p.name for p in ds.part_files(ds.table_path(out))] == [
+        p.name for p in ds.table_path(out).iterdir() if ds.COMPACT_TAG in p.name]
+    assert ds.read_table(out).num_rows == 3
+    monkeypatch.setattr(ds, "compact", real_compact)
+    summary = ds.run_dataset(paths, out, config())  # the next run removes the replaced parts
+    assert summary["counts"]["skipped"] == 3 and summary["counts"]["rows"] == 3
+    assert [p.name for p in ds.table_path(out).iterdir()] == [p.name for p in ds.part_files(ds.table_path(out))]
+
+
 def test_two_workers_give_the_values_of_one_process(tmp_path):
     images = tmp_path / "images"
     write_scenes(images, 3)
