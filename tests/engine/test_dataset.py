@@ -202,6 +202,15 @@ def test_a_crash_between_compaction_and_cleanup_loses_nothing_and_duplicates_not
     assert [p.name for p in ds.table_path(out).iterdir()] == [p.name for p in ds.part_files(ds.table_path(out))]
 
 
+def test_worker_processes_start_with_capped_blas_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # the user's own setting wins
+    with ds._child_thread_env(1):
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        assert os.environ["MKL_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
+
+
 def test_two_workers_give_the_values_of_one_process(tmp_path):
     images = tmp_path / "images"
     write_scenes(images, 3)
