@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"engine": "eac.engine", "export": "eac.export", "kernels": "eac.kernels", "bench": "eac.bench"}
 #: Third-party imports the runtime (engine, kernels) may make at all, anywhere.
 RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "cv2", "onnx", "tqdm"}
+#: Optional extras the runtime may import inside functions only (dataset runs: parquet, ray).
+OPTIONAL_LAZY = {"pyarrow", "ray"}
 
 
 def _module_name(path: Path) -> str:
@@ -145,6 +147,9 @@ def violations(module: str, top: set[str], lazy: set[str]) -> list[str]:
                     found.append(f"{module} (runtime) imports {target}")
                 elif name not in lazy:
                     found.append(f"{module} imports {target} at module level; import it inside the command")
+        elif root in OPTIONAL_LAZY:
+            if name not in lazy:
+                found.append(f"{module} imports the optional {name} at module level; import it where it is used")
         elif root not in RUNTIME_THIRD_PARTY and root not in sys.stdlib_module_names:
             found.append(f"{module} imports {name}, which the runtime may not use")
     return found
@@ -163,3 +168,5 @@ def test_wrong_way_edges_would_be_caught():
     assert violations("eac.engine.cli.explain", set(), {"eac.bench.cli.register"}) == []
     assert violations("eac.kernels.shapley", {"eac.engine.errors.ExplainError"}, set())
     assert violations("eac.engine.sam", set(), {"torch"})
+    assert violations("eac.engine.dataset", {"pyarrow.parquet"}, set())
+    assert violations("eac.engine.dataset", set(), {"pyarrow.parquet"}) == []
