@@ -7,7 +7,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from eac.engine.cli import main
 from eac.engine.concepts import Concepts
 from eac.engine.scenes import make_scene
@@ -23,6 +22,7 @@ SOME = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--box-nms-th
 @pytest.fixture(scope="module")
 def sam_folder(tmp_path_factory):
     from eac.export.sam import export_sam_model
+
     from tests.sam_fixtures import build_tiny_sam
 
     out = tmp_path_factory.mktemp("cli_sam") / "tiny"
@@ -57,7 +57,9 @@ def test_explain_with_sam_concepts(sam_folder, photo, tmp_path, demo_classifier_
                  "--out", str(tmp_path / "e"), "--json", *SOME])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["num_concepts"] > 0 and data["timings"]["concepts"] > 0
+    assert not data["failures"] and len(data["results"]) == 1
+    result = data["results"][0]
+    assert result["num_concepts"] > 0 and result["timings"]["concepts"] > 0
     assert (tmp_path / "e" / "overlay.png").is_file()
 
 

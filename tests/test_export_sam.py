@@ -151,6 +151,32 @@ def test_fp16_export_keeps_norms_and_softmax_in_fp32(tiny_sam, tmp_path):
         assert checked > 0
 
 
+def test_factored_decoder_matches_sam_in_pytorch(tiny_sam):
+    """The re-associated decoder computes SAM's decoder (one and several points, every label kind)."""
+    from eac.export.sam_graphs import DEFAULT_DECODER_GRAPH, decoder_module, synthetic_prompts
+
+    assert DEFAULT_DECODER_GRAPH == "factored"
+    module = decoder_module(tiny_sam, fp16=False)
+    embeddings = torch.randn(1, 32, 64, 64, generator=torch.Generator().manual_seed(3))
+    for batch, points, mixed in [(4, 1, False), (3, 3, True)]:
+        coords, labels = synthetic_prompts(batch, points, 1024, seed=batch, mixed_labels=mixed)
+        coords, labels = torch.from_numpy(coords), torch.from_numpy(labels)
+        ref_masks, ref_iou = sam_export.reference_decoder(tiny_sam, embeddings, coords, labels)
+        with torch.no_grad():
+            masks, iou = module(embeddings, coords, labels)
+        assert torch.allclose(masks, ref_masks, atol=1e-4) and torch.allclose(iou, ref_iou, atol=1e-5)
+        assert ref_masks.std() > 0.1
+
+
+def test_manifest_records_the_decoder_graph(exported, tiny_sam, tmp_path):
+    assert read_manifest(exported, "sam")["decoder"]["graph"] == "factored"
+    manifest = sam_export.export_sam_model(tiny_sam, tmp_path / "batched", "tiny", validate=True,
+                                           decoder_graph="batched")
+    assert manifest["decoder"]["graph"] == "batched"
+    with pytest.raises(ExportError, match="unknown decoder graph"):
+        sam_export.export_sam_model(tiny_sam, tmp_path / "bad", "tiny", decoder_graph="fast")
+
+
 def test_batched_decoder_graph_is_not_specialised_to_the_trace_batch(exported):
     model = onnx.load(str(exported / "decoder.onnx"))
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
