@@ -51,7 +51,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..kernels.rle import decode_masks, encode_masks
 from .concepts import Frame
+from .dataset_schema import SCHEMA_VERSION
 from .errors import ExplainError
 
 STAGES = ("concepts", "evaluations", "fit", "values")
@@ -253,6 +255,7 @@ class Explanation:
         """
         return strict_json(
             {
+                "schema_version": SCHEMA_VERSION,
                 "method": self.method,
                 "value_type": self.value_type,
                 "targets": [int(t) for t in self.targets],
@@ -265,6 +268,7 @@ class Explanation:
                 "ranking": self.ranking,
                 "ties": self.ties,
                 "concept_areas": self.masks.sum(axis=(1, 2)) if self.masks.ndim == 3 else [],
+                "masks_rle": encode_masks(self.masks) if self.masks.ndim == 3 and self.masks.size else [],
                 "num_evaluations": int(self.num_evaluations),
                 "timings": {k: float(v) for k, v in self.timings.items()},
                 "provider": self.provider,
@@ -394,6 +398,8 @@ class Explanation:
                     f"{folder}: {JSON_NAME} and {masks_path.name} come from different saves; "
                     "save the explanation again"
                 )
+        elif data.get("masks_rle"):
+            masks = decode_masks(data["masks_rle"])
         else:
             masks = np.zeros((n, 0, 0), dtype=bool)
         crop = None

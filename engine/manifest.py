@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,7 +65,7 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> Path:
         raise ValueError(f"manifest kind must be one of {KINDS}, got {manifest.get('kind')!r}")
     data = {"format_version": FORMAT_VERSION, "eac_version": eac_version(), **manifest}
     path = Path(folder) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path
@@ -172,7 +173,7 @@ def _write_verified(entries: dict[str, Any]) -> None:
         entries = dict(list(entries.items())[-VERIFIED_CACHE_MAX:])
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.tmp"
+        tmp = folder / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(entries))
         os.replace(tmp, folder / VERIFIED_CACHE_NAME)
     except OSError:
