@@ -308,6 +308,17 @@ def targets_section(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _rounded(obj):
+    """Floats to 5 significant digits (keeps the results file small)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.5g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     result = run_study(args.quick)
     text = markdown(result)
     print(text)
+    payload = json.dumps(_rounded(result), separators=(",", ":"))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(payload)
     if not args.quick and not args.no_write:
         RESULTS_DIR.mkdir(exist_ok=True)
-        (RESULTS_DIR / "estimators.json").write_text(json.dumps(result, indent=1))
+        (RESULTS_DIR / "estimators.json").write_text(payload)
         (RESULTS_DIR / "estimators.md").write_text(text)
     return 0
 
