@@ -67,7 +67,7 @@ from .workloads import (
 )
 
 #: Scenes of a full run, and of a QUICK run.
-PEER_SCENES = 6
+PEER_SCENES = 4
 QUICK_PEER_SCENES = 1
 #: A QUICK run caps the peers' default sample counts at this (labelled in the setting column).
 QUICK_MAX_SAMPLES = 256
