@@ -813,7 +813,7 @@ def run_peers(opts: BenchOptions) -> BenchReport:
                 setting,
                 st.settings[0]
                 if len(set(st.settings)) == 1
-                else f"{st.settings[0]} (image 1; follows eac's evaluations per image)",
+                else f"{st.settings[0]} (image 1; varies per image)",
             ]
         )
     n_list = [c.n for c in cases]
