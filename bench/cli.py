@@ -45,7 +45,8 @@ how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already e
   ≈ 6 min, PIE fit 15 s, Monte-Carlo values 77 s; engine ≈ 6 s; reference peak RSS
   ≈ 10 GB), concepts ≈ 5 min (reference generator ≈ 3 min, engine ≈ 30 s, agreement
   check ≈ 1.5 min), fidelity ≈ 3 min, end-to-end ≈ 9 min (estimated from the two
-  stages), peers ≈ 12 min (4 scenes, --warmup 1, on a loaded machine). The first run exports the models into $EAC_CACHE/bench (ResNet-50 ≈ 20 s,
+  stages), peers ≈ 12 min (4 scenes, --warmup 1, on a loaded machine). The first run
+  exports the models into $EAC_CACHE/bench (ResNet-50 ≈ 20 s,
   SAM ViT-B ≈ 2-4 min, scene classifier training: minutes; 13 min on a busy machine).
   --quick runs tiny models with fewer evaluations in about a minute (plus a
   one-time export of the tiny models); its results are labelled QUICK and say
