@@ -288,7 +288,7 @@ def test_methods_refuse_classifiers_without_feature_map_or_head(method):
         method().run(inp)
     black_box = FakeClassifier(black_box=True)
     black_box.has_feature_map = True
-    with pytest.raises(ExplainError, match="head.npz"):
+    with pytest.raises(ExplainError, match=r"head\.npz"):
         method().check_classifier(black_box)
     with pytest.raises(ExplainError, match="--evaluations"):
         method.budget(100)
