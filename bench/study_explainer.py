@@ -45,40 +45,36 @@ def main(argv: list[str] | None = None) -> int:
     clf = Classifier.from_folder(demo_classifier_path())
     size = clf.input_hw[0]
 
+    # Rows of each study: the default eac, its surrogate variants, the old surrogate-only estimator, the peers.
+    common = [
+        ("eac-surrogate", {}),
+        ("eac-faithful", {}),
+        ("kernelshap", {"num_samples": 512}),
+        ("lime", {}),
+        ("loo", {}),
+    ]
     VARIANTS = {
         "default": [
             ("eac", {}),
-            ("eac", {"sampler": "uniform"}),
-            ("eac", {"surrogate": "linear-logits"}),
-            ("eac", {"min_evaluations": 64, "max_evaluations": 128}),
-            ("eac", {"min_evaluations": 256, "max_evaluations": 256}),
-            ("eac", {"min_evaluations": 512, "max_evaluations": 512}),
-            ("eac", {"sampler": "uniform", "min_evaluations": 512, "max_evaluations": 512}),
-            ("eac-faithful", {}),
-            ("kernelshap", {"num_samples": 256}),
-            ("lime", {}),
-            ("loo", {}),
+            ("eac", {"surrogate": "logistic"}),
+            ("eac", {"surrogate": "pie"}),
+            ("eac", {"surrogate": "none"}),
+            ("eac", {"min_evaluations": 1024, "max_evaluations": 1024}),
+            *common,
         ],
         "n32default": [
             ("eac", {}),
-            ("eac", {"sampler": "kernel"}),
+            ("eac-surrogate", {}),
         ],
         "n32": [
             ("eac", {}),
-            ("eac", {"min_evaluations": 512, "max_evaluations": 512}),
-            ("eac-faithful", {}),
-            ("kernelshap", {"num_samples": 256}),
-            ("lime", {}),
-            ("loo", {}),
+            ("eac", {"min_evaluations": 1024, "max_evaluations": 1024}),
+            *common,
         ],
         "big": [
             ("eac", {}),
-            ("eac", {"sampler": "uniform"}),
-            ("eac", {"min_evaluations": 512, "max_evaluations": 512}),
-            ("eac-faithful", {}),
-            ("kernelshap", {"num_samples": 256}),
-            ("lime", {}),
-            ("loo", {}),
+            ("eac", {"min_evaluations": 1024, "max_evaluations": 1024}),
+            *common,
         ],
     }[args.variants]
 
@@ -104,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             from eac.kernels.shapley import permutation_shapley
             from eac.kernels.surrogate import softmax
             ev0 = MaskedEvaluator(clf, scene.image, masks)
-            vfn = lambda c: softmax(ev0.evaluate(c.astype(bool)).logits)[:, [scene.label]]
+            def vfn(c, ev0=ev0, label=scene.label):
+                return softmax(ev0.evaluate(c.astype(bool)).logits)[:, [label]]
             vals, errs = permutation_shapley(vfn, n, args.mc_reference, np.random.default_rng(99 + s), rows_per_call=4096)
             exact = SimpleNamespace(values=vals[:, 0], ranking=np.argsort(-vals[:, 0], kind="stable"),
                                     num_evaluations=ev0.num_evaluations)

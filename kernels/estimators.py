@@ -421,6 +421,7 @@ class _Run:
             self.slices = [slice(int(edges[s]), int(edges[s + 1])) for s in range(n + 1)]
         self.units: dict[int, np.ndarray] = {}
         self.mc_units: dict[int, np.ndarray] = {}
+        self.mc_draws: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k → (S rows, c(S)) of g's Monte Carlo
         self.r2: np.ndarray | None = None
 
     # ------------------------------------------------------------------ sampling
@@ -555,8 +556,11 @@ class _Run:
     def _mc_stratum(self, k: int, models: list[Model], frac: np.ndarray) -> np.ndarray:
         """Monte-Carlo units of Σ_j frac_j·θ_k(g_j): SURROGATE_MC_PAIRS×N×T."""
         n = self.n
-        s = _draw_stratum(n, k, SURROGATE_MC_PAIRS, self.rng)
-        c = _c_matrix(s, n, k)
+        cached = self.mc_draws.get(k)
+        if cached is None:  # one Monte-Carlo sample per stratum, reused every round (its error is in the variance)
+            drawn = _draw_stratum(n, k, SURROGATE_MC_PAIRS, self.rng)
+            cached = self.mc_draws[k] = (drawn, _c_matrix(drawn, n, k))
+        s, c = cached
         dg = sum(fr * (_as_matrix(mod(s)) - _as_matrix(mod(~s)))
                  for fr, mod in zip(frac, models, strict=True) if fr > 0)
         return _stratum_weight(n, k) * c[:, :, None] * dg[:, None, :]

@@ -82,17 +82,46 @@ def test_every_method_declares_its_value_type(scene):
     assert VALUE_TYPE["eac"] == "shapley" and VALUE_TYPE["eac-faithful"] == "banzhaf"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_eac_tracks_exact_shapley_of_the_classifier(seed):
-    """Nonlinear fake classifier, N = 12 disjoint cells: eac (≤ 256 runs) vs 2^12 exact runs."""
+#: Fidelity bar of the default method on the fake at N = 12 (tanh MLP with strong interactions, values up
+#: to ±0.3 on the probability scale). Measured over seeds 0-5: eac max |error| 0.008-0.027 with ≤ 513
+#: evaluations; the old surrogate estimator 0.029-0.089, paired KernelSHAP at 513 evaluations 0.021-0.055,
+#: leave-one-out 0.28-0.45.
+EAC_MIN_SPEARMAN = 0.95
+EAC_MAX_ABS_ERROR = 0.03
+EAC_MAX_EVALUATIONS = 512 + 1  # the estimator's cap plus the full-crop run
+#: Share of concepts whose 95 % interval must hold the exact value (pooled over the seeds).
+EAC_MIN_COVERAGE = 0.8
+EAC_SEEDS = (0, 1, 2)
+
+
+def _fidelity_case(seed):
     clf = FakeClassifier(seed=seed, scale=3.0)
     crop = random_image(seed=seed + 5)
     masks = grid_masks(rows=3, cols=4)
-    exact = explain(crop, clf, masks, method="shapley-exact")
-    fast = explain(crop, clf, masks, method="eac", seed=seed)
-    assert fast.num_evaluations <= 257
-    assert spearman(fast.values, exact.values) >= 0.9
-    assert fast.info["values_exact_on_surrogate"] and fast.stderr is None
+    return clf, crop, masks, explain(crop, clf, masks, method="shapley-exact")
+
+
+def test_eac_tracks_exact_shapley_values_where_weaker_methods_do_not():
+    """Nonlinear fake classifier, N = 12 disjoint cells: eac (≤ 512 runs) vs 2^12 exact runs;
+    leave-one-out and the old surrogate-only estimator fail the same bar, KernelSHAP is less accurate."""
+    covered = []
+    for seed in EAC_SEEDS:
+        clf, crop, masks, exact = _fidelity_case(seed)
+        fast = explain(crop, clf, masks, method="eac", seed=seed)
+        err = np.abs(fast.values - exact.values)
+        assert fast.num_evaluations <= EAC_MAX_EVALUATIONS
+        assert spearman(fast.values, exact.values) >= EAC_MIN_SPEARMAN
+        assert err.max() <= EAC_MAX_ABS_ERROR
+        assert abs(fast.values.sum() - exact.values.sum()) < 1e-6  # exact efficiency: f(all) − f(none)
+        assert fast.stderr is not None and (fast.stderr > 0).all()
+        assert fast.info["stop_reason"] in ("resolved", "precise", "budget")
+        covered.extend(err <= fast.info["interval_z"] * fast.stderr)
+        for weaker in ("loo", "eac-surrogate"):
+            other = explain(crop, clf, masks, method=weaker, seed=seed)
+            assert np.abs(other.values - exact.values).max() > EAC_MAX_ABS_ERROR, weaker
+        kernel = explain(crop, clf, masks, method="kernelshap", seed=seed, num_samples=fast.num_evaluations - 3)
+        assert np.abs(kernel.values - exact.values).max() > err.max()
+    assert np.mean(covered) >= EAC_MIN_COVERAGE
 
 
 def test_eac_enumerates_when_cheaper(scene):
@@ -101,19 +130,37 @@ def test_eac_enumerates_when_cheaper(scene):
     fast = explain(crop, clf, masks, method="eac")
     exact = explain(crop, clf, masks, method="shapley-exact")
     np.testing.assert_allclose(fast.values, exact.values)
-    assert fast.info["enumerated"]
+    assert fast.info["enumerated"] and fast.info["stop_reason"] == "enumerated" and fast.stderr is None
 
 
-def test_eac_many_concepts_uses_estimator_with_stderr(scene):
+def test_eac_is_seeded_budgeted_and_its_intervals_shrink_with_the_budget(scene):
     clf, crop = scene
-    masks = grid_masks(rows=3, cols=6)  # N = 18 > exact_max_n
-    # no early stop and one sampler: the same coalitions in both runs
-    fixed = {"min_evaluations": 256, "max_evaluations": 256, "sampler": "uniform"}
-    sampled = explain(crop, clf, masks, method="eac", seed=3, **fixed)
-    assert sampled.stderr is not None and sampled.stderr.shape == (18,) and (sampled.stderr > 0).all()
-    exact_sur = explain(crop, clf, masks, method="eac", seed=3, exact_max_n=18, **fixed)
-    # Same evaluations and fit; only the value computation differs.
-    assert np.all(np.abs(sampled.values - exact_sur.values) <= 6 * sampled.stderr + 1e-3)
+    masks = grid_masks(rows=3, cols=6)  # N = 18: the surrogate's terms are sampled too
+    fixed = {"min_evaluations": 256, "max_evaluations": 256}
+    a = explain(crop, clf, masks, method="eac", seed=3, **fixed)
+    b = explain(crop, clf, masks, method="eac", seed=3, **fixed)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.num_evaluations <= 256 + 1 and a.info["stop_reason"] == "budget"
+    more = explain(crop, clf, masks, method="eac", seed=3, min_evaluations=1024, max_evaluations=1024)
+    assert more.num_evaluations > a.num_evaluations
+    assert np.median(more.stderr) < np.median(a.stderr)
+    assert abs(a.values.sum() - more.values.sum()) < 1e-6  # both exactly efficient
+
+
+def test_eac_refuses_a_budget_below_what_the_concepts_need(scene):
+    clf, crop = scene
+    masks = grid_masks(rows=4, cols=8)  # N = 32 needs ∅, N and 4 pairs per size: 130 coalitions
+    with pytest.raises(ExplainError, match="at least 130"):
+        explain(crop, clf, masks, method="eac", min_evaluations=64, max_evaluations=64)
+
+
+def test_eac_pie_surrogate_needs_features_and_head(scene):
+    clf, crop = scene
+    masks = grid_masks(rows=3, cols=4)
+    expl = explain(crop, clf, masks, method="eac", surrogate="pie", seed=1)
+    assert expl.info["surrogate"] == "pie" and np.isfinite(expl.values).all()
+    with pytest.raises(ExplainError, match="head"):
+        explain(crop, FakeClassifier(black_box=True), masks, method="eac", surrogate="pie")
 
 
 def test_eac_faithful_is_seeded_and_needs_a_head(scene):
@@ -219,9 +266,11 @@ def test_bad_methods_options_and_masks(scene):
     with pytest.raises(ExplainError, match="positive"):
         Explainer(clf, method="lime", num_samples=0)
     with pytest.raises(ExplainError, match="exact_max_n"):
-        Explainer(clf, method="eac", exact_max_n=40)
+        Explainer(clf, method="eac-surrogate", exact_max_n=40)
     with pytest.raises(ExplainError, match="larger"):
-        Explainer(clf, method="eac", min_evaluations=512)
+        Explainer(clf, method="eac", min_evaluations=1024)
+    with pytest.raises(ExplainError, match="surrogate"):
+        Explainer(clf, method="eac", surrogate="quadratic")
     with pytest.raises(ConceptError, match="N×32×32"):
         explain(crop, clf, np.ones((2, 16, 16), bool))
     with pytest.raises(ConceptError, match="boolean"):
@@ -263,7 +312,7 @@ def test_evaluator_batches_and_counts(scene, batch_size):
 
 def test_explainer_reuse_and_settings(scene):
     clf, crop = scene
-    ex = Explainer(clf, method="eac", seed=3, batch_size=16, max_evaluations=128)
+    ex = Explainer(clf, method="eac", seed=3, batch_size=16, min_evaluations=128, max_evaluations=128)
     a = ex.explain(crop, grid_masks(rows=3, cols=4))
     b = ex.explain(crop, grid_masks(rows=3, cols=4))
     np.testing.assert_array_equal(a.values, b.values)
@@ -272,11 +321,11 @@ def test_explainer_reuse_and_settings(scene):
 
 
 # ------------------------------------------------------------------ trained classifier
-# Thresholds measured on the trained fixture, see /tmp/eac_explainer_measurements.md.
 #: Scenes of the trained fixture used below (unseen in training).
 TRAINED_SCENES = (0, 1, 2)
-#: eac vs eac-faithful rank agreement required on the trained fixture. Measured on scenes
-#: 0-11 with 3×3 background tiles (N = 11-13): see the measurements file.
+#: eac vs eac-faithful rank agreement required on the trained fixture (3×3 background tiles, N = 11-13).
+#: Measured with this test's print (2026-11-22): Spearman 0.973, 0.955, 0.995 on scenes 0-2; eac insertion
+#: AUC 91.4 against 64.5 for random rankings.
 MIN_FAITHFUL_AGREEMENT = 0.8
 
 

@@ -11,13 +11,23 @@ written); 2 a usage or input error (one line on stderr); 130 interrupted.
 
 from __future__ import annotations
 
-import argparse
-import sys
-import traceback
-from typing import Sequence
+import os
 
-from ..errors import EacError
-from . import bench, concepts, demo, explain, export
+#: numpy's BLAS threads for the command (unless the user set them): the numeric kernels work on small
+#: matrices, where a second BLAS thread spinning beside ONNX Runtime's threads made the values stage up
+#: to 10× slower on a busy 2-core machine (measured: 7.8 s vs 0.83 s for one eac estimate at N = 28).
+#: ONNX Runtime has its own thread pool and is not affected, nor is torch in `eac bench` (OpenMP and
+#: MKL, not numpy's OpenBLAS). Set before numpy is first imported.
+BLAS_THREAD_VARIABLE = "OPENBLAS_NUM_THREADS"
+os.environ.setdefault(BLAS_THREAD_VARIABLE, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from ..errors import EacError  # noqa: E402
+from . import bench, concepts, demo, explain, export  # noqa: E402
 
 #: Subcommand modules, in --help order; each has ``register(subparsers)``.
 SUBCOMMANDS = (export, concepts, explain, demo, bench)

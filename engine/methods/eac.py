@@ -1,11 +1,143 @@
-"""``eac`` (default): EAC made fast. (Interim: the surrogate estimator; see eac_surrogate.)"""
+"""``eac`` (default): EAC made fast and faithful — the classifier's Shapley values, with the
+fitted surrogate used only as a control variate.
+
+The values estimate the Shapley values of the classifier's probability of the
+explained class over the concepts (not those of a surrogate):
+
+    φ̂ = φ(g) + (unbiased estimate of φ(f − g) from paired coalitions)
+
+Coalitions come in pairs (S, S̄) stratified by size; small strata are evaluated
+completely; a surrogate g (default: logistic with the pairwise terms that best
+explain the additive fit's residuals; also the PIE form through the classifier's
+own head) is cross-fitted so it never corrects the coalitions it was fitted on.
+Every draw satisfies efficiency exactly (Σφ̂ = f(all) − f(none)); standard errors
+cover the whole estimator (the pair is the sampling unit). Rounds stop once the
+top-k ranking is resolved by the intervals, or every interval is narrow, or at
+the budget; the Explanation says which (``info["stop_reason"]``). When 2^N
+coalitions fit in the budget the classifier is enumerated and the values are
+exact. See :func:`eac.kernels.estimators.residual_shapley` and the measurements
+behind the defaults in ``bench/results/estimators.md``.
+"""
 
 from __future__ import annotations
 
-from .eac_surrogate import EacSurrogate
+import numpy as np
+
+from ...kernels.estimators import (
+    DEFAULT_FOLDS,
+    DEFAULT_MAX_EVALUATIONS,
+    DEFAULT_MIN_EVALUATIONS,
+    DEFAULT_REL_TOL,
+    DEFAULT_ROUND_SIZE,
+    DEFAULT_SURROGATE,
+    DEFAULT_TOP_K,
+    DEFAULT_Z,
+    MIN_STRATUM_DRAWS,
+    SURROGATES,
+    residual_shapley,
+)
+from ...kernels.surrogate import softmax
+from ..errors import ExplainError
+from .base import Method, MethodInput, MethodResult
+
+#: The classifier's full-crop run is counted by the evaluator but is not one of the estimator's coalitions.
+FULL_CROP_RUNS = 1
 
 
-class Eac(EacSurrogate):
+def minimum_budget(n: int) -> int:
+    """Fewest coalitions the estimator needs for N concepts: ∅, N and a few pairs per size stratum."""
+    return 2 + 2 * MIN_STRATUM_DRAWS * (n // 2)
+
+
+class Eac(Method):
     name = "eac"
-    summary = ("the PIE surrogate collapsed to the explained class, σ(α·b + β), fitted on paired coalitions; "
-               "Shapley values of the surrogate")
+    value_type = "shapley"
+    summary = ("Shapley values of the classifier, estimated from paired coalitions with a cross-fitted surrogate "
+               "as control variate: exact efficiency, standard errors that cover the whole estimate, stops when "
+               "the top concepts are resolved")
+    cost = (f"{DEFAULT_MIN_EVALUATIONS}–{DEFAULT_MAX_EVALUATIONS} (--evaluations raises the cap); 2^N when that "
+            "fits (exact)")
+    defaults = {
+        "min_evaluations": DEFAULT_MIN_EVALUATIONS,
+        "max_evaluations": DEFAULT_MAX_EVALUATIONS,
+        "round_size": DEFAULT_ROUND_SIZE,
+        "surrogate": DEFAULT_SURROGATE,
+        "top_k": DEFAULT_TOP_K,
+        "rel_tol": DEFAULT_REL_TOL,
+        "z": DEFAULT_Z,
+        "folds": DEFAULT_FOLDS,
+    }
+    budget_option = "max_evaluations"
+    min_budget = 4
+    positive_options = ("min_evaluations", "max_evaluations", "round_size", "top_k", "folds")
+
+    @property
+    def needs_features(self) -> bool:  # type: ignore[override]
+        return self.options["surrogate"] == "pie"
+
+    @property
+    def needs_head(self) -> bool:  # type: ignore[override]
+        return self.options["surrogate"] == "pie"
+
+    def check(self) -> None:
+        o = self.options
+        if o["surrogate"] not in SURROGATES:
+            raise ExplainError(f"eac surrogate must be one of {', '.join(SURROGATES)}, got {o['surrogate']!r}")
+        if o["min_evaluations"] > o["max_evaluations"]:
+            raise ExplainError("eac: min_evaluations is larger than max_evaluations")
+        if o["round_size"] < 2 or o["folds"] < 2:
+            raise ExplainError("eac: round_size and folds must be at least 2")
+        if not (o["z"] > 0 and o["rel_tol"] >= 0):
+            raise ExplainError("eac: z must be positive and rel_tol non-negative")
+
+    @classmethod
+    def budget(cls, evaluations: int) -> dict:
+        options = super().budget(evaluations)
+        options["min_evaluations"] = min(evaluations, DEFAULT_MIN_EVALUATIONS)
+        return options
+
+    def run(self, inp: MethodInput) -> MethodResult:
+        o = self.options
+        n = inp.num_concepts
+        targets = inp.targets
+        pie = o["surrogate"] == "pie"
+
+        def value_fn(coalitions: np.ndarray):
+            out = inp.evaluator.evaluate(coalitions, desc="eac")
+            values = softmax(out.logits)[:, targets]
+            return (values, out.features) if pie else values
+
+        cap = int(o["max_evaluations"])
+        info: dict = {}
+        least = minimum_budget(n)
+        if cap < least and 2**n > cap:
+            if cap != self.defaults["max_evaluations"]:
+                raise ExplainError(f"eac needs at least {least} evaluations for {n} concepts "
+                                   f"({MIN_STRATUM_DRAWS} coalition pairs per size); raise --evaluations to {least}")
+            info["budget_raised_to"] = least  # the default budget, too small for this many concepts
+            cap = least
+        head = None
+        if pie:
+            weight, bias = inp.classifier.head
+            head = (weight, bias, targets)
+        fit_start = inp.evaluator.seconds
+        with inp.timed("values"):
+            est = residual_shapley(value_fn, n, inp.rng, surrogate=o["surrogate"], head=head,
+                                   min_evaluations=min(int(o["min_evaluations"]), cap), max_evaluations=cap,
+                                   round_size=int(o["round_size"]), top_k=int(o["top_k"]),
+                                   rel_tol=float(o["rel_tol"]), z=float(o["z"]), folds=int(o["folds"]))
+        # The estimator's wall time includes the classifier runs it asked for: count those as evaluations.
+        inp.timings["values"] -= inp.evaluator.seconds - fit_start
+        info.update({
+            "stop_reason": est.stop_reason,
+            "surrogate": est.info.get("surrogate"),
+            "surrogate_r2_heldout": est.info.get("r2_heldout"),
+            "rounds": est.info.get("rounds"),
+            "efficiency_gap": est.info.get("efficiency_gap"),
+            "coalitions": est.evaluations,
+            "interval_z": float(o["z"]),
+        })
+        if est.stop_reason == "enumerated":
+            info["enumerated"] = True
+        stderr = None if est.stop_reason == "enumerated" else est.stderr.T
+        return MethodResult(est.values.T, stderr, ties=est.ties[0] if est.ties else None, info=info)
