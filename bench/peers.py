@@ -28,7 +28,7 @@ shapiq
     It has no default budget (the budget is a required argument).
 eac
     ``eac``, ``eac-faithful``, ``kernelshap``, ``lime``, ``loo`` through
-    :func:`eac.engine.explain.explain`, and ``secam`` / ``cam`` when the model
+    :func:`eac.engine.explainer.explain`, and ``secam`` / ``cam`` when the model
     folder has a feature map.
 
 Each peer runs at its documented defaults and at eac's evaluation budget (the
@@ -277,8 +277,8 @@ def _eac_budget_options(method: str, budget: int) -> dict[str, Any]:
 
 
 def eac_peers(engine: Any, seed: int, batch: int, with_cam: bool, quick: bool) -> list[Peer]:
-    """eac's methods through :func:`eac.engine.explain.explain` on the (counted) ONNX classifier."""
-    from ..engine.explain import explain
+    """eac's methods through :func:`eac.engine.explainer.explain` on the (counted) ONNX classifier."""
+    from ..engine.explainer import explain
 
     def run_method(method: str):
         def run(case: Case, kwargs: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:

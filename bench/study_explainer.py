@@ -22,7 +22,7 @@ import numpy as np
 from eac.engine.classifier import Classifier
 from eac.engine.demo import demo_classifier_path
 from eac.engine.evaluator import MaskedEvaluator
-from eac.engine.explain import explain
+from eac.engine.explainer import explain
 from eac.engine.metrics import insertion_deletion, random_ranking_auc, spearman
 from eac.engine.scenes import make_scene, scene_concepts
 from eac.engine.sources import GridSource, SuperpixelSource

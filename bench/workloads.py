@@ -386,7 +386,7 @@ def ranking_agreement(values: np.ndarray, reference: np.ndarray, k: int = TOP_K)
 
 def _engine_explain(pair: ClassifierPair, crop: np.ndarray, masks: np.ndarray, opts: BenchOptions,
                     method: str = ENGINE_METHOD, **options: Any):
-    from ..engine.explain import explain
+    from ..engine.explainer import explain
 
     return explain(crop, pair.engine, masks, method=method, seed=opts.seed, **options)
 
@@ -801,7 +801,7 @@ def fidelity_scenes(size: int, count: int, seed: int = FIDELITY_SCENE_SEED):
 def run_fidelity(opts: BenchOptions) -> BenchReport:
     """Concept values vs exact Shapley values of the trained classifier, and insertion/deletion AUC."""
     from ..engine.evaluator import MaskedEvaluator
-    from ..engine.explain import explain
+    from ..engine.explainer import explain
     from ..engine.metrics import insertion_deletion, random_ranking_auc
 
     sm = trained_scene_model(opts)

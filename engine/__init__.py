@@ -8,7 +8,7 @@ What lives here (imports numpy, onnxruntime and opencv only):
 - :mod:`~eac.engine.sources` — concepts without SAM (user masks, superpixels, grids);
 - :mod:`~eac.engine.evaluator` — masked evaluations of coalitions of concepts;
 - :mod:`~eac.engine.methods` — the explanation methods, one module each, registered by name;
-- :mod:`~eac.engine.explain` — :class:`Explainer` / :func:`explain`: one image through one method;
+- :mod:`~eac.engine.explainer` — :class:`Explainer` / :func:`explain`: one image through one method;
 - :mod:`~eac.engine.explanation` — the result, its files and pictures;
 - :mod:`~eac.engine.cli` — the ``eac`` command, above everything else.
 
@@ -29,13 +29,13 @@ from typing import Any
 _API = {
     "Classifier": "classifier",
     "Concepts": "concepts",
-    "Explainer": "explain",
+    "Explainer": "explainer",
     "Explanation": "explanation",
     "Frame": "concepts",
     "Runtime": "session",
     "SamConceptGenerator": "sam",
     "SessionOptions": "session",
-    "explain": "explain",
+    "explain": "explainer",
 }
 __all__ = sorted(_API)
 

@@ -390,7 +390,7 @@ class DatasetWorker:
 
     def __init__(self, job: _Job) -> None:
         from .classifier import Classifier
-        from .explain import Explainer
+        from .explainer import Explainer
         from .session import Runtime, SessionOptions
 
         config = job.config

@@ -23,13 +23,15 @@ as the explanation (same baseline, batching, evaluation count).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..kernels.surrogate import softmax
 from .errors import ExplainError
-from .evaluator import MaskedEvaluator
+
+if TYPE_CHECKING:  # the evaluator needs ONNX Runtime; the rank statistics here do not
+    from .evaluator import MaskedEvaluator
 
 PERCENT = 100.0
 #: Random rankings averaged by :func:`random_ranking_auc`.
@@ -153,6 +155,8 @@ def add_metrics(explanation: Any, classifier: Any, batch_size: int | None = None
     Uses the explanation's own crop and masks with a black baseline; for several
     targets, the first one's ranking.
     """
+    from .evaluator import MaskedEvaluator
+
     start = time.perf_counter()
     evaluator = MaskedEvaluator(classifier, explanation.crop, explanation.masks, baseline="black",
                                 batch_size=batch_size, record_features=False)

@@ -11,7 +11,7 @@ import pytest
 from eac.engine.concepts import Concepts, Frame
 from eac.engine.errors import ConceptError, ExplainError
 from eac.engine.evaluator import MaskedEvaluator
-from eac.engine.explain import METHODS, VALUE_TYPE, Explainer, explain
+from eac.engine.explainer import METHODS, VALUE_TYPE, Explainer, explain
 from eac.engine.metrics import spearman
 
 from .explainer_fakes import FakeClassifier, grid_masks, random_image

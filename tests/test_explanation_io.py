@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from eac.engine import explanation as explanation_module
 from eac.engine.errors import ExplainError
-from eac.engine.explain import explain
+from eac.engine.explainer import explain
 from eac.engine.explanation import (
     CUTOUT_PATTERN,
     JSON_NAME,

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from eac.engine.classifier import Classifier
-from eac.engine.explain import Explainer
+from eac.engine.explainer import Explainer
 from eac.engine.scenes import make_scene
 from eac.engine.sources import SuperpixelSource
 

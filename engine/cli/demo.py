@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
     from ..demo import DEMO_SEGMENTS, demo_classifier_path
-    from ..explain import Explainer
+    from ..explainer import Explainer
     from ..explanation import check_output_folder
     from ..images import load_image
     from ..metrics import add_metrics

@@ -143,7 +143,7 @@ def zero_concepts_hint(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
-    from ..explain import Explainer
+    from ..explainer import Explainer
     from ..explanation import check_output_folder
     from ..metrics import add_metrics
 

@@ -1,7 +1,7 @@
 """The shared base of explanation methods: what a method gets, what it returns.
 
 A method is a small class registered by name (see :mod:`eac.engine.methods`).
-The :class:`~eac.engine.explain.Explainer` prepares one :class:`MethodInput`
+The :class:`~eac.engine.explainer.Explainer` prepares one :class:`MethodInput`
 per image — the masked evaluator over the image's concepts, the explained
 classes, the classifier's output on the whole crop and a seeded random
 generator — and calls :meth:`Method.run`, which returns a :class:`MethodResult`.

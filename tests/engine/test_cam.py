@@ -296,7 +296,7 @@ def test_methods_refuse_classifiers_without_feature_map_or_head(method):
 
 @pytest.mark.parametrize("name", ["cam", "secam"])
 def test_cam_methods_through_explain(name):
-    from eac.engine.explain import explain
+    from eac.engine.explainer import explain
 
     clf = FakeCamClassifier()
     crop = random_image((32, 32), seed=3)

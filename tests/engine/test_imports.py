@@ -162,7 +162,7 @@ def test_runtime_never_imports_upwards_or_torch(module):
 
 def test_wrong_way_edges_would_be_caught():
     """The checker itself, on made-up import lists."""
-    assert violations("eac.engine.explain", {"eac.export.classifier.export_classifier"}, set())
+    assert violations("eac.engine.explainer", {"eac.export.classifier.export_classifier"}, set())
     assert violations("eac.engine.evaluator", set(), {"eac.bench.harness"})  # lazy does not excuse the runtime
     assert violations("eac.engine.cli.explain", {"eac.bench.cli.register"}, set())  # the CLI must be lazy
     assert violations("eac.engine.cli.explain", set(), {"eac.bench.cli.register"}) == []
