@@ -52,6 +52,9 @@ FOREGROUND = 1.0
 #: The reference generator applies the IoU / stability filters only above this value.
 FILTER_DISABLED_AT = 0.0
 SOURCE = "sam"
+#: Manifest ``decoder`` keys: the prompt frame's side, and the image-context graph run once per image.
+PROMPT_FRAME_KEY = "prompt_frame_size"
+PRECOMPUTE_KEY = "precompute"
 #: CPU memory arena of the SAM sessions (unless SessionOptions.cpu_mem_arena says otherwise): off, because
 #: the arena keeps the encoder's peak and the decoder's peak side by side (ViT-B, 64 prompts per batch:
 #: 7.2 GB peak RSS with it, 3.8 GB without, and the decoder was not slower).
@@ -133,7 +136,8 @@ class SamConceptGenerator:
         Fields of :class:`SamSettings`.
     """
 
-    def __init__(self, encoder, decoder, manifest: SamManifest, runtime: Runtime | None = None, **settings: Any):
+    def __init__(self, encoder, decoder, manifest: SamManifest, runtime: Runtime | None = None,
+                 context=None, **settings: Any):
         self.settings = SamSettings(**settings)
         self.settings.check()
         self.manifest = manifest
@@ -143,6 +147,9 @@ class SamConceptGenerator:
             raise ModelFolderError("this SAM folder normalises inside the graph, which this eac does not support; "
                                    "re-export it")
         self.input_size = enc.input_size
+        # Point prompts and the low-res masks live in the prompt encoder's frame: the encoder input for SAM,
+        # 1024 for EfficientViT-SAM-L (512 input). Folders without the key predate it: the encoder input.
+        self.prompt_size = int(dec.extra.get(PROMPT_FRAME_KEY, enc.input_size))
         self.pixel_mean = np.asarray(enc.pixel_mean, np.float32)
         self.pixel_std = np.asarray(enc.pixel_std, np.float32)
         self.mask_threshold = dec.mask_threshold
@@ -153,6 +160,13 @@ class SamConceptGenerator:
         self.decoder_outputs = list(dec.outputs)
         self._encoder = self.runtime.runner(encoder)
         self._decoder = self.runtime.runner(decoder)
+        precompute = dec.extra.get(PRECOMPUTE_KEY)
+        if precompute and context is None:
+            raise ModelFolderError("this SAM folder's decoder needs its image-context graph "
+                                   f"({precompute.get('file')}); open it with SamConceptGenerator.from_folder")
+        self._context = self.runtime.runner(context) if precompute else None
+        self.context_input = precompute.get("input") if precompute else None
+        self.context_output = precompute.get("output") if precompute else None
         self.provider = self._decoder.provider
         got = [i.name for i in decoder.get_inputs()]
         if got != self.decoder_inputs:
@@ -189,16 +203,22 @@ class SamConceptGenerator:
         runtime = Runtime.from_options(session_options)
         encoder = runtime.session(model_path(folder, manifest, "encoder"), default_mem_arena=SAM_MEM_ARENA)
         batch = int(settings.get("points_per_batch", SamSettings.points_per_batch))
-        emb = manifest.decoder.shapes.get("image_embeddings")
+        first, coords_name, labels_name = manifest.decoder.inputs
+        first_shape = manifest.decoder.shapes.get(first)
         profile = None
-        if emb is not None:
+        if first_shape is not None:
             profile = TensorRTProfile(
-                {"image_embeddings": tuple(emb), "point_coords": (None, 1, 2), "point_labels": (None, 1)},
+                {first: tuple(first_shape), coords_name: (None, 1, 2), labels_name: (None, 1)},
                 min_batch=1, opt_batch=batch, max_batch=max(batch, 1),
             )
         decoder = runtime.session(model_path(folder, manifest, "decoder"), trt_profile=profile,
                                   default_mem_arena=SAM_MEM_ARENA)
-        return cls(encoder, decoder, manifest, runtime, **settings)
+        precompute = manifest.decoder.extra.get(PRECOMPUTE_KEY)
+        context = None
+        if precompute:
+            context = runtime.session(model_path(folder, manifest, str(precompute.get("file"))),
+                                      default_mem_arena=SAM_MEM_ARENA)
+        return cls(encoder, decoder, manifest, runtime, context=context, **settings)
 
     # --- stages --------------------------------------------------------------------------
 
@@ -224,14 +244,31 @@ class SamConceptGenerator:
         """Image embeddings (1×C×h×w) of a preprocessed 1×3×S×S tensor."""
         return self._encoder.run({self.encoder_input: tensor}, [self.encoder_output])[0]
 
+    def image_context(self, embeddings: np.ndarray) -> np.ndarray:
+        """What the decoder takes per image: the embeddings, or (folders with a precompute graph) their context.
+
+        Parameters
+        ----------
+        embeddings : ndarray of float32, 1×C×h×w
+
+        Returns
+        -------
+        ndarray of float32
+            ``embeddings`` unchanged, or the 1×N×W image context (once per image).
+        """
+        if self._context is None:
+            return embeddings
+        return self._context.run({self.context_input: embeddings}, [self.context_output])[0]
+
     def decode(self, embeddings: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the decoder on B single foreground points.
 
         Parameters
         ----------
-        embeddings : ndarray of float32, 1×C×h×w
+        embeddings : ndarray of float32
+            :meth:`image_context` of the image (1×C×h×w embeddings, or 1×N×W context).
         coords : ndarray of float32, B×2
-            (x, y) in the encoder input frame.
+            (x, y) in the prompt frame (``prompt_size``).
 
         Returns
         -------
@@ -240,7 +277,7 @@ class SamConceptGenerator:
         """
         coords = np.ascontiguousarray(coords[:, None, :], dtype=np.float32)
         labels = np.full(coords.shape[:2], FOREGROUND, np.float32)
-        feeds = dict(zip(self.decoder_inputs, (embeddings, coords, labels)))
+        feeds = dict(zip(self.decoder_inputs, (embeddings, coords, labels), strict=True))
         low_res, iou = self._decoder.run(feeds, self.decoder_outputs)
         return low_res, iou
 
@@ -270,13 +307,15 @@ class SamConceptGenerator:
         """
         crop = _check_image(crop)
         if tuple(frame.hw) != tuple(crop.shape[:2]):
-            raise InputShapeError(f"the crop is {crop.shape[:2]} but its frame is {frame.hw}; pass the frame of this crop")
+            raise InputShapeError(f"the crop is {crop.shape[:2]} but its frame is {frame.hw}; "
+                                  "pass the frame of this crop")
         s = self.settings
         h, w = crop.shape[:2]
         timings = {"preprocess": 0.0, "encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         counts = {"candidates": 0, "after_filters": 0, "after_nms": 0}
         boxes, layers = mk.crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
-        parts = [self._process_crop(crop, box, int(layer), timings, counts) for box, layer in zip(boxes, layers)]
+        parts = [self._process_crop(crop, box, int(layer), timings, counts)
+                 for box, layer in zip(boxes, layers, strict=True)]
 
         clock = time.perf_counter()
         for i, part in enumerate(parts):
@@ -331,13 +370,18 @@ class SamConceptGenerator:
         clock = time.perf_counter()
         embeddings = self.encode(tensor)
         timings["encoder"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        embeddings = self.image_context(embeddings)
+        timings["decoder"] += time.perf_counter() - clock
 
-        scale = self.low_res_size / self.input_size
-        valid_hw = (resized_hw[0] * scale, resized_hw[1] * scale)
+        # The prompt frame: the image resized to longest side prompt_size (= resized_hw for SAM).
+        prompt_hw = resized_hw if self.prompt_size == self.input_size else mk.longest_side_shape(h, w, self.prompt_size)
+        scale = self.low_res_size / self.prompt_size
+        valid_hw = (prompt_hw[0] * scale, prompt_hw[1] * scale)
         valid_rows, valid_cols = (min(self.low_res_size, math.ceil(v)) for v in valid_hw)
         per_side = int(s.points_per_side / (s.crop_n_points_downscale_factor**layer))
         grid = mk.point_grid(max(per_side, 1)) * np.array([w, h], np.float64)  # sub-image frame (x, y)
-        prompts = (grid * np.array([resized_hw[1] / w, resized_hw[0] / h])).astype(np.float32)
+        prompts = (grid * np.array([prompt_hw[1] / w, prompt_hw[0] / h])).astype(np.float32)
 
         kept: list[MaskData] = []
         for start in range(0, len(prompts), s.points_per_batch):

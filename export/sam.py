@@ -58,7 +58,7 @@ from ._torch_utils import require_torch
 from .common import StagedFolder, check_output_folder, cpu_session, file_entries, save_onnx
 from .errors import CheckpointError, ExportError
 from .sam_loader import architecture, ensure_checkpoint, load_sam
-from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_ENCODER
+from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_DECODER_CONTEXT, SAM_ENCODER, SAM_PROMPT_DECODER
 from .validate import check_io_names, compare_outputs
 
 #: Mask logits are thresholded at this value (``Sam.mask_threshold``).
@@ -74,6 +74,13 @@ VALIDATION_PROMPTS = ((5, 1), (2, 3))
 #: Height of the validation image before padding (a landscape image: exercises the padding).
 VALIDATION_IMAGE_ASPECT = 0.75
 PADDING_NOTE = "zeros bottom-right after normalisation"
+#: Decoder layouts ``export_sam_model(decoder_graph=...)`` writes: ``"context"`` (default) splits the
+#: factored decoder into ``decoder_context.onnx`` (once per image) and ``decoder.onnx`` (per prompt batch);
+#: ``"factored"`` and ``"batched"`` write one ``decoder.onnx`` taking the image embeddings.
+DECODER_GRAPH_CHOICES = ("context", "factored", "batched")
+DEFAULT_DECODER_GRAPH = "context"
+#: Manifest role of the context graph's file.
+CONTEXT_ROLE = "decoder_context"
 #: Names :mod:`eac.export.sam_graphs` (torch) provides; reachable here, imported on first use.
 _GRAPH_NAMES = ("BatchedPromptDecoder", "FactoredPromptDecoder", "SamEncoderGraph", "reference_decoder",
                 "synthetic_image", "synthetic_prompts")
@@ -150,9 +157,45 @@ def _export_graph(module, args: tuple, spec, folder: Path, opset: int, fp16: boo
 
 # --- export --------------------------------------------------------------------------------
 
+def prompt_frame_size(sam) -> int:
+    """Side of the frame point prompts are given in (the prompt encoder's input; 1024 for every SAM).
+
+    SAM's encoder input is that frame too; EfficientViT-SAM-L encodes a 512 image but
+    keeps SAM's 1024 prompt frame.
+    """
+    return int(max(sam.prompt_encoder.input_image_size))
+
+
+def _pixel_stats(values) -> tuple[float, float, float]:
+    """SAM's ``pixel_mean`` / ``pixel_std`` buffers (or a plain tuple) as three floats."""
+    flat = values.flatten().tolist() if hasattr(values, "flatten") else list(values)
+    return tuple(float(v) for v in flat)  # type: ignore[return-value]
+
+
+def _architecture_info(sam, image_size: int, channels: int) -> dict[str, Any]:
+    """What the manifest records about the encoder architecture."""
+    described = getattr(sam, "architecture", None)
+    if described is not None and hasattr(described, "describe"):
+        return {**described.describe(), "prompt_embed_dim": channels}
+    arch = sam.image_encoder
+    return {
+        "encoder_embed_dim": int(arch.patch_embed.proj.out_channels),
+        "encoder_depth": len(arch.blocks),
+        "prompt_embed_dim": channels,
+        "image_size": image_size,
+    }
+
+
 def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], image_size: int,
-              log: Callable[[str], None]) -> dict[str, Any]:
-    """Compare ONNX Runtime with fp32 PyTorch on fresh inputs; raises ValidationError."""
+              log: Callable[[str], None], context=None) -> dict[str, Any]:
+    """Compare ONNX Runtime with fp32 PyTorch on fresh inputs; raises ValidationError.
+
+    ``context``: the :class:`~eac.export.sam_graphs.FactoredPromptDecoder` whose
+    ``image_context`` the folder's ``decoder_context.onnx`` computes (None: one
+    decoder graph taking the embeddings). The decoder's outputs are always compared
+    with segment-anything's own prompt encoder and mask decoder, fed the ONNX
+    context (so the check covers both graphs).
+    """
     import torch
 
     from .sam_graphs import reference_decoder, synthetic_image, synthetic_prompts
@@ -171,14 +214,26 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
     del encoder
 
     log("validating decoder")
-    decoder = cpu_session(folder / SAM_DECODER.filename, "the SAM decoder graph")
-    check_io_names(decoder, SAM_DECODER.inputs, SAM_DECODER.outputs, "SAM decoder")
-    embed_name, coords_name, labels_name = SAM_DECODER.inputs
+    spec = SAM_PROMPT_DECODER if context is not None else SAM_DECODER
+    decoder = cpu_session(folder / spec.filename, "the SAM decoder graph")
+    check_io_names(decoder, spec.inputs, spec.outputs, "SAM decoder")
+    embed_name, coords_name, labels_name = spec.inputs
     embeddings = ref_embed.numpy()
+    context_diff = None
+    if context is not None:
+        session = cpu_session(folder / SAM_DECODER_CONTEXT.filename, "the SAM decoder context graph")
+        check_io_names(session, SAM_DECODER_CONTEXT.inputs, SAM_DECODER_CONTEXT.outputs, "SAM decoder context")
+        with torch.no_grad():
+            ref_context = context.image_context(ref_embed).float().numpy()
+        got_context = session.run(None, {SAM_DECODER_CONTEXT.inputs[0]: embeddings})[0]
+        name = SAM_DECODER_CONTEXT.outputs[0]
+        context_diff = compare_outputs({name: ref_context}, {name: got_context},
+                                       SAM_DECODER_CONTEXT.tolerances(fp16), "SAM decoder context")
+        embeddings = got_context
     decoder_diff = {name: 0.0 for name in SAM_DECODER.outputs}
     cases = []
     for case, (batch, points) in enumerate(VALIDATION_PROMPTS):
-        coords, labels = synthetic_prompts(batch, points, image_size, VALIDATION_SEED + case,
+        coords, labels = synthetic_prompts(batch, points, prompt_frame_size(sam), VALIDATION_SEED + case,
                                            mixed_labels=points > 1)
         ref = reference_decoder(sam, ref_embed, torch.from_numpy(coords), torch.from_numpy(labels))
         got = decoder.run(None, {embed_name: embeddings, coords_name: coords, labels_name: labels})
@@ -189,8 +244,8 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
         )
         cases.append({"batch": batch, "points": points, "max_abs_diff": diff})
         decoder_diff = {k: max(decoder_diff[k], diff[k]) for k in decoder_diff}
-    return {
-        "reference": "PyTorch fp32 (segment_anything modeling modules)",
+    result = {
+        "reference": "PyTorch fp32 (the model's own modules: image encoder, SAM prompt encoder and mask decoder)",
         "runtime": "onnxruntime CPUExecutionProvider",
         "encoder": {"max_abs_diff": encoder_diff, "tolerance": SAM_ENCODER.tolerances(fp16),
                     "input": f"synthetic {height}x{image_size} image, padded, seed {VALIDATION_SEED}"},
@@ -198,12 +253,18 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
                     "cases": cases},
         "embedding_hw": list(embedding_hw),
     }
+    if context_diff is not None:
+        result["decoder_context"] = {"max_abs_diff": context_diff,
+                                     "tolerance": SAM_DECODER_CONTEXT.tolerances(fp16)}
+    return result
 
 
 def _sam_manifest(sam, model_type: str, files: dict[str, Any], opset: int, fp16: bool,
-                  validation: dict[str, Any], source: dict[str, Any], decoder_graph: str) -> SamManifest:
+                  validation: dict[str, Any], source: dict[str, Any], decoder_graph: str,
+                  context_width: int = 0) -> SamManifest:
     """The manifest of an exported SAM (shapes read off the model)."""
     image_size = int(sam.image_encoder.img_size)
+    prompt_size = prompt_frame_size(sam)
     channels = int(sam.prompt_encoder.embed_dim)
     emb_h, emb_w = (int(v) for v in sam.prompt_encoder.image_embedding_size)
     low_res = (LOW_RES_FACTOR * emb_h, LOW_RES_FACTOR * emb_w)
@@ -211,8 +272,7 @@ def _sam_manifest(sam, model_type: str, files: dict[str, Any], opset: int, fp16:
     embed_shape = [1, channels, emb_h, emb_w]
     encoder = SamEncoderSpec(
         input=SAM_ENCODER.inputs[0], output=SAM_ENCODER.outputs[0], input_size=image_size,
-        pixel_mean=tuple(float(v) for v in sam.pixel_mean.flatten()),  # type: ignore[arg-type]
-        pixel_std=tuple(float(v) for v in sam.pixel_std.flatten()),  # type: ignore[arg-type]
+        pixel_mean=_pixel_stats(sam.pixel_mean), pixel_std=_pixel_stats(sam.pixel_std),
         normalize_in_graph=False,
         extra={
             "input_shape": [1, 3, image_size, image_size],
@@ -222,33 +282,37 @@ def _sam_manifest(sam, model_type: str, files: dict[str, Any], opset: int, fp16:
             "dtype": "float32",
         },
     )
-    embed_name, coords_name, labels_name = SAM_DECODER.inputs
-    masks_name, iou_name = SAM_DECODER.outputs
+    spec = SAM_PROMPT_DECODER if decoder_graph == "context" else SAM_DECODER
+    embed_name, coords_name, labels_name = spec.inputs
+    masks_name, iou_name = spec.outputs
+    first_input_shape = embed_shape if decoder_graph != "context" else [1, emb_h * emb_w, context_width]
     decoder = SamDecoderSpec(
-        inputs=SAM_DECODER.inputs, outputs=SAM_DECODER.outputs, low_res_size=low_res[0],
+        inputs=spec.inputs, outputs=spec.outputs, low_res_size=low_res[0],
         mask_threshold=MASK_THRESHOLD,
         shapes={
-            embed_name: embed_shape,
+            embed_name: first_input_shape,
             coords_name: ["batch", "points", 2],
             labels_name: ["batch", "points"],
             masks_name: ["batch", num_masks, low_res[0], low_res[1]],
             iou_name: ["batch", num_masks],
         },
         extra={
-            "point_frame": f"x, y in the {image_size}x{image_size} encoder input frame",
+            "point_frame": f"x, y in the image resized to longest side {prompt_size} (the prompt frame)",
+            "prompt_frame_size": prompt_size,
             "labels": {"foreground": 1, "background": 0, "padding": -1},
             "num_masks": num_masks,
             "dtype": "float32",
             "graph": decoder_graph,
         },
     )
-    arch = sam.image_encoder
-    architecture_info = {
-        "encoder_embed_dim": int(arch.patch_embed.proj.out_channels),
-        "encoder_depth": len(arch.blocks),
-        "prompt_embed_dim": channels,
-        "image_size": image_size,
-    }
+    if decoder_graph == "context":
+        # Folders without this key feed the image embeddings straight to decoder.onnx.
+        decoder.extra["precompute"] = {
+            "file": CONTEXT_ROLE, "input": SAM_DECODER_CONTEXT.inputs[0], "output": SAM_DECODER_CONTEXT.outputs[0],
+            "input_shape": embed_shape, "output_shape": first_input_shape,
+            "note": "run once per image on the encoder's output; feed its output to decoder.onnx",
+        }
+    architecture_info = _architecture_info(sam, image_size, channels)
     return SamManifest(model_type=model_type, files=files, encoder=encoder, decoder=decoder, opset=opset,
                        precision="fp16" if fp16 else "fp32", validation=validation, source=source,
                        extra={"architecture": architecture_info})
@@ -263,7 +327,7 @@ def export_sam_model(
     validate: bool = True,
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
-    decoder_graph: str = "factored",
+    decoder_graph: str = DEFAULT_DECODER_GRAPH,
 ) -> dict[str, Any]:
     """Export a SAM ``nn.Module`` (any size) to a SAM model folder; the CLI path ends here.
 
@@ -285,9 +349,11 @@ def export_sam_model(
         Where the weights came from (recorded in the manifest).
     log : callable, optional
         Progress messages.
-    decoder_graph : {"factored", "batched"}
-        Layout of the decoder graph (see :data:`eac.export.sam_graphs.DECODER_GRAPHS`);
-        ``"batched"`` (SAM's operation order) is kept for comparisons.
+    decoder_graph : {"context", "factored", "batched"}
+        Layout of the decoder (see :data:`DECODER_GRAPH_CHOICES`): ``"context"``
+        writes ``decoder_context.onnx`` (the prompt-independent part, once per image)
+        and a per-prompt ``decoder.onnx``; ``"factored"`` one graph with the same
+        arithmetic; ``"batched"`` SAM's operation order (kept for comparisons).
 
     Returns
     -------
@@ -304,10 +370,10 @@ def export_sam_model(
     require_torch("eac export sam")
     import torch
 
-    from .sam_graphs import DECODER_GRAPHS, decoder_module, encoder_module
+    from .sam_graphs import ContextPromptDecoder, DecoderContextGraph, decoder_module, encoder_module
 
-    if decoder_graph not in DECODER_GRAPHS:
-        raise ExportError(f"unknown decoder graph {decoder_graph!r}; choose from {', '.join(DECODER_GRAPHS)}")
+    if decoder_graph not in DECODER_GRAPH_CHOICES:
+        raise ExportError(f"unknown decoder graph {decoder_graph!r}; choose from {', '.join(DECODER_GRAPH_CHOICES)}")
     log = log or (lambda message: None)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset < MIN_OPSET:
@@ -329,25 +395,42 @@ def export_sam_model(
         log("exporting decoder")
         batch, points = TRACE_PROMPTS
         trace_embed = torch.randn(1, channels, emb_h, emb_w, generator=gen)
-        trace_coords = torch.rand(batch, points, 2, generator=gen) * image_size
+        trace_coords = torch.rand(batch, points, 2, generator=gen) * prompt_frame_size(sam)
         trace_labels = torch.ones(batch, points)
-        decoder_files = _export_graph(decoder_module(sam, fp16, decoder_graph),
-                                      (trace_embed, trace_coords, trace_labels), SAM_DECODER, tmp, opset, fp16)
+        files = file_entries(tmp, "encoder", encoder_files)
+        context = None
+        if decoder_graph == "context":
+            context = decoder_module(sam, fp16, "factored")
+            files.update(file_entries(tmp, CONTEXT_ROLE, _export_graph(
+                DecoderContextGraph(context).eval(), (trace_embed,), SAM_DECODER_CONTEXT, tmp, opset, fp16)))
+            with torch.no_grad():
+                trace_context = context.image_context(trace_embed).float()
+            decoder_files = _export_graph(ContextPromptDecoder(context).eval(),
+                                          (trace_context, trace_coords, trace_labels), SAM_PROMPT_DECODER, tmp,
+                                          opset, fp16)
+        else:
+            decoder_files = _export_graph(decoder_module(sam, fp16, decoder_graph),
+                                          (trace_embed, trace_coords, trace_labels), SAM_DECODER, tmp, opset, fp16)
+        files.update(file_entries(tmp, "decoder", decoder_files))
 
-        validation = (_validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log) if validate
+        validation = (_validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context) if validate
                       else {"skipped": True})
-        files = {**file_entries(tmp, "encoder", encoder_files), **file_entries(tmp, "decoder", decoder_files)}
-        _sam_manifest(sam, model_type, files, opset, fp16, validation, source or {}, decoder_graph).write(tmp)
+        width = context.context_width if context is not None else 0
+        _sam_manifest(sam, model_type, files, opset, fp16, validation, source or {}, decoder_graph,
+                      width).write(tmp)
         staged.commit()
     return read_manifest(staged.out, SamManifest.kind)
 
 
 def _download_with_progress(model_type: str) -> Path:
-    """:func:`ensure_checkpoint` with a progress bar on stderr while it downloads."""
+    """:func:`ensure_checkpoint` (or its EfficientViT-SAM twin) with a progress bar on stderr while it downloads."""
+    from .efficientvit_sam import ensure_efficientvit_checkpoint, is_efficientvit
+
+    ensure = ensure_efficientvit_checkpoint if is_efficientvit(model_type) else ensure_checkpoint
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is a base dependency; without it the download is silent
-        return ensure_checkpoint(model_type)
+        return ensure(model_type)
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -357,7 +440,7 @@ def _download_with_progress(model_type: str) -> Path:
         bar.update(done - bar.n)
 
     try:
-        return ensure_checkpoint(model_type, progress=progress)
+        return ensure(model_type, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -377,8 +460,10 @@ def export_sam(
 
     Parameters
     ----------
-    model_type : {"vit_b", "vit_l", "vit_h"}
-        Architecture (see :data:`eac.export.sam_loader.SAM_ARCHITECTURES`).
+    model_type : {"vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l1", "efficientvit_l2", \
+"efficientvit_xl0", "efficientvit_xl1"}
+        Architecture (see :data:`eac.export.sam_loader.SAM_ARCHITECTURES` and
+        :data:`eac.export.efficientvit_sam.EFFICIENTVIT_ARCHITECTURES`).
     out : path-like
         Output folder (must not exist or be empty).
     checkpoint : path-like, optional
@@ -401,7 +486,10 @@ def export_sam(
         See :func:`export_sam_model`.
     """
     require_torch("eac export sam")
-    architecture(model_type)  # unknown type → one-line error before anything else
+    from .efficientvit_sam import efficientvit_architecture, is_efficientvit, load_efficientvit_sam
+
+    efficientvit = is_efficientvit(model_type)
+    arch = efficientvit_architecture(model_type) if efficientvit else architecture(model_type)  # unknown → one line
     # Refuse a bad --out before reading a multi-GB checkpoint.
     check_output_folder(out)
     if download and checkpoint:
@@ -414,9 +502,14 @@ def export_sam(
         raise CheckpointError(
             f"no checkpoint given for {model_type}; pass --checkpoint PATH or --download"
         )
-    sam = load_sam(model_type, path)
-    source = {"checkpoint": str(path), "checkpoint_bytes": path.stat().st_size,
-              "architecture": architecture(model_type).describe()}
+    sam = load_efficientvit_sam(model_type, path) if efficientvit else load_sam(model_type, path)
+    source = {"checkpoint": str(path), "checkpoint_bytes": path.stat().st_size, "architecture": arch.describe()}
+    if efficientvit:
+        from ..engine.manifest import file_sha256
+        from .efficientvit_sam import EFFICIENTVIT_CHECKPOINTS
+
+        source["checkpoint_sha256"] = file_sha256(path)
+        source["official_url"] = EFFICIENTVIT_CHECKPOINTS[model_type].url
     return export_sam_model(sam, out, model_type, opset=opset, fp16=fp16, validate=validate,
                             source=source, log=log)
 

@@ -189,21 +189,47 @@ class FactoredPromptDecoder(BatchedPromptDecoder):
         self.layers = list(self.transformer.layers)
         self.final_attn = self.transformer.final_attn_token_to_image
         self.final_norm = self.transformer.norm_final_attn
+        first = self.layers[0]
+        self.channels = int(first.cross_attn_token_to_image.embedding_dim)
+        self.internal = int(first.cross_attn_token_to_image.internal_dim)
+        self.internal_i2t = int(first.cross_attn_image_to_token.internal_dim)
+
+    @property
+    def context_width(self) -> int:
+        """Channels of :meth:`image_context`: the tokens, then layer 1's keys, values and image queries."""
+        return self.channels + 2 * self.internal + self.internal_i2t
 
     @staticmethod
     def _heads(x, heads):
         """B×T×D → B×H×T×d."""
         return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
 
-    def _token_to_image(self, attn, queries, keys, keys_pe):
-        """Prompt tokens attend to the image tokens (``keys`` batch 1 or B); returns B×T×C."""
+    def image_context(self, image_embeddings):
+        """Everything the decoder computes from the image alone: 1×C×h×w → 1×N×(C + 2D + D').
+
+        The image tokens with the no-mask embedding added, and the first layer's
+        token→image keys (of tokens + dense positional encoding) and values and
+        its image→token queries: the prompt-independent part of the decoder, once
+        per image.
+        """
+        keys = (image_embeddings + self.no_mask).to(self.dtype).flatten(2).transpose(1, 2)  # 1×N×C
+        keys_pe = keys + self.dense_pe.to(self.dtype).flatten(2).transpose(1, 2)
+        first = self.layers[0]
+        t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        return torch.cat([keys, t2i.k_proj(keys_pe), t2i.v_proj(keys), i2t.q_proj(keys_pe)], dim=2)
+
+    def _token_to_image(self, attn, queries, keys, keys_pe, shared=None):
+        """Prompt tokens attend to the image tokens; returns B×T×C.
+
+        ``shared``: the projected keys and values (1×N×D each) when the image
+        tokens are still the batch-1 context; otherwise ``keys`` is B×N×C.
+        """
         heads = attn.num_heads
         q = self._heads(attn.q_proj(queries), heads)  # B×H×T×d
         batch, _, tokens, width = q.shape
         q = q * (1.0 / math.sqrt(width))
-        if keys.shape[0] == 1:  # shared image tokens: project them once
-            k = self._heads(attn.k_proj(keys_pe), heads)  # 1×H×N×d
-            v = self._heads(attn.v_proj(keys), heads)
+        if shared is not None:
+            k, v = (self._heads(t, heads) for t in shared)  # 1×H×N×d
             out = torch.softmax(q @ k.transpose(2, 3), dim=-1) @ v  # B×H×T×d
         else:
             channels = keys.shape[2]
@@ -216,17 +242,20 @@ class FactoredPromptDecoder(BatchedPromptDecoder):
         out = out.transpose(1, 2).reshape(batch, tokens, heads * width)
         return attn.out_proj(out)
 
-    def _image_to_token(self, attn, keys, keys_pe, token_keys, queries):
-        """Image tokens attend to the prompt tokens; returns the B×N×C update of ``keys``."""
+    def _image_to_token(self, attn, keys, keys_pe, token_keys, queries, shared=None):
+        """Image tokens attend to the prompt tokens; returns the B×N×C update of ``keys``.
+
+        ``shared``: the projected image queries (1×N×D') while the image tokens are
+        the batch-1 context; otherwise ``keys_pe`` is B×N×C.
+        """
         heads = attn.num_heads
         k = self._heads(attn.k_proj(token_keys), heads)  # B×H×T×d
         v = self._heads(attn.v_proj(queries), heads)
         batch, _, tokens, width = k.shape
         k = k * (1.0 / math.sqrt(width))
         channels, n = keys.shape[2], keys.shape[1]
-        if keys.shape[0] == 1:  # shared image tokens: project them once
-            q = self._heads(attn.q_proj(keys_pe), heads)  # 1×H×N×d
-            scores = q @ k.transpose(2, 3)  # B×H×N×T
+        if shared is not None:
+            scores = self._heads(shared, heads) @ k.transpose(2, 3)  # B×H×N×T
         else:
             wq = attn.q_proj.weight.reshape(heads, width, channels)  # H×d×C
             mq = (wq.transpose(1, 2) @ k.transpose(2, 3))  # B×H×C×T
@@ -242,40 +271,69 @@ class FactoredPromptDecoder(BatchedPromptDecoder):
         mo = torch.cat([mo[:, :1] + attn.out_proj.bias, mo[:, 1:]], dim=1).reshape(batch, heads * tokens, channels)
         return weights @ mo
 
-    def _block(self, layer, queries, keys, pe, query_pe):
-        """One TwoWayAttentionBlock; ``keys`` 1×N×C (shared) or B×N×C."""
+    def _block(self, layer, queries, keys, pe, query_pe, shared=None):
+        """One TwoWayAttentionBlock; ``keys`` B×N×C, or 1×N×C with ``shared`` = (k, v, q) of the context."""
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_pe = keys + pe
-        queries = layer.norm2(queries + self._token_to_image(layer.cross_attn_token_to_image, queries + query_pe,
-                                                             keys, keys_pe))
+        keys_pe = None if shared is not None else keys + pe
+        queries = layer.norm2(queries + self._token_to_image(
+            layer.cross_attn_token_to_image, queries + query_pe, keys, keys_pe,
+            None if shared is None else shared[:2]))
         queries = layer.norm3(queries + layer.mlp(queries))
-        update = self._image_to_token(layer.cross_attn_image_to_token, keys, keys_pe, queries + query_pe, queries)
+        update = self._image_to_token(layer.cross_attn_image_to_token, keys, keys_pe, queries + query_pe, queries,
+                                      None if shared is None else shared[2])
         keys = layer.norm4(keys + update)
         return queries, keys
 
-    def forward(self, image_embeddings, point_coords, point_labels):
+    def decode(self, context, point_coords, point_labels):
+        """B prompt sets against one image's :meth:`image_context` → (B×3×4h×4w logits, B×3 IoUs)."""
         sparse = self.embed_points(point_coords, point_labels)
         batch = sparse.shape[0]
         tokens = torch.cat([self.output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse], dim=1).to(self.dtype)
-        src = (image_embeddings + self.no_mask).to(self.dtype)
-        channels, height, width = src.shape[1], src.shape[2], src.shape[3]
-        keys = src.flatten(2).transpose(1, 2)  # 1×N×C, shared by the B prompts
+        height, width = self.dense_pe.shape[2], self.dense_pe.shape[3]
+        c, d, d2 = self.channels, self.internal, self.internal_i2t
+        keys = context[:, :, :c]
+        shared = (context[:, :, c:c + d], context[:, :, c + d:c + 2 * d], context[:, :, c + 2 * d:c + 2 * d + d2])
         pe = self.dense_pe.to(self.dtype).flatten(2).transpose(1, 2)
         queries = tokens
-        for layer in self.layers:
-            queries, keys = self._block(layer, queries, keys, pe, tokens)
+        for index, layer in enumerate(self.layers):
+            queries, keys = self._block(layer, queries, keys, pe, tokens, shared if index == 0 else None)
         queries = self.final_norm(queries + self._token_to_image(self.final_attn, queries + tokens, keys, keys + pe))
         hyper = torch.stack(
             [self.hypernetworks[i](queries[:, 1 + i, :]) for i in range(1, self.num_mask_tokens)], dim=1
         )
-        masks = self.upscale_and_project(keys.reshape(-1, height, width, channels), hyper)
+        masks = self.upscale_and_project(keys.reshape(-1, height, width, c), hyper)
         iou = self.iou_head(queries[:, 0, :])[:, 1:]
         return _as_fp32(masks), _as_fp32(iou)
+
+    def forward(self, image_embeddings, point_coords, point_labels):
+        return self.decode(self.image_context(image_embeddings), point_coords, point_labels)
+
+
+class DecoderContextGraph(torch.nn.Module):
+    """``image_embeddings`` 1×C×h×w → ``image_context`` 1×N×W: :meth:`FactoredPromptDecoder.image_context`."""
+
+    def __init__(self, decoder: FactoredPromptDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, image_embeddings):
+        return _as_fp32(self.decoder.image_context(image_embeddings))
+
+
+class ContextPromptDecoder(torch.nn.Module):
+    """``image_context`` + B point-prompt sets → masks and IoUs: :meth:`FactoredPromptDecoder.decode`."""
+
+    def __init__(self, decoder: FactoredPromptDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, image_context, point_coords, point_labels):
+        return self.decoder.decode(image_context.to(self.decoder.dtype), point_coords, point_labels)
 
 
 #: Decoder graph layouts :func:`decoder_module` builds (recorded in the manifest as ``decoder.graph``).

@@ -250,8 +250,8 @@ class OfficialCheckpoint:
     model_type: str
     filename: str
     url: str
-    bytes: int
-    sha256: str
+    bytes: int | None
+    sha256: str | None
 
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -281,13 +281,15 @@ def _verified_marker(path: Path) -> Path:
 
 
 def _check_cached(path: Path, official: OfficialCheckpoint) -> None:
-    """Check size (always) and SHA-256 (once; remembered in a ``.sha256`` marker)."""
+    """Check size (always) and SHA-256 (once; remembered in a ``.sha256`` marker), where they are known."""
     size = path.stat().st_size
-    if size != official.bytes:
+    if official.bytes is not None and size != official.bytes:
         raise CheckpointError(
             f"{path}: {size} bytes, but the official {official.model_type} checkpoint has {official.bytes} "
             f"(truncated or another file); delete it and download {official.url} again"
         )
+    if official.sha256 is None:
+        return  # unpublished hash: the caller verifies the file otherwise
     marker = _verified_marker(path)
     if marker.is_file() and marker.read_text().strip() == official.sha256:
         return
@@ -308,6 +310,8 @@ def ensure_checkpoint(
     cache: str | os.PathLike | None = None,
     opener: Callable[..., Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    official: OfficialCheckpoint | None = None,
+    expected_bytes: int | None = None,
 ) -> Path:
     """The official checkpoint of ``model_type`` in the cache, downloaded if needed.
 
@@ -320,6 +324,11 @@ def ensure_checkpoint(
         ``urlopen``-like function (default :func:`urllib.request.urlopen`).
     progress : callable, optional
         Called with (bytes so far, total bytes) while downloading.
+    official : OfficialCheckpoint, optional
+        The file to get (default: :data:`OFFICIAL_CHECKPOINTS` of ``model_type``);
+        its ``bytes`` / ``sha256`` may be None when unpublished (then unchecked here).
+    expected_bytes : int, optional
+        Approximate size for the progress bar when ``official.bytes`` is None.
 
     Returns
     -------
@@ -332,11 +341,13 @@ def ensure_checkpoint(
         Unknown type, download impossible (offline: says which file to get and
         where to put it), or a size/hash mismatch.
     """
-    if model_type not in OFFICIAL_CHECKPOINTS:
-        raise CheckpointError(
-            f"no official checkpoint for model type {model_type!r}; pass --checkpoint PATH instead of --download"
-        )
-    official = OFFICIAL_CHECKPOINTS[model_type]
+    if official is None:
+        if model_type not in OFFICIAL_CHECKPOINTS:
+            raise CheckpointError(
+                f"no official checkpoint for model type {model_type!r}; pass --checkpoint PATH instead of --download"
+            )
+        official = OFFICIAL_CHECKPOINTS[model_type]
+    total = official.bytes if official.bytes is not None else int(expected_bytes or 0)
     opener = opener or urllib.request.urlopen
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
     target = folder / official.filename
@@ -359,7 +370,7 @@ def ensure_checkpoint(
                 out.write(chunk)
                 done += len(chunk)
                 if progress is not None:
-                    progress(done, official.bytes)
+                    progress(done, total)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         partial_path.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc

@@ -109,6 +109,32 @@ SAM_DECODER = ExportSpec(
     tolerance_fp16={"low_res_masks": 0.25, "iou_predictions": 2e-2},
 )
 
+#: ``decoder.onnx`` of a folder with a precomputed image context (the default since the factored decoder):
+#: the prompt-independent part of the decoder runs once per image in ``decoder_context.onnx``.
+SAM_DECODER_CONTEXT = ExportSpec(
+    name="sam_decoder_context",
+    filename="decoder_context.onnx",
+    inputs=("image_embeddings",),
+    outputs=("image_context",),
+    # image_context: 1×N×W, N = 64·64 image tokens; W = 256 (tokens + no-mask embedding) + 128 + 128
+    # (first layer's token→image keys and values) + 128 (its image→token queries).
+    shapes={"image_embeddings": [1, 256, 64, 64], "image_context": [1, 4096, 640]},
+    tolerance={"image_context": 1e-3},
+    tolerance_fp16={"image_context": 5e-2},
+)
+
+SAM_PROMPT_DECODER = ExportSpec(
+    name="sam_prompt_decoder",
+    filename="decoder.onnx",
+    inputs=("image_context", "point_coords", "point_labels"),
+    outputs=SAM_DECODER.outputs,
+    dynamic_axes=dict(SAM_DECODER.dynamic_axes),
+    shapes={**{k: v for k, v in SAM_DECODER.shapes.items() if k != "image_embeddings"},
+            "image_context": [1, 4096, 640]},
+    tolerance=dict(SAM_DECODER.tolerance),
+    tolerance_fp16=dict(SAM_DECODER.tolerance_fp16),
+)
+
 CLASSIFIER = ExportSpec(
     name="classifier",
     filename="classifier.onnx",

@@ -22,7 +22,7 @@ from eac.export import common as export_common  # noqa: E402
 from eac.export import sam as sam_export  # noqa: E402
 from eac.export import sam_loader  # noqa: E402
 from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
-from eac.export.spec import SAM_DECODER, SAM_ENCODER  # noqa: E402
+from eac.export.spec import SAM_DECODER, SAM_ENCODER, SAM_PROMPT_DECODER  # noqa: E402
 
 from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint  # noqa: E402
 
@@ -67,10 +67,11 @@ def ort_session(path: Path):
 
 def test_cli_export_writes_folder_and_manifest(exported):
     manifest = read_manifest(exported, "sam")
-    assert sorted(p.name for p in exported.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json"]
+    assert sorted(p.name for p in exported.iterdir()) == ["decoder.onnx", "decoder_context.onnx", "encoder.onnx",
+                                                          "manifest.json"]
     assert manifest["model_type"] == "vit_b" and manifest["precision"] == "fp32"
     assert manifest["opset"] == 17
-    for role in ("encoder", "decoder"):
+    for role in ("encoder", "decoder", "decoder_context"):
         entry = manifest["files"][role]
         assert entry["sha256"] == file_sha256(exported / entry["path"])
     enc, dec = manifest["encoder"], manifest["decoder"]
@@ -78,9 +79,9 @@ def test_cli_export_writes_folder_and_manifest(exported):
     assert enc["normalize_in_graph"] is False
     np.testing.assert_allclose(enc["pixel_mean"], [123.675, 116.28, 103.53], rtol=1e-6)
     np.testing.assert_allclose(enc["pixel_std"], [58.395, 57.12, 57.375], rtol=1e-6)
-    assert dec["inputs"] == list(SAM_DECODER.inputs) and dec["outputs"] == list(SAM_DECODER.outputs)
+    assert dec["inputs"] == list(SAM_PROMPT_DECODER.inputs) and dec["outputs"] == list(SAM_DECODER.outputs)
     assert dec["low_res_size"] == 256 and dec["num_masks"] == 3 and dec["mask_threshold"] == 0.0
-    assert dec["shapes"]["image_embeddings"] == [1, TINY_SAM.prompt_embed_dim, 64, 64]
+    assert dec["precompute"]["input_shape"] == [1, TINY_SAM.prompt_embed_dim, 64, 64]
     val = manifest["validation"]
     for name, diff in val["encoder"]["max_abs_diff"].items():
         assert 0 <= diff <= SAM_ENCODER.tolerance[name]
@@ -110,12 +111,12 @@ def test_onnx_matches_pytorch_for_new_batch_sizes(exported, tiny_sam):
     assert np.abs(got_embed - ref_embed.numpy()).max() < SAM_ENCODER.tolerance["image_embeddings"]
 
     dec = ort_session(exported / "decoder.onnx")
+    context = ort_session(exported / "decoder_context.onnx").run(None, {"image_embeddings": ref_embed.numpy()})[0]
     rng = np.random.default_rng(7)
     for batch, points in [(1, 1), (7, 2), (16, 1)]:
         coords = rng.uniform(0, 1024, size=(batch, points, 2)).astype(np.float32)
         labels = rng.choice(np.array([0.0, 1.0], np.float32), size=(batch, points))
-        masks, iou = dec.run(None, {"image_embeddings": ref_embed.numpy(), "point_coords": coords,
-                                    "point_labels": labels})
+        masks, iou = dec.run(None, {"image_context": context, "point_coords": coords, "point_labels": labels})
         ref_masks, ref_iou = sam_export.reference_decoder(tiny_sam, ref_embed, torch.from_numpy(coords),
                                                           torch.from_numpy(labels))
         assert masks.shape == (batch, 3, 256, 256) and iou.shape == (batch, 3)
@@ -169,10 +170,19 @@ def test_factored_decoder_matches_sam_in_pytorch(tiny_sam):
 
 
 def test_manifest_records_the_decoder_graph(exported, tiny_sam, tmp_path):
-    assert read_manifest(exported, "sam")["decoder"]["graph"] == "factored"
-    manifest = sam_export.export_sam_model(tiny_sam, tmp_path / "batched", "tiny", validate=True,
-                                           decoder_graph="batched")
-    assert manifest["decoder"]["graph"] == "batched"
+    """Default: a context graph once per image + a per-prompt decoder; the one-graph layouts stay available."""
+    manifest = read_manifest(exported, "sam")
+    decoder = manifest["decoder"]
+    assert decoder["graph"] == "context" and decoder["inputs"][0] == "image_context"
+    assert decoder["precompute"]["file"] == "decoder_context" and "decoder_context" in manifest["files"]
+    assert decoder["shapes"]["image_context"] == [1, 64 * 64, 32 + 3 * 16]  # tiny SAM: C = 32, D = 16
+    assert decoder["prompt_frame_size"] == 1024
+    assert manifest["validation"]["decoder_context"]["max_abs_diff"]["image_context"] < 1e-3
+    for graph in ("batched", "factored"):
+        manifest = sam_export.export_sam_model(tiny_sam, tmp_path / graph, "tiny", validate=True,
+                                               decoder_graph=graph)
+        assert manifest["decoder"]["graph"] == graph and "precompute" not in manifest["decoder"]
+        assert manifest["decoder"]["inputs"][0] == "image_embeddings"
     with pytest.raises(ExportError, match="unknown decoder graph"):
         sam_export.export_sam_model(tiny_sam, tmp_path / "bad", "tiny", decoder_graph="fast")
 
@@ -443,7 +453,8 @@ def test_vit_b_random_weights_export_through_cli(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["architecture"]["encoder_embed_dim"] == 768 and manifest["architecture"]["encoder_depth"] == 12
-    assert manifest["decoder"]["shapes"]["image_embeddings"] == [1, 256, 64, 64]
+    assert manifest["decoder"]["precompute"]["input_shape"] == [1, 256, 64, 64]
+    assert manifest["decoder"]["shapes"]["image_context"] == [1, 4096, 640]
     val = manifest["validation"]
     assert val["encoder"]["max_abs_diff"]["image_embeddings"] <= SAM_ENCODER.tolerance["image_embeddings"]
     for name, diff in val["decoder"]["max_abs_diff"].items():
@@ -454,7 +465,8 @@ def test_vit_b_random_weights_export_through_cli(tmp_path, capsys):
     embed = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
     coords = rng.uniform(0, 1024, size=(9, 1, 2)).astype(np.float32)
     labels = np.ones((9, 1), np.float32)
-    masks, iou = dec.run(None, {"image_embeddings": embed, "point_coords": coords, "point_labels": labels})
+    context = ort_session(out / "decoder_context.onnx").run(None, {"image_embeddings": embed})[0]
+    masks, iou = dec.run(None, {"image_context": context, "point_coords": coords, "point_labels": labels})
     ref_masks, ref_iou = sam_export.reference_decoder(sam, torch.from_numpy(embed), torch.from_numpy(coords),
                                                       torch.from_numpy(labels))
     assert np.abs(masks - ref_masks.numpy()).max() < SAM_DECODER.tolerance["low_res_masks"]
@@ -468,7 +480,8 @@ def test_external_data_above_the_protobuf_limit(tmp_path, tiny_sam, monkeypatch)
     out = tmp_path / "sam"
     manifest = sam_export.export_sam_model(tiny_sam, out, "tiny")  # validation loads both graphs
     assert sorted(p.name for p in out.iterdir()) == [
-        "decoder.onnx", "decoder.onnx.data", "encoder.onnx", "encoder.onnx.data", "manifest.json"]
+        "decoder.onnx", "decoder.onnx.data", "decoder_context.onnx", "decoder_context.onnx.data", "encoder.onnx",
+        "encoder.onnx.data", "manifest.json"]
     assert manifest["files"]["encoder_data"]["path"] == "encoder.onnx.data"
     assert (out / "encoder.onnx").stat().st_size < 200_000 < (out / "encoder.onnx.data").stat().st_size
     from eac.engine.sam import SamConceptGenerator

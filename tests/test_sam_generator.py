@@ -16,19 +16,19 @@ import pytest
 torch = pytest.importorskip("torch")
 skimage_data = pytest.importorskip("skimage.data")
 
-from eac.bench import tvshim
+from eac.bench import tvshim  # noqa: E402
 
 with tvshim.installed():  # segment-anything's generator imports torchvision
     segment_anything = pytest.importorskip("segment_anything")
 
-from eac.engine.concepts import Concepts, Frame
-from eac.engine.errors import ConceptError, InputShapeError
-from eac.engine.images import apply_frame, resize_crop_frame
-from eac.engine.sam import SamConceptGenerator
-from eac.export.sam import export_sam_model
-from eac.kernels import masks as mk
+from eac.engine.concepts import Concepts, Frame  # noqa: E402
+from eac.engine.errors import ConceptError, InputShapeError  # noqa: E402
+from eac.engine.images import apply_frame, resize_crop_frame  # noqa: E402
+from eac.engine.sam import SamConceptGenerator  # noqa: E402
+from eac.export.sam import export_sam_model  # noqa: E402
+from eac.kernels import masks as mk  # noqa: E402
 
-from tests.sam_fixtures import build_tiny_sam
+from tests.sam_fixtures import build_tiny_sam  # noqa: E402
 
 #: Grid of the parity runs: 8×8 prompts = 192 candidates (segment-anything needs
 #: ~10 s for them on 2 cores: it upsamples every candidate to 1024×1024).
@@ -181,6 +181,24 @@ def test_batching_does_not_change_results(folder, crop_and_frame):
     np.testing.assert_allclose(small.scores, large.scores, atol=1e-5)
 
 
+def test_old_one_graph_folders_give_the_same_concepts(folder, tiny_sam, crop_and_frame, tmp_path):
+    """A folder from before the image-context split (decoder.onnx on the embeddings, no prompt frame key)."""
+    import json
+
+    crop, frame = crop_and_frame
+    old = tmp_path / "old"
+    export_sam_model(tiny_sam, old, "tiny", validate=False, decoder_graph="batched")
+    manifest = json.loads((old / "manifest.json").read_text())
+    for key in ("graph", "prompt_frame_size"):
+        manifest["decoder"].pop(key)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    new = SamConceptGenerator.from_folder(folder, points_per_side=4, **KEEP_ALL)(crop, frame)
+    before = SamConceptGenerator.from_folder(old, points_per_side=4, **KEEP_ALL)(crop, frame)
+    assert len(new) == len(before) > 0
+    assert best_iou(new.masks, before.masks).mean() >= 0.999
+    np.testing.assert_allclose(new.scores, before.scores, atol=1e-4)
+
+
 def test_thread_safety(folder, crop_and_frame):
     crop, frame = crop_and_frame
     generator = SamConceptGenerator.from_folder(folder, points_per_side=4, **KEEP_ALL)
@@ -191,7 +209,7 @@ def test_thread_safety(folder, crop_and_frame):
     def work(i: int) -> None:
         try:
             results[i] = generator(crop, frame)
-        except Exception as exc:  # noqa: BLE001 - any failure in a thread is reported below
+        except Exception as exc:  # any failure in a thread is reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
@@ -214,7 +232,7 @@ def test_min_mask_region_area_cleans_masks(folder, crop_and_frame):
     clean = SamConceptGenerator.from_folder(folder, points_per_side=4, min_mask_region_area=min_area,
                                             **KEEP_ALL)(crop, frame)
     assert 0 < len(clean) <= len(raw)
-    assert any(not np.array_equal(a, b) for a, b in zip(raw.masks, clean.masks))
+    assert any(not np.array_equal(a, b) for a, b in zip(raw.masks, clean.masks, strict=True))
     for mask in clean.masks:
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         sizes = stats[1:, cv2.CC_STAT_AREA]
@@ -285,5 +303,5 @@ def test_malformed_manifest_is_a_one_line_error(folder, tmp_path):
     manifest = json.loads((broken / "manifest.json").read_text())
     del manifest["decoder"]["low_res_size"]
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelFolderError, match="low_res_size.*re-run `eac export sam`"):
+    with pytest.raises(ModelFolderError, match=r"low_res_size.*re-run `eac export sam`"):
         SamConceptGenerator.from_folder(broken)
