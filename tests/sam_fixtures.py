@@ -29,6 +29,19 @@ TINY_SAM = SamArchitecture(
 MASK_LOGIT_GAIN = 64.0
 
 
+def regionise_decoder_(sam) -> None:
+    """Make a random-weight mask decoder give region-like masks (in place; see :func:`build_tiny_sam`)."""
+    import torch
+
+    with torch.no_grad():
+        for layer in sam.mask_decoder.output_upscaling:
+            if isinstance(layer, torch.nn.ConvTranspose2d):
+                layer.weight.copy_(layer.weight.mean(dim=(2, 3), keepdim=True).expand_as(layer.weight))
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(MASK_LOGIT_GAIN)
+            mlp.layers[-1].bias.mul_(MASK_LOGIT_GAIN)
+
+
 def build_tiny_sam(seed: int = 0, arch: SamArchitecture = TINY_SAM):
     """A deterministic random-weight SAM of shape ``arch`` (eval mode, fp32)."""
     import torch
@@ -41,13 +54,7 @@ def build_tiny_sam(seed: int = 0, arch: SamArchitecture = TINY_SAM):
         # masks a random pattern (salt-and-pepper masks); with the kernel shared by
         # the 2×2 positions the upscaling is a nearest-neighbour one and the masks
         # follow the image embedding: regions, as a trained SAM gives.
-        with torch.no_grad():
-            for layer in sam.mask_decoder.output_upscaling:
-                if isinstance(layer, torch.nn.ConvTranspose2d):
-                    layer.weight.copy_(layer.weight.mean(dim=(2, 3), keepdim=True).expand_as(layer.weight))
-            for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-                mlp.layers[-1].weight.mul_(MASK_LOGIT_GAIN)
-                mlp.layers[-1].bias.mul_(MASK_LOGIT_GAIN)
+        regionise_decoder_(sam)
     finally:
         torch.random.set_rng_state(state)
     return sam.eval()

@@ -21,7 +21,7 @@ from eac.engine.sources import make_source
 
 HOST_SOURCE = Path(eac.engine.__file__).resolve().parent / "hosts" / "cpp" / "eac_host.cpp"
 SEGMENTS = 8
-EVALUATIONS = 32
+EVALUATIONS = 64  # eac needs ≥ 2 + 8·(N//2) = 34 coalitions for N = 8
 COMPILE_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 120
 #: Fields of an explanation that must not depend on who called the engine.

@@ -14,7 +14,7 @@ from eac.kernels.compose import (
     union_keep,
 )
 
-from .explainer_fakes import FakeClassifier, random_image
+from tests.explainer_fakes import FakeClassifier, random_image
 
 HW = (24, 20)
 

@@ -14,7 +14,7 @@ from eac.engine.evaluator import MaskedEvaluator
 from eac.engine.explainer import METHODS, VALUE_TYPE, Explainer, explain
 from eac.engine.metrics import spearman
 
-from .explainer_fakes import FakeClassifier, grid_masks, random_image
+from tests.explainer_fakes import FakeClassifier, grid_masks, random_image
 
 NEEDS_FEATURE_MAP = ("cam", "secam")
 FAKE_METHODS = [m for m in METHODS if m not in NEEDS_FEATURE_MAP]

@@ -15,7 +15,7 @@ from eac.engine.metrics import (
     spearman,
 )
 
-from .explainer_fakes import FakeClassifier, grid_masks, random_image
+from tests.explainer_fakes import FakeClassifier, grid_masks, random_image
 
 
 def _softmax(z):
