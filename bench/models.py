@@ -278,7 +278,8 @@ def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | Non
     try:
         from ..export.classifier import export_classifier
     except ImportError as exc:
-        raise BenchModelError(f"cannot export the bench classifier: eac.export.classifier is unavailable ({exc})") from exc
+        raise BenchModelError(
+            f"cannot export the bench classifier: eac.export.classifier is unavailable ({exc})") from exc
     folder.parent.mkdir(parents=True, exist_ok=True)
     export_classifier(  # writes atomically (staged folder renamed at the end)
         out=str(folder), torchvision=None, weights=None, module=factory, checkpoint=None, feature_layer="fc",
@@ -387,22 +388,27 @@ def sam_checkpoint(model_type: str = "vit_b", seed: int = BENCH_SEED) -> Path:
 
 
 def export_bench_sam(model_type: str = "vit_b", checkpoint: str | os.PathLike | None = None,
-                     out: str | os.PathLike | None = None, validate: bool = True) -> Path:
+                     out: str | os.PathLike | None = None, validate: bool = True,
+                     decoder_graph: str = "context") -> Path:
     """Export SAM (random weights, or ``checkpoint``) to an eac SAM folder (cached).
 
     The manifest's ``source`` records the checkpoint, so the reference side of a
     benchmark can load the very same weights into PyTorch.
 
+    ``decoder_graph``: the decoder layout (``"context"``, the default, or ``"batched"``,
+    SAM's operation order, to measure what the cheaper decoder gains).
+
     Returns
     -------
     Path
-        The SAM folder (``encoder.onnx``, ``decoder.onnx``, ``manifest.json``).
+        The SAM folder (``encoder.onnx``, ``decoder*.onnx``, ``manifest.json``).
     """
     ckpt = Path(checkpoint) if checkpoint is not None else sam_checkpoint(model_type)
     if not ckpt.is_file():
         raise BenchModelError(f"{ckpt}: no such SAM checkpoint")
     key = _fingerprint("samfolder", model_type, ckpt.resolve(), ckpt.stat().st_size,
-                       _source_digest("eac.export.sam"), _source_digest("eac.export.sam_loader"))
+                       _source_digest("eac.export.sam"), _source_digest("eac.export.sam_loader"),
+                       _source_digest("eac.export.sam_graphs"), decoder_graph)
     folder = Path(out) if out is not None else cache_dir() / f"sam-{model_type}-{key}"
     if (folder / "manifest.json").is_file():
         return folder
@@ -414,5 +420,127 @@ def export_bench_sam(model_type: str = "vit_b", checkpoint: str | os.PathLike | 
     source = {"checkpoint": str(ckpt.resolve()), "bench_model_type": model_type,
               "weights": f"random (seed {BENCH_SEED})" if checkpoint is None else "checkpoint"}
     export_sam_model(build_sam(model_type, checkpoint=ckpt), out=str(folder), model_type=model_type,
+                     opset=None, fp16=False, validate=validate, source=source, decoder_graph=decoder_graph)
+    return folder
+
+
+# --- EfficientViT-SAM ----------------------------------------------------------------------------
+
+class _ToTensor:
+    """torchvision's ``ToTensor`` for an H×W×3 uint8 array: 3×H×W float in [0, 1]."""
+
+    def __call__(self, image):
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))).float() / 255.0
+
+
+class _Normalize:
+    """torchvision's ``Normalize`` for a C×H×W tensor."""
+
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, tensor):
+        return (tensor - self.mean) / self.std
+
+
+class _Compose:
+    """torchvision's ``Compose``."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+
+def import_efficientvit_sam_reference():
+    """The ``efficientsam`` package's own model zoo and generator (the reference), without torchvision.
+
+    The package's ``EfficientViTSam`` builds a ``torchvision.transforms`` pipeline
+    (``Compose``, ``ToTensor``, ``Normalize``) and its generator imports
+    ``torchvision.ops``; when torchvision is absent, :mod:`eac.bench.tvshim` stands in
+    for the ops and PIL resizing and the three transforms above are added to it.
+
+    Returns
+    -------
+    (module, module)
+        ``efficientsam.sam_model_zoo`` and ``efficientsam.models.efficientvit.sam``.
+    """
+    import importlib
+    import sys
+
+    from . import tvshim
+
+    if tvshim.install():
+        transforms = sys.modules["torchvision.transforms"]
+        for name, value in (("Compose", _Compose), ("ToTensor", _ToTensor), ("Normalize", _Normalize)):
+            if not hasattr(transforms, name):
+                setattr(transforms, name, value)
+    try:
+        zoo = importlib.import_module("efficientsam.sam_model_zoo")
+        sam = importlib.import_module("efficientsam.models.efficientvit.sam")
+    except ImportError as exc:
+        raise BenchModelError(f"the efficientsam package is not importable ({exc}); "
+                              "pip install --no-deps efficientsam==1.0.0") from exc
+    return zoo, sam
+
+
+def build_efficientvit_sam(model_type: str = "efficientvit_l0", checkpoint: str | os.PathLike | None = None,
+                           seed: int = BENCH_SEED):
+    """EfficientViT-SAM through eac's loader, random weights from ``seed`` (or a checkpoint); eval mode.
+
+    The package initialises its layers from torch's global RNG; the RNG is seeded
+    here and restored afterwards.
+    """
+    from ..export.efficientvit_sam import build_efficientvit_sam as build
+
+    with _seeded_torch(seed):
+        model = build(model_type)
+    if checkpoint is not None:
+        load_state_dict(model, checkpoint)
+    return model.float().eval()
+
+
+def efficientvit_reference_model(model):
+    """The package's ``EfficientViTSam`` around ``model``'s modules (same weights), for its own generator."""
+    _, sam = import_efficientvit_sam_reference()
+    return sam.EfficientViTSam(model.image_encoder, model.prompt_encoder, model.mask_decoder,
+                               image_size=(model.prompt_frame_size, model.encoder_input_size)).eval()
+
+
+def efficientvit_checkpoint(model_type: str = "efficientvit_l0", seed: int = BENCH_SEED) -> Path:
+    """Save the random-weight model of :func:`build_efficientvit_sam` as a state dict (cached)."""
+    path = cache_dir() / f"{model_type}-{_fingerprint('efficientvit', model_type, seed)}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(build_efficientvit_sam(model_type, seed=seed).state_dict(), str(tmp))
+        tmp.replace(path)
+    return path
+
+
+def export_bench_efficientvit_sam(model_type: str = "efficientvit_l0", checkpoint: str | os.PathLike | None = None,
+                                  out: str | os.PathLike | None = None, validate: bool = True) -> Path:
+    """Export EfficientViT-SAM (random weights, or ``checkpoint``) to an eac SAM folder (cached)."""
+    ckpt = Path(checkpoint) if checkpoint is not None else efficientvit_checkpoint(model_type)
+    if not ckpt.is_file():
+        raise BenchModelError(f"{ckpt}: no such EfficientViT-SAM checkpoint")
+    key = _fingerprint("evitfolder", model_type, ckpt.resolve(), ckpt.stat().st_size,
+                       _source_digest("eac.export.sam"), _source_digest("eac.export.sam_graphs"),
+                       _source_digest("eac.export.efficientvit_sam"))
+    folder = Path(out) if out is not None else cache_dir() / f"{model_type}-{key}"
+    if (folder / "manifest.json").is_file():
+        return folder
+    from ..export.sam import export_sam_model
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    source = {"checkpoint": str(ckpt.resolve()), "bench_model_type": model_type,
+              "weights": f"random (seed {BENCH_SEED})" if checkpoint is None else "checkpoint"}
+    export_sam_model(build_efficientvit_sam(model_type, checkpoint=ckpt), out=str(folder), model_type=model_type,
                      opset=None, fp16=False, validate=validate, source=source)
     return folder

@@ -8,7 +8,8 @@ import json
 from ..errors import EacError
 from .options import add_preprocess_args, positive_int
 
-SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l1", "efficientvit_l2",
+                   "efficientvit_xl0", "efficientvit_xl1")
 
 
 class MissingExtraError(EacError):
@@ -32,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     export_sub = p_export.add_subparsers(dest="what", metavar="WHAT", required=True)
 
     p = export_sub.add_parser("sam", help="export SAM's image encoder and a batched prompt decoder")
-    p.add_argument("--model-type", required=True, choices=SAM_MODEL_TYPES)
+    p.add_argument("--model-type", required=True, choices=SAM_MODEL_TYPES,
+                   help="segment-anything ViT-B/L/H, or EfficientViT-SAM L0-XL1 (needs: pip install --no-deps "
+                        "efficientsam==1.0.0)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="official segment-anything checkpoint (.pth)")
+    src.add_argument("--checkpoint", help="official checkpoint (segment-anything .pth, EfficientViT-SAM .pt)")
     src.add_argument("--download", action="store_true",
                      help="fetch the official checkpoint into the cache ($EAC_CACHE, default ~/.cache/eac)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
