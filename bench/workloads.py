@@ -616,16 +616,96 @@ def _sam_crop(opts: BenchOptions) -> np.ndarray:
     return crop_for(load_photo(opts.photo), (models.CROP, models.CROP), models.RESIZE)
 
 
+#: Extra engine rows of ``eac bench concepts`` (same crop, grid and settings as the ViT-B engine side).
+SAM_ORDER_SIDE = "engine_vit_b_sam_order_decoder"
+EFFICIENTVIT_SIDE = "engine_efficientvit_l0"
+EFFICIENTVIT_BENCH_TYPE = "efficientvit_l0"
+
+
+def _engine_concepts_run(folder: Path, crop: np.ndarray, opts: BenchOptions, settings: SamReferenceSettings,
+                         last: dict[str, Any], key: str) -> Callable[[], RunRecord]:
+    """A timed run of the engine's generator on ``folder`` (the same crop and settings as the engine side)."""
+    from ..engine.concepts import Frame
+
+    generator = _engine_sam(folder, settings, opts)
+    frame = Frame.identity(crop.shape[:2])
+
+    def run() -> RunRecord:
+        t0 = time.perf_counter()
+        concepts = generator(crop, frame)
+        total = time.perf_counter() - t0
+        last[key] = concepts
+        stages = _concept_stages(concepts.timings, total)
+        stages["total"] = total
+        return RunRecord(stages=stages, counts={"prompts": settings.points_per_side ** 2, "masks": len(concepts)},
+                         info={"engine_timings": dict(concepts.timings), "folder": str(folder)},
+                         detail={k: float(v) for k, v in concepts.timings.items()})
+
+    return run
+
+
+def _extra_concept_runs(sam: SamPair, crop: np.ndarray, opts: BenchOptions, settings: SamReferenceSettings,
+                        last: dict[str, Any]) -> tuple[dict[str, Callable[[], RunRecord]], dict[str, str]]:
+    """The rows beside the engine's ViT-B: its decoder in SAM's operation order (what the factored, context-split
+    decoder replaced; same weights) and EfficientViT-SAM-L0 (random weights, the package's architecture)."""
+    runs: dict[str, Callable[[], RunRecord]] = {}
+    notes: dict[str, str] = {}
+    if not opts.sam:
+        opts.log("exporting the same SAM with the decoder in SAM's operation order (cached)...")
+        folder = models.export_bench_sam(sam.model_type, checkpoint=opts.sam_checkpoint, decoder_graph="batched")
+        runs[SAM_ORDER_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last, SAM_ORDER_SIDE)
+        notes[SAM_ORDER_SIDE] = f"{sam.description}; decoder.onnx in segment-anything's operation order"
+    try:
+        opts.log("exporting EfficientViT-SAM-L0 (random weights, cached)...")
+        folder = models.export_bench_efficientvit_sam(EFFICIENTVIT_BENCH_TYPE)
+    except Exception as exc:  # the efficientsam package missing or broken: the row is skipped, with the reason
+        notes[EFFICIENTVIT_SIDE] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        opts.log(f"EfficientViT-SAM-L0 row {notes[EFFICIENTVIT_SIDE]}")
+    else:
+        runs[EFFICIENTVIT_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last, EFFICIENTVIT_SIDE)
+        notes[EFFICIENTVIT_SIDE] = (f"EfficientViT-SAM-L0 (512 input), random weights (seed {models.BENCH_SEED}); "
+                                    "mask agreement with its own generator: tests/export/test_efficientvit_sam.py")
+    return runs, notes
+
+
+def _generators_table(sides: dict[str, SideResult], notes: dict[str, str]) -> tuple:
+    """Every concept generator of the run side by side: total, encoder, the rest, speed-up, peak memory."""
+    reference = sides["reference"].stages["total"].median
+    rows = []
+    for name, side in sides.items():
+        total = side.stages["total"].median
+        rows.append([name, f"{total:.2f}", f"{side.stages['encoder'].median:.2f}",
+                     f"{side.stages['masks (decoder + post)'].median:.2f}",
+                     "1.0×" if name == "reference" else f"{reference / total:.1f}×",
+                     f"{side.peak_rss_bytes / 2**20:.0f} (+{side.peak_rss_increase_bytes / 2**20:.0f})",
+                     _fmt_masks(side)])
+    for name, note in notes.items():
+        if name not in sides:
+            rows.append([name, "—", "—", "—", "—", "—", note])
+    return ("concept generators, same crop and grid (median s; speed-up vs segment-anything's ViT-B generator)",
+            ["side", "total s", "encoder s", "masks s", "speed-up", "peak RSS MB (rise)", "masks"], rows)
+
+
+def _fmt_masks(side: SideResult) -> str:
+    value = side.counts.get("masks")
+    return "—" if value is None else f"{int(value)}"
+
+
 def run_concepts(opts: BenchOptions) -> BenchReport:
-    """The concept stage: engine SAM generator vs segment-anything's generator."""
+    """The concept stage: engine SAM generators (ViT-B, and EfficientViT-SAM-L0) vs segment-anything's generator."""
     sam = sam_pair(opts)
     crop = _sam_crop(opts)
     settings = _sam_settings(opts)
     generator, _, engine_run, reference_run, last = _concepts_sides(sam, crop, opts, settings)
+    extra_runs, notes = _extra_concept_runs(sam, crop, opts, settings, last)
     engine = measure("engine", engine_run, opts.warmup, opts.repeat, opts.log)
+    extra_sides = {name: measure(name, run, opts.warmup, opts.repeat, opts.log) for name, run in extra_runs.items()}
     reference = measure("reference", reference_run, opts.warmup, opts.repeat, opts.log)
     same = mask_agreement(last["engine"].masks, last["reference"].masks)
-    extra: dict[str, Any] = {"agreement_default_settings": same}
+    extra: dict[str, Any] = {"agreement_default_settings": same, "generator_notes": notes}
+    if SAM_ORDER_SIDE in last:
+        extra["agreement_sam_order_decoder_vs_engine"] = mask_agreement(last["engine"].masks,
+                                                                        last[SAM_ORDER_SIDE].masks)
     rows = [["default filters (timed runs)", str(same["engine_masks"]), str(same["reference_masks"]),
              _f3(same["mean_best_iou_reference_in_engine"]), _f3(same["mean_best_iou_engine_in_reference"])]]
     if opts.agreement:
@@ -639,7 +719,8 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     provider = getattr(generator, "provider", None) or last["engine"].info.get("provider")
     run_settings = {"photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "sam": sam.description,
                     "sam_folder": str(sam.folder), "generator": settings.to_dict(), "load_seconds": sam.load_seconds}
-    return _report(opts, {"engine": engine, "reference": reference}, provider, run_settings, extra, [table])
+    sides = {"engine": engine, **extra_sides, "reference": reference}
+    return _report(opts, sides, provider, run_settings, extra, [_generators_table(sides, notes), table])
 
 
 def run_end_to_end(opts: BenchOptions) -> BenchReport:
