@@ -137,7 +137,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, current_rss())
 
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034 (Python 3.10 has no typing.Self)
+    def __enter__(self) -> PeakMemory:
         self.baseline = current_rss()
         self.peak = self.baseline
         self._kernel = _reset_hwm() and _read_hwm() is not None
@@ -261,7 +261,8 @@ def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: in
         for stage, seconds in record.detail.items():
             per_detail.setdefault(stage, []).append(float(seconds))
         if counts is not None and counts != record.counts:
-            raise BenchError(f"{name}: counts changed between runs ({counts} then {record.counts}); runs must be seeded")
+            raise BenchError(f"{name}: counts changed between runs ({counts} then {record.counts}); "
+                             "runs must be seeded")
         counts = dict(record.counts)
         info = record.info
         peak = max(peak, mem.peak)
@@ -510,7 +511,8 @@ def format_stage_table(report: BenchReport) -> str:
         e = engine.stages.get(stage) if engine else None
         r = reference.stages.get(stage) if reference else None
         ratio = report.ratios.get(stage)
-        rows.append([stage, _fmt_stat(e, engine.repeat if engine else 1), _fmt_stat(r, reference.repeat if reference else 1),
+        rows.append([stage, _fmt_stat(e, engine.repeat if engine else 1),
+                     _fmt_stat(r, reference.repeat if reference else 1),
                      f"{ratio:.1f}×" if ratio is not None else "—"])
     count_keys: list[str] = []
     for side in (engine, reference):
@@ -521,7 +523,8 @@ def format_stage_table(report: BenchReport) -> str:
                      _fmt_count(reference.counts.get(key) if reference else None), ""])
     rows.append(["peak RSS MB (rise in run)",
                  _fmt_mem(engine) if engine else "—", _fmt_mem(reference) if reference else "—", ""])
-    title = f"runs: warm-up {max(s.warmup for s in report.sides.values())}, timed {max(s.repeat for s in report.sides.values())}"
+    warmup = max(s.warmup for s in report.sides.values())
+    title = f"runs: warm-up {warmup}, timed {max(s.repeat for s in report.sides.values())}"
     if report.quick:
         title += f" [{QUICK_LABEL}]"
     return title + "\n" + format_table(header, rows)

@@ -18,16 +18,14 @@ import json
 import time
 
 import numpy as np
-
 from eac.engine.classifier import Classifier
+from eac.engine.concepts import Frame
 from eac.engine.demo import demo_classifier_path
 from eac.engine.evaluator import MaskedEvaluator
 from eac.engine.explainer import explain
 from eac.engine.metrics import insertion_deletion, random_ranking_auc, spearman
 from eac.engine.scenes import make_scene, scene_concepts
 from eac.engine.sources import GridSource, SuperpixelSource
-from eac.engine.concepts import Frame
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-exact", action="store_true")
     p.add_argument("--auc", action="store_true")
     p.add_argument("--mc-reference", type=int, default=0,
-                   help="instead of enumeration, use permutation-sampling Shapley on the classifier with this many permutations")
+                   help="instead of enumeration, use permutation-sampling Shapley on the classifier "
+                        "with this many permutations")
     args = p.parse_args(argv)
 
     clf = Classifier.from_folder(demo_classifier_path())
@@ -97,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         exact = None
         if args.mc_reference:
             from types import SimpleNamespace
+
             from eac.kernels.shapley import permutation_shapley
             from eac.kernels.surrogate import softmax
             ev0 = MaskedEvaluator(clf, scene.image, masks)
             def vfn(c, ev0=ev0, label=scene.label):
                 return softmax(ev0.evaluate(c.astype(bool)).logits)[:, [label]]
-            vals, errs = permutation_shapley(vfn, n, args.mc_reference, np.random.default_rng(99 + s), rows_per_call=4096)
+            vals, errs = permutation_shapley(vfn, n, args.mc_reference, np.random.default_rng(99 + s),
+                                             rows_per_call=4096)
             exact = SimpleNamespace(values=vals[:, 0], ranking=np.argsort(-vals[:, 0], kind="stable"),
                                     num_evaluations=ev0.num_evaluations)
             print(f"  reference Shapley: {ev0.num_evaluations} evals, median stderr {np.median(errs):.4f}, "
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault("random", []).append({"ins": rnd["insertion"], "del": rnd["deletion"]})
             if exact is not None:
                 m = insertion_deletion(ev, exact.ranking, scene.label)
-                rows.setdefault("shapley-exact", []).append({"ins": m["insertion"], "del": m["deletion"], "evals": exact.num_evaluations,
-                                                             "sec": t_exact, "top1_key": int(exact.ranking[0] == key), "n": n})
+                rows.setdefault("shapley-exact", []).append(
+                    {"ins": m["insertion"], "del": m["deletion"], "evals": exact.num_evaluations,
+                     "sec": t_exact, "top1_key": int(exact.ranking[0] == key), "n": n})
         for method, opts in VARIANTS:
             name = method + (json.dumps(opts, sort_keys=True) if opts else "")
             t = time.perf_counter()
@@ -139,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 
     faithful = rows.pop("_faithful", None)
     print(f"\nconcepts={args.concepts} scenes={args.scenes}  (means over scenes; rho = Spearman)")
-    print(f"{'method':70s} {'N':>5s} {'evals':>6s} {'sec':>6s} {'rho_ex':>7s} {'min':>6s} {'top1ex':>6s} {'top1key':>7s} {'rho_faith':>9s} {'min':>6s} {'ins':>6s} {'del':>6s}")
+    columns = ("N", 5), ("evals", 6), ("sec", 6), ("rho_ex", 7), ("min", 6), ("top1ex", 6), ("top1key", 7), \
+        ("rho_faith", 9), ("min", 6), ("ins", 6), ("del", 6)
+    print(f"{'method':70s} " + " ".join(f"{name:>{width}s}" for name, width in columns))
     for name, rs in rows.items():
         if name.startswith("_vals_"):
             continue
-        def mean(k):
+        def mean(k, rs=rs):
             vals = [r[k] for r in rs if k in r]
             return np.mean(vals) if vals else float("nan")
         rf = rfmin = float("nan")
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             rf, rfmin = np.mean(rfs), np.min(rfs)
         mn = min((r["rho_exact"] for r in rs if "rho_exact" in r), default=float("nan"))
         print(f"{name:70s} {mean('n'):5.1f} {mean('evals'):6.0f} {mean('sec'):6.2f} {mean('rho_exact'):7.3f} {mn:6.3f} "
-              f"{mean('top1_exact'):6.2f} {mean('top1_key'):7.2f} {rf:9.3f} {rfmin:6.3f} {mean('ins'):6.1f} {mean('del'):6.1f}")
+              f"{mean('top1_exact'):6.2f} {mean('top1_key'):7.2f} {rf:9.3f} {rfmin:6.3f} "
+              f"{mean('ins'):6.1f} {mean('del'):6.1f}")
     return 0
 
 

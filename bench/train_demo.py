@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = train(args.size, args.n_train, args.epochs, seed=args.seed, verbose=True)
-    print(f"trained in {result.seconds:.0f}s: accuracy {result.accuracy:.3f}, masked accuracy {result.masked_accuracy:.3f}")
+    print(f"trained in {result.seconds:.0f}s: accuracy {result.accuracy:.3f}, "
+          f"masked accuracy {result.masked_accuracy:.3f}")
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)

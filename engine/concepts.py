@@ -35,7 +35,7 @@ class Frame:
     box: tuple[int, int, int, int]
 
     @classmethod
-    def identity(cls, hw: tuple[int, int]) -> "Frame":
+    def identity(cls, hw: tuple[int, int]) -> Frame:
         h, w = int(hw[0]), int(hw[1])
         return cls((h, w), (h, w), (0, 0, h, w))
 
@@ -67,7 +67,7 @@ class Frame:
         return {"original_hw": list(self.original_hw), "resized_hw": list(self.resized_hw), "box": list(self.box)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Frame":
+    def from_dict(cls, data: dict[str, Any]) -> Frame:
         return cls(tuple(data["original_hw"]), tuple(data["resized_hw"]), tuple(data["box"]))
 
 
@@ -147,7 +147,7 @@ class Concepts:
         )
 
     @classmethod
-    def load(cls, path: str) -> "Concepts":
+    def load(cls, path: str) -> Concepts:
         """Read a file written by :meth:`save`."""
         import json
 

@@ -35,7 +35,7 @@ def supports_device_compose(classifier: Any) -> bool:
 
 def device_composer_for(classifier: Any, image_norm: np.ndarray, baseline_norm: np.ndarray,
                         masks_flat: np.ndarray, record_features: bool = True,
-                        force: bool = False) -> "DeviceComposer | None":
+                        force: bool = False) -> DeviceComposer | None:
     """A :class:`DeviceComposer` when the classifier runs on a GPU (or ``force``), else None."""
     if not supports_device_compose(classifier):
         return None

@@ -125,8 +125,8 @@ def resize_crop_frame(hw: tuple[int, int], resize: int | None, crop: int | tuple
         ch, cw = (crop, crop) if isinstance(crop, int) else (int(crop[0]), int(crop[1]))
     if ch > rh or cw > rw:
         raise ImageError(f"crop {ch}×{cw} is larger than the resized image {rh}×{rw}")
-    top = int(round((rh - ch) / 2.0))
-    left = int(round((rw - cw) / 2.0))
+    top = round((rh - ch) / 2.0)
+    left = round((rw - cw) / 2.0)
     return Frame((h, w), (rh, rw), (top, left, ch, cw))
 
 

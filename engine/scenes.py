@@ -79,7 +79,7 @@ def shape_mask(shape: str, size: int, center: tuple[float, float], radius: float
     canvas = np.zeros((size, size), np.uint8)
     cx, cy = center
     if shape == "disk":
-        cv2.circle(canvas, (int(round(cx)), int(round(cy))), int(round(radius)), 1, -1)
+        cv2.circle(canvas, (round(cx), round(cy)), round(radius), 1, -1)
         return canvas.astype(bool)
     if shape == "square":
         k = np.arange(4)
@@ -120,7 +120,8 @@ def make_scene(rng: np.random.Generator, size: int = 128, label: int | None = No
     label = int(rng.integers(len(SHAPES))) if label is None else int(label)
     n_distractors = int(rng.integers(MIN_DISTRACTORS, MAX_DISTRACTORS + 1))
     shapes = [SHAPES[label]] + [SHAPES[int(i)] for i in rng.integers(len(SHAPES), size=n_distractors)]
-    colours = [KEY_COLOUR] + [DISTRACTOR_COLOURS[int(i)] for i in rng.integers(len(DISTRACTOR_COLOURS), size=n_distractors)]
+    picks = rng.integers(len(DISTRACTOR_COLOURS), size=n_distractors)
+    colours = [KEY_COLOUR] + [DISTRACTOR_COLOURS[int(i)] for i in picks]
     occupied = np.zeros((size, size), bool)
     masks = []
     for shape, colour in zip(shapes, colours):

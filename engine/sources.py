@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -98,7 +98,7 @@ class MaskSource:
         self.origin = origin
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "MaskSource":
+    def from_file(cls, path: str | os.PathLike) -> MaskSource:
         """Read ``.npy`` (masks or labels), ``.npz`` (key ``masks`` or ``labels``) or a PNG label image."""
         path = Path(path)
         if not path.is_file():

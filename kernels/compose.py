@@ -166,7 +166,7 @@ def compose_chunks(
         raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
     coalitions = np.asarray(coalitions)
     m = coalitions.shape[0]
-    buffer = np.empty((min(chunk_size, max(m, 1)),) + image_norm.shape, dtype=np.float32)
+    buffer = np.empty((min(chunk_size, max(m, 1)), *image_norm.shape), dtype=np.float32)
     for start in range(0, m, chunk_size):
         part = coalitions[start : start + chunk_size]
         yield start, compose_batch(image_norm, baseline_norm, masks_flat, part, out=buffer, invert=invert)

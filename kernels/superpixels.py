@@ -127,8 +127,8 @@ def enforce_connectivity(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def _grid_shape(h: int, w: int, n_segments: int) -> tuple[int, int]:
     """Rows and columns of a grid of about ``n_segments`` near-square cells."""
-    rows = max(1, int(round(np.sqrt(n_segments * h / w))))
-    cols = max(1, int(round(n_segments / rows)))
+    rows = max(1, round(np.sqrt(n_segments * h / w)))
+    cols = max(1, round(n_segments / rows))
     return min(rows, h), min(cols, w)
 
 

@@ -21,13 +21,13 @@ import os
 BLAS_THREAD_VARIABLE = "OPENBLAS_NUM_THREADS"
 os.environ.setdefault(BLAS_THREAD_VARIABLE, "1")
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
-from typing import Sequence  # noqa: E402
+import argparse  # noqa: E402 - after the BLAS setting above
+import sys  # noqa: E402 - after the BLAS setting above
+import traceback  # noqa: E402 - after the BLAS setting above
+from collections.abc import Sequence  # noqa: E402 - after the BLAS setting above
 
-from ..errors import EacError  # noqa: E402
-from . import bench, concepts, demo, explain, export  # noqa: E402
+from ..errors import EacError  # noqa: E402 - after the BLAS setting above
+from . import bench, concepts, demo, explain, export  # noqa: E402 - after the BLAS setting above
 
 #: Subcommand modules, in --help order; each has ``register(subparsers)``.
 SUBCOMMANDS = (export, concepts, explain, demo, bench)

@@ -6,8 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import MAX_POINTS_PER_SIDE, add_sam_args, add_session_args, add_verify_arg, runtime_from_args, \
-    sam_settings_from_args
+from .options import (
+    MAX_POINTS_PER_SIDE,
+    add_sam_args,
+    add_session_args,
+    add_verify_arg,
+    runtime_from_args,
+    sam_settings_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

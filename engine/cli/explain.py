@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # noqa: BLE001 - one image must never end the batch
+        except Exception as exc:
             _fail(failures, path, f"unexpected {type(exc).__name__}: {_first_line(exc)} (--debug shows the "
                                   "traceback)", args)
             continue

@@ -7,7 +7,8 @@ Every numeric flag is range-checked by the parser itself (argparse prints one
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..manifest import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 

@@ -259,7 +259,7 @@ def _check_sides(data):
     for name in ("engine", "reference"):
         side = data["sides"][name]
         assert side["repeat"] == 2
-        for stage, stats in side["stages"].items():
+        for stats in side["stages"].values():
             assert len(stats["runs_s"]) == 2
             assert stats["min_s"] <= stats["median_s"] <= stats["max_s"]
             assert stats["median_s"] == pytest.approx(statistics.median(stats["runs_s"]))

@@ -218,7 +218,7 @@ def test_onnx_not_matching_manifest(folder, prob_folder, tmp_path):
     _edit_manifest(dst, files__model__bytes=(dst / "classifier.onnx").stat().st_size)
     with pytest.raises(ModelFolderError, match="checksum differs"):  # caught by the checksums first...
         Classifier.from_folder(dst)
-    with pytest.raises(ModelFolderError, match="does not match its manifest.*re-run"):  # ...and by the graph check
+    with pytest.raises(ModelFolderError, match=r"does not match its manifest.*re-run"):  # ...and by the graph check
         Classifier.from_folder(dst, verify=False)
     # right file, manifest claims another class count
     dst2 = tmp_path / "k"

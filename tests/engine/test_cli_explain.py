@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from eac.engine.cli import main
 from eac.engine.scenes import SHAPES, make_scene
 
@@ -88,14 +87,14 @@ def test_evaluation_budget_flag(tmp_path, demo_classifier_folder, capsys):
     _write_scene(tmp_path / "scene.png", 11)
     base = ["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
             "--concepts", "slic", "--n-segments", "24", "--json", "--out"]
-    assert main(base + [str(tmp_path / "a"), "--evaluations", "128"]) == 0
+    assert main([*base, str(tmp_path / "a"), "--evaluations", "128"]) == 0
     small = json.loads(capsys.readouterr().out)["results"][0]
-    assert main(base + [str(tmp_path / "b"), "--evaluations", "1024"]) == 0
+    assert main([*base, str(tmp_path / "b"), "--evaluations", "1024"]) == 0
     large = json.loads(capsys.readouterr().out)["results"][0]
     assert small["num_concepts"] > 16  # not enumerated: the budget is what bounds the evaluations
     assert small["num_evaluations"] <= 128 + 1 < large["num_evaluations"] <= 1024 + 1
     # too small a budget for this many concepts: refused before any work, saying how much is needed
-    assert main(base + [str(tmp_path / "c"), "--evaluations", "16"]) == 1
+    assert main([*base, str(tmp_path / "c"), "--evaluations", "16"]) == 1
     assert "raise --evaluations to" in capsys.readouterr().err
-    assert main(base + [str(tmp_path / "c"), "--evaluations", "64", "--method", "loo"]) != 0
+    assert main([*base, str(tmp_path / "c"), "--evaluations", "64", "--method", "loo"]) != 0
     assert "does not apply" in capsys.readouterr().err

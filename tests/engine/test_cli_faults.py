@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from eac.engine.cli import main
 from eac.engine.demo import demo_classifier_path
 from eac.engine.scenes import make_scene
@@ -207,9 +206,8 @@ def test_damaged_model_of_the_same_size_is_detected(workspace, capsys):
 
 def test_nan_output_is_a_per_image_error_naming_the_model(workspace, capsys):
     onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
-
     from eac.engine.manifest import ClassifierInput, ClassifierManifest, Preprocess, file_entry
+    from onnx import TensorProto, helper
 
     folder = workspace / "nanclf"
     folder.mkdir()

@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from eac.engine.classifier import Classifier
 from eac.engine.device_compose import COMPOSE_PATH, DeviceComposer, device_composer_for, supports_device_compose
 from eac.export.compose import build_compose_model

@@ -44,7 +44,7 @@ def brute_force_shapley(clf, crop, masks, y):
         for bits, value in v.items():
             if bits[i] == 0:
                 s = sum(bits)
-                with_i = bits[:i] + (1,) + bits[i + 1 :]
+                with_i = (*bits[:i], 1, *bits[i + 1:])
                 phi[i] += factorial(s) * factorial(n - s - 1) / factorial(n) * (v[with_i] - value)
     return phi
 

@@ -8,8 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from eac.engine.errors import ManifestVersionError, ModelFolderError, ProviderError
 from eac.engine.manifest import FORMAT_VERSION, file_entry, read_manifest, verify_files, write_manifest
 from eac.engine.session import (
@@ -22,6 +20,7 @@ from eac.engine.session import (
     provider_options,
     resolve_providers,
 )
+from onnx import TensorProto, helper
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -33,7 +32,8 @@ def affine_model(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "two"], ["t"]),
+                               helper.make_node("Add", ["t", "one"], ["y"])],
                               "affine", [x], [y], initializer=[two, one])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -124,7 +124,7 @@ def test_manifest_roundtrip_and_checks(tmp_path, affine_model):
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestVersionError, match="upgrade eac"):
         read_manifest(folder)
-    with pytest.raises(ModelFolderError, match="no manifest.json"):
+    with pytest.raises(ModelFolderError, match=r"no manifest.json"):
         read_manifest(tmp_path)
     with pytest.raises(ValueError):
         write_manifest(folder, {"kind": "other"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from eac.engine.concepts import Concepts, Frame
 from eac.engine.errors import ConceptError
 from eac.engine.images import resize_crop_frame
@@ -124,7 +123,7 @@ def test_mask_source_files(tmp_path):
     assert len(from_png) == 2  # label 0 is "no concept"
     np.testing.assert_array_equal(from_png.masks, from_npy.masks)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
-    with pytest.raises(ConceptError, match="bad.npy"):
+    with pytest.raises(ConceptError, match=r"bad.npy"):
         MaskSource.from_file(tmp_path / "bad.npy")
     with pytest.raises(ConceptError, match="no such masks file"):
         MaskSource.from_file(tmp_path / "missing.npy")

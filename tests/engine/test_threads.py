@@ -5,7 +5,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 from eac.engine.classifier import Classifier
 from eac.engine.explainer import Explainer
 from eac.engine.scenes import make_scene

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
-
 from eac.engine.cli import main
+from onnx import TensorProto, helper
 
 
 def _softmax_classifier(path, hw=8, k=3):

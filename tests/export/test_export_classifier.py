@@ -13,12 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from eac.engine.cli import main  # noqa: E402
-from eac.export import classifier as export_mod  # noqa: E402
-from eac.export.classifier import export_classifier  # noqa: E402
-from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
+from eac.engine.cli import main
+from eac.export import classifier as export_mod
+from eac.export.classifier import export_classifier
+from eac.export.errors import CheckpointError, ExportError, ValidationError
 
-from tests import tiny_models  # noqa: E402
+from tests import tiny_models
 
 SIZE = 32
 RESIZE = 36
