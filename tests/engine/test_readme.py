@@ -1,0 +1,24 @@
+"""The README stays true: its method table is the registry's, its commands are the ones CI runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eac.engine.methods import methods_table, registry
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+CI = (ROOT / ".ci" / "run").read_text()
+
+
+def test_method_table_is_built_from_the_registry():
+    assert methods_table() in README
+    for name in registry():
+        assert f"| `{name}`" in README
+
+
+def test_ci_installs_and_tests_exactly_as_the_readme_says():
+    install = next(line for line in README.splitlines() if line.startswith('pip install "torch==2.13.0" -e'))
+    assert install in CI
+    assert "python -m pytest" in README and "python -m pytest" in CI
+    assert "eac demo" in CI and "ruff check" in CI
