@@ -525,15 +525,20 @@ def efficientvit_checkpoint(model_type: str = "efficientvit_l0", seed: int = BEN
 
 
 def export_bench_efficientvit_sam(model_type: str = "efficientvit_l0", checkpoint: str | os.PathLike | None = None,
-                                  out: str | os.PathLike | None = None, validate: bool = True) -> Path:
-    """Export EfficientViT-SAM (random weights, or ``checkpoint``) to an eac SAM folder (cached)."""
+                                  out: str | os.PathLike | None = None, validate: bool = True,
+                                  decoder_precision: str = "fp32") -> Path:
+    """Export EfficientViT-SAM (random weights, or ``checkpoint``) to an eac SAM folder (cached).
+
+    ``decoder_precision``: ``"fp32"``, or ``"int8"`` / ``"fp16"`` for the per-prompt decoder (measured
+    against the fp32 decoder at export; see :func:`eac.export.sam.export_sam_model`).
+    """
     ckpt = Path(checkpoint) if checkpoint is not None else efficientvit_checkpoint(model_type)
     if not ckpt.is_file():
         raise BenchModelError(f"{ckpt}: no such EfficientViT-SAM checkpoint")
     key = _fingerprint("evitfolder", model_type, ckpt.resolve(), ckpt.stat().st_size,
                        _source_digest("eac.export.sam"), _source_digest("eac.export.sam_graphs"),
-                       _source_digest("eac.export.efficientvit_sam"))
-    folder = Path(out) if out is not None else cache_dir() / f"{model_type}-{key}"
+                       _source_digest("eac.export.efficientvit_sam"), decoder_precision)
+    folder = Path(out) if out is not None else cache_dir() / f"{model_type}-{decoder_precision}-{key}"
     if (folder / "manifest.json").is_file():
         return folder
     from ..export.sam import export_sam_model
@@ -542,5 +547,5 @@ def export_bench_efficientvit_sam(model_type: str = "efficientvit_l0", checkpoin
     source = {"checkpoint": str(ckpt.resolve()), "bench_model_type": model_type,
               "weights": f"random (seed {BENCH_SEED})" if checkpoint is None else "checkpoint"}
     export_sam_model(build_efficientvit_sam(model_type, checkpoint=ckpt), out=str(folder), model_type=model_type,
-                     opset=None, fp16=False, validate=validate, source=source)
+                     opset=None, fp16=False, validate=validate, source=source, decoder_precision=decoder_precision)
     return folder

@@ -617,8 +617,9 @@ def _sam_crop(opts: BenchOptions) -> np.ndarray:
 
 
 #: Extra engine rows of ``eac bench concepts`` (same crop, grid and settings as the ViT-B engine side).
-SAM_ORDER_SIDE = "engine_vit_b_sam_order_decoder"
+SAM_ORDER_SIDE = "engine_sam_order_decoder"
 EFFICIENTVIT_SIDE = "engine_efficientvit_l0"
+EFFICIENTVIT_INT8_SIDE = "engine_efficientvit_l0_int8_decoder"
 EFFICIENTVIT_BENCH_TYPE = "efficientvit_l0"
 
 
@@ -665,6 +666,14 @@ def _extra_concept_runs(sam: SamPair, crop: np.ndarray, opts: BenchOptions, sett
         runs[EFFICIENTVIT_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last, EFFICIENTVIT_SIDE)
         notes[EFFICIENTVIT_SIDE] = (f"EfficientViT-SAM-L0 (512 input), random weights (seed {models.BENCH_SEED}); "
                                     "mask agreement with its own generator: tests/export/test_efficientvit_sam.py")
+        opts.log("exporting EfficientViT-SAM-L0 with the int8 decoder (cached)...")
+        folder = models.export_bench_efficientvit_sam(EFFICIENTVIT_BENCH_TYPE, decoder_precision="int8")
+        runs[EFFICIENTVIT_INT8_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last,
+                                                            EFFICIENTVIT_INT8_SIDE)
+        check = _read_manifest(folder, "sam")["validation"]["decoder_precision"]
+        notes[EFFICIENTVIT_INT8_SIDE] = (
+            f"same weights, int8 decoder: max abs logit diff {check['max_abs_logit_diff']:.3g} vs fp32, mask IoU per "
+            f"candidate mean {check['mask_iou_same_candidate']['mean']:.3f}")
     return runs, notes
 
 
@@ -681,9 +690,12 @@ def _generators_table(sides: dict[str, SideResult], notes: dict[str, str]) -> tu
                      _fmt_masks(side)])
     for name, note in notes.items():
         if name not in sides:
-            rows.append([name, "—", "—", "—", "—", "—", note])
+            rows.append([name, "—", "—", "—", "—", "—", "—", note])
+    for row in rows:
+        if len(row) == 7:
+            row.append(notes.get(row[0], ""))
     return ("concept generators, same crop and grid (median s; speed-up vs segment-anything's ViT-B generator)",
-            ["side", "total s", "encoder s", "masks s", "speed-up", "peak RSS MB (rise)", "masks"], rows)
+            ["side", "total s", "encoder s", "masks s", "speed-up", "peak RSS MB (rise)", "masks", "notes"], rows)
 
 
 def _fmt_masks(side: SideResult) -> str:
@@ -706,6 +718,9 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     if SAM_ORDER_SIDE in last:
         extra["agreement_sam_order_decoder_vs_engine"] = mask_agreement(last["engine"].masks,
                                                                         last[SAM_ORDER_SIDE].masks)
+    if EFFICIENTVIT_INT8_SIDE in last:
+        extra["agreement_efficientvit_int8_vs_fp32_decoder"] = mask_agreement(last[EFFICIENTVIT_SIDE].masks,
+                                                                              last[EFFICIENTVIT_INT8_SIDE].masks)
     rows = [["default filters (timed runs)", str(same["engine_masks"]), str(same["reference_masks"]),
              _f3(same["mean_best_iou_reference_in_engine"]), _f3(same["mean_best_iou_engine_in_reference"])]]
     if opts.agreement:

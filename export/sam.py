@@ -55,7 +55,7 @@ from typing import Any
 
 from ..engine.manifest import SamDecoderSpec, SamEncoderSpec, SamManifest, read_manifest
 from ._torch_utils import require_torch
-from .common import StagedFolder, check_output_folder, cpu_session, file_entries, save_onnx
+from .common import StagedFolder, check_output_folder, cpu_session, file_entries, first_line, save_onnx
 from .errors import CheckpointError, ExportError
 from .sam_loader import architecture, ensure_checkpoint, load_sam
 from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_DECODER_CONTEXT, SAM_ENCODER, SAM_PROMPT_DECODER
@@ -81,6 +81,13 @@ DECODER_GRAPH_CHOICES = ("context", "factored", "batched")
 DEFAULT_DECODER_GRAPH = "context"
 #: Manifest role of the context graph's file.
 CONTEXT_ROLE = "decoder_context"
+#: ``--decoder-precision``: the per-prompt decoder in fp32, fp16 (norms and softmax in fp32) or int8
+#: (ONNX Runtime dynamic quantisation of its constant-weight matrix products, activations quantised per call).
+DECODER_PRECISIONS = ("fp32", "fp16", "int8")
+#: The precision check: a grid of single-point prompts on the validation image, every candidate kept.
+PRECISION_GRID = 16
+PRECISION_BATCH = 64
+PRECISION_TIMED_RUNS = 2
 #: Names :mod:`eac.export.sam_graphs` (torch) provides; reachable here, imported on first use.
 _GRAPH_NAMES = ("BatchedPromptDecoder", "FactoredPromptDecoder", "SamEncoderGraph", "reference_decoder",
                 "synthetic_image", "synthetic_prompts")
@@ -187,15 +194,17 @@ def _architecture_info(sam, image_size: int, channels: int) -> dict[str, Any]:
 
 
 def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], image_size: int,
-              log: Callable[[str], None], context=None) -> dict[str, Any]:
+              log: Callable[[str], None], context=None, decoder_low: bool | None = None) -> dict[str, Any]:
     """Compare ONNX Runtime with fp32 PyTorch on fresh inputs; raises ValidationError.
 
     ``context``: the :class:`~eac.export.sam_graphs.FactoredPromptDecoder` whose
     ``image_context`` the folder's ``decoder_context.onnx`` computes (None: one
     decoder graph taking the embeddings). The decoder's outputs are always compared
     with segment-anything's own prompt encoder and mask decoder, fed the ONNX
-    context (so the check covers both graphs).
+    context (so the check covers both graphs). ``decoder_low``: the decoder is
+    fp16 or int8 (its outputs are held to the spec's fp16 tolerances); default ``fp16``.
     """
+    decoder_low = fp16 if decoder_low is None else decoder_low
     import torch
 
     from .sam_graphs import reference_decoder, synthetic_image, synthetic_prompts
@@ -228,7 +237,7 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
         got_context = session.run(None, {SAM_DECODER_CONTEXT.inputs[0]: embeddings})[0]
         name = SAM_DECODER_CONTEXT.outputs[0]
         context_diff = compare_outputs({name: ref_context}, {name: got_context},
-                                       SAM_DECODER_CONTEXT.tolerances(fp16), "SAM decoder context")
+                                       SAM_DECODER_CONTEXT.tolerances(decoder_low), "SAM decoder context")
         embeddings = got_context
     decoder_diff = {name: 0.0 for name in SAM_DECODER.outputs}
     cases = []
@@ -240,7 +249,7 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
         diff = compare_outputs(
             {name: value.numpy() for name, value in zip(SAM_DECODER.outputs, ref, strict=True)},
             dict(zip(SAM_DECODER.outputs, got, strict=True)),
-            SAM_DECODER.tolerances(fp16), f"SAM decoder (B={batch}, P={points})",
+            SAM_DECODER.tolerances(decoder_low), f"SAM decoder (B={batch}, P={points})",
         )
         cases.append({"batch": batch, "points": points, "max_abs_diff": diff})
         decoder_diff = {k: max(decoder_diff[k], diff[k]) for k in decoder_diff}
@@ -249,14 +258,113 @@ def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], imag
         "runtime": "onnxruntime CPUExecutionProvider",
         "encoder": {"max_abs_diff": encoder_diff, "tolerance": SAM_ENCODER.tolerances(fp16),
                     "input": f"synthetic {height}x{image_size} image, padded, seed {VALIDATION_SEED}"},
-        "decoder": {"max_abs_diff": decoder_diff, "tolerance": SAM_DECODER.tolerances(fp16),
+        "decoder": {"max_abs_diff": decoder_diff, "tolerance": SAM_DECODER.tolerances(decoder_low),
                     "cases": cases},
         "embedding_hw": list(embedding_hw),
     }
     if context_diff is not None:
         result["decoder_context"] = {"max_abs_diff": context_diff,
-                                     "tolerance": SAM_DECODER_CONTEXT.tolerances(fp16)}
+                                     "tolerance": SAM_DECODER_CONTEXT.tolerances(decoder_low)}
     return result
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantisation of ``src`` (weights int8, activations per call) into ``dst``."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice about pre-processing
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    except Exception as exc:  # the quantiser raises assorted types
+        raise ExportError(f"int8 quantisation of the decoder failed ({first_line(exc)})") from exc
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def _mask_iou(a, b):
+    """IoU of every mask of ``a`` (A×P) with every mask of ``b`` (B×P) → A×B (empty pairs: 0)."""
+    import numpy as np
+
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def _precision_check(sam, folder: Path, reference_decoder: Path, precision: str, image_size: int) -> dict[str, Any]:
+    """The low-precision decoder against the fp32 decoder (same weights, same context): logits, masks, time.
+
+    A :data:`PRECISION_GRID`² grid of single foreground points on the validation image,
+    every candidate kept (3 per prompt): the largest logit and IoU-prediction
+    differences, the per-candidate mask IoU (same prompt, same output; masks
+    thresholded at 0 on the valid low-resolution region) and the mean best IoU
+    both ways, and the decoder's time per prompt (:data:`PRECISION_BATCH` prompts
+    per call, CPU, this machine) for both.
+    """
+    import time
+
+    import numpy as np
+    import torch
+
+    from .sam_graphs import synthetic_image
+
+    height = round(image_size * VALIDATION_IMAGE_ASPECT)
+    image = synthetic_image(image_size, height, image_size, VALIDATION_SEED)
+    with torch.no_grad():
+        embeddings = sam.image_encoder(torch.from_numpy(image)).numpy()
+    ctx = cpu_session(folder / SAM_DECODER_CONTEXT.filename, "the SAM decoder context graph", mem_arena=False)
+    context = ctx.run(None, {SAM_DECODER_CONTEXT.inputs[0]: embeddings})[0]
+    prompt = prompt_frame_size(sam)
+    valid_h = prompt * VALIDATION_IMAGE_ASPECT
+    axis = (np.arange(PRECISION_GRID) + 0.5) / PRECISION_GRID
+    xs, ys = np.meshgrid(axis * prompt, axis * valid_h)
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)[:, None, :]
+    labels = np.ones(coords.shape[:2], np.float32)
+    outputs, seconds = {}, {}
+    names = dict(zip(("context", "coords", "labels"), SAM_PROMPT_DECODER.inputs, strict=True))
+    for key, path in (("fp32", reference_decoder), (precision, folder / SAM_PROMPT_DECODER.filename)):
+        session = cpu_session(path, "the SAM decoder graph", mem_arena=False)
+        masks, ious = [], []
+        for start in range(0, len(coords), PRECISION_BATCH):
+            feeds = {names["context"]: context, names["coords"]: coords[start:start + PRECISION_BATCH],
+                     names["labels"]: labels[start:start + PRECISION_BATCH]}
+            low, iou = session.run(None, feeds)
+            masks.append(low)
+            ious.append(iou)
+        outputs[key] = (np.concatenate(masks), np.concatenate(ious))
+        feeds = {names["context"]: context, names["coords"]: coords[:PRECISION_BATCH],
+                 names["labels"]: labels[:PRECISION_BATCH]}
+        best = float("inf")
+        for _ in range(PRECISION_TIMED_RUNS):
+            clock = time.perf_counter()
+            session.run(None, feeds)
+            best = min(best, time.perf_counter() - clock)
+        seconds[key] = best / len(feeds[names["coords"]])
+    (ref_masks, ref_iou), (low_masks, low_iou) = outputs["fp32"], outputs[precision]
+    rows = int(np.ceil(ref_masks.shape[2] * VALIDATION_IMAGE_ASPECT))
+    a = (ref_masks[:, :, :rows] > MASK_THRESHOLD).reshape(-1, rows * ref_masks.shape[3])
+    b = (low_masks[:, :, :rows] > MASK_THRESHOLD).reshape(-1, rows * ref_masks.shape[3])
+    inter = (a & b).sum(1)
+    union = (a | b).sum(1)
+    same = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    ne_a, ne_b = a[a.any(1)], b[b.any(1)]
+    iou = _mask_iou(ne_a, ne_b)
+    return {
+        "precision": precision,
+        "against": "the fp32 decoder of the same weights (ONNX Runtime, same image context)",
+        "prompts": len(coords), "candidates": int(a.shape[0]),
+        "max_abs_logit_diff": float(np.abs(ref_masks - low_masks).max()),
+        "logit_range": [float(ref_masks.min()), float(ref_masks.max())],
+        "max_abs_iou_prediction_diff": float(np.abs(ref_iou - low_iou).max()),
+        "mask_iou_same_candidate": {"mean": float(same.mean()), "min": float(same.min())},
+        "mean_best_iou_fp32_in_low": float(iou.max(1).mean()) if iou.size else float("nan"),
+        "mean_best_iou_low_in_fp32": float(iou.max(0).mean()) if iou.size else float("nan"),
+        "decoder_ms_per_prompt": {"fp32": 1e3 * seconds["fp32"], precision: 1e3 * seconds[precision],
+                                  "batch": PRECISION_BATCH, "runtime": "onnxruntime CPU, at export"},
+    }
 
 
 def _sam_manifest(sam, model_type: str, files: dict[str, Any], opset: int, fp16: bool,
@@ -328,6 +436,7 @@ def export_sam_model(
     source: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
     decoder_graph: str = DEFAULT_DECODER_GRAPH,
+    decoder_precision: str = "fp32",
 ) -> dict[str, Any]:
     """Export a SAM ``nn.Module`` (any size) to a SAM model folder; the CLI path ends here.
 
@@ -354,6 +463,12 @@ def export_sam_model(
         writes ``decoder_context.onnx`` (the prompt-independent part, once per image)
         and a per-prompt ``decoder.onnx``; ``"factored"`` one graph with the same
         arithmetic; ``"batched"`` SAM's operation order (kept for comparisons).
+    decoder_precision : {"fp32", "fp16", "int8"}
+        The per-prompt decoder's precision (``"context"`` layout only; ``fp16=True``
+        implies fp16). A lower precision is measured against the fp32 decoder of the
+        same weights at export (logit and IoU-prediction differences, mask IoU on a
+        grid of prompts with every candidate kept, time per prompt) and the numbers
+        are recorded in the manifest's ``validation.decoder_precision``.
 
     Returns
     -------
@@ -374,6 +489,14 @@ def export_sam_model(
 
     if decoder_graph not in DECODER_GRAPH_CHOICES:
         raise ExportError(f"unknown decoder graph {decoder_graph!r}; choose from {', '.join(DECODER_GRAPH_CHOICES)}")
+    if decoder_precision not in DECODER_PRECISIONS:
+        raise ExportError(f"unknown decoder precision {decoder_precision!r}; "
+                          f"choose from {', '.join(DECODER_PRECISIONS)}")
+    if fp16 and decoder_precision == "int8":
+        raise ExportError("--fp16 and --decoder-precision int8 exclude each other; pick one for the decoder")
+    if decoder_precision != "fp32" and decoder_graph != "context":
+        raise ExportError(f"--decoder-precision {decoder_precision} needs the default decoder layout (context)")
+    decoder_fp16 = fp16 or decoder_precision == "fp16"
     log = log or (lambda message: None)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset < MIN_OPSET:
@@ -399,25 +522,53 @@ def export_sam_model(
         trace_labels = torch.ones(batch, points)
         files = file_entries(tmp, "encoder", encoder_files)
         context = None
+        scratch = Path(tempfile.mkdtemp(prefix="fp32-decoder-", dir=tmp))
         if decoder_graph == "context":
-            context = decoder_module(sam, fp16, "factored")
+            context = decoder_module(sam, decoder_fp16, "factored")
+            context.matmul_add = decoder_precision == "int8"  # MatMul nodes, which the quantiser handles
             files.update(file_entries(tmp, CONTEXT_ROLE, _export_graph(
-                DecoderContextGraph(context).eval(), (trace_embed,), SAM_DECODER_CONTEXT, tmp, opset, fp16)))
+                DecoderContextGraph(context).eval(), (trace_embed,), SAM_DECODER_CONTEXT, tmp, opset, decoder_fp16)))
             with torch.no_grad():
                 trace_context = context.image_context(trace_embed).float()
-            decoder_files = _export_graph(ContextPromptDecoder(context).eval(),
-                                          (trace_context, trace_coords, trace_labels), SAM_PROMPT_DECODER, tmp,
-                                          opset, fp16)
+            trace = (trace_context, trace_coords, trace_labels)
+            if decoder_precision == "fp32":
+                decoder_files = _export_graph(ContextPromptDecoder(context).eval(), trace, SAM_PROMPT_DECODER, tmp,
+                                              opset, decoder_fp16)
+            else:
+                # The fp32 per-prompt decoder, kept aside as the precision check's reference.
+                _export_graph(ContextPromptDecoder(decoder_module(sam, False, "factored")).eval(), trace,
+                              SAM_PROMPT_DECODER, scratch, opset, False)
+                if decoder_precision == "int8":
+                    log("quantising the decoder to int8")
+                    matmuls = scratch / "matmul_add"
+                    matmuls.mkdir()
+                    _export_graph(ContextPromptDecoder(context).eval(), trace, SAM_PROMPT_DECODER, matmuls, opset,
+                                  False)
+                    _quantize_int8(matmuls / SAM_PROMPT_DECODER.filename, tmp / SAM_PROMPT_DECODER.filename)
+                    decoder_files = [SAM_PROMPT_DECODER.filename]
+                else:
+                    decoder_files = _export_graph(ContextPromptDecoder(context).eval(), trace, SAM_PROMPT_DECODER,
+                                                  tmp, opset, True)
         else:
             decoder_files = _export_graph(decoder_module(sam, fp16, decoder_graph),
                                           (trace_embed, trace_coords, trace_labels), SAM_DECODER, tmp, opset, fp16)
         files.update(file_entries(tmp, "decoder", decoder_files))
 
-        validation = (_validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context) if validate
-                      else {"skipped": True})
+        if validate:
+            validation = _validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context,
+                                   decoder_low=decoder_fp16 or decoder_precision == "int8")
+        else:
+            validation = {"skipped": True}
+        if decoder_precision != "fp32":
+            log(f"measuring the {decoder_precision} decoder against the fp32 decoder")
+            validation["decoder_precision"] = _precision_check(sam, tmp, scratch / SAM_PROMPT_DECODER.filename,
+                                                               decoder_precision, image_size)
+        shutil.rmtree(scratch, ignore_errors=True)
         width = context.context_width if context is not None else 0
-        _sam_manifest(sam, model_type, files, opset, fp16, validation, source or {}, decoder_graph,
-                      width).write(tmp)
+        manifest = _sam_manifest(sam, model_type, files, opset, fp16, validation, source or {}, decoder_graph,
+                                 width)
+        manifest.decoder.extra["precision"] = "fp16" if decoder_fp16 else decoder_precision
+        manifest.write(tmp)
         staged.commit()
     return read_manifest(staged.out, SamManifest.kind)
 
@@ -455,6 +606,7 @@ def export_sam(
     fp16: bool = False,
     validate: bool = True,
     log: Callable[[str], None] | None = None,
+    decoder_precision: str = "fp32",
 ) -> dict[str, Any]:
     """``eac export sam``: load an official checkpoint of ``model_type`` and export it.
 
@@ -470,7 +622,7 @@ def export_sam(
         The checkpoint file; exclusive with ``download``.
     download : bool
         Fetch the official checkpoint into the cache (``$EAC_CACHE``) or reuse it.
-    opset, fp16, validate
+    opset, fp16, validate, decoder_precision
         See :func:`export_sam_model`.
 
     Returns
@@ -511,7 +663,7 @@ def export_sam(
         source["checkpoint_sha256"] = file_sha256(path)
         source["official_url"] = EFFICIENTVIT_CHECKPOINTS[model_type].url
     return export_sam_model(sam, out, model_type, opset=opset, fp16=fp16, validate=validate,
-                            source=source, log=log)
+                            source=source, log=log, decoder_precision=decoder_precision)
 
 
 __all__ = ["export_sam", "export_sam_model"]

@@ -136,6 +136,14 @@ class BatchedPromptDecoder(torch.nn.Module):
         self.up_act1, self.up_act2 = act1, act2
         self.up_channels = (int(conv1.weight.shape[1]), int(conv2.weight.shape[1]))
 
+    #: Write the upscaling's products as MatMul + Add (ONNX Runtime fuses them into a Gemm when it loads the
+    #: graph; the dynamic int8 quantiser only quantises MatMul nodes) instead of a Gemm node.
+    matmul_add = False
+
+    def _linear(self, x, weight, bias):
+        """2-D ``x @ weight + bias`` (a Gemm node, or MatMul + Add when :attr:`matmul_add`)."""
+        return x @ weight + bias if self.matmul_add else torch.addmm(bias, x, weight)
+
     def upscale_and_project(self, grid, hyper):
         """B×h×w×C keys and B×K×C' hypernetwork outputs → B×K×4h×4w mask logits.
 
@@ -148,11 +156,11 @@ class BatchedPromptDecoder(torch.nn.Module):
         h, w = grid.shape[1], grid.shape[2]
         # 2-D products: ONNX Runtime fuses the bias into a Gemm (no separate pass over the
         # largest tensors of the graph, and no slow fused bias-GELU kernel).
-        x = torch.addmm(self.up1_bias, grid.reshape(-1, grid.shape[3]), self.up1_weight)
+        x = self._linear(grid.reshape(-1, grid.shape[3]), self.up1_weight, self.up1_bias)
         x = torch.nn.functional.layer_norm(_as_fp32(x.reshape(-1, h, w, 4, c1)), (c1,), self.up_norm_weight,
                                            self.up_norm_bias, self.up_norm_eps).to(self.dtype)
         x = self.up_act1(x)
-        x = torch.addmm(self.up2_bias, x.reshape(-1, c1), self.up2_weight)
+        x = self._linear(x.reshape(-1, c1), self.up2_weight, self.up2_bias)
         x = self.up_act2(x)  # B·h·w·4 × (2·2·c2): blocks of blocks
         k = hyper.shape[1]
         masks = x.reshape(-1, h * w * 16, c2) @ hyper.transpose(1, 2)  # B×(h·w·16)×K

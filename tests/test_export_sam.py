@@ -16,15 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from eac.engine.cli import main  # noqa: E402
-from eac.engine.manifest import file_sha256, read_manifest  # noqa: E402
-from eac.export import common as export_common  # noqa: E402
-from eac.export import sam as sam_export  # noqa: E402
-from eac.export import sam_loader  # noqa: E402
-from eac.export.errors import CheckpointError, ExportError, ValidationError  # noqa: E402
-from eac.export.spec import SAM_DECODER, SAM_ENCODER, SAM_PROMPT_DECODER  # noqa: E402
+from eac.engine.cli import main
+from eac.engine.manifest import file_sha256, read_manifest
+from eac.export import common as export_common
+from eac.export import sam as sam_export
+from eac.export import sam_loader
+from eac.export.errors import CheckpointError, ExportError, ValidationError
+from eac.export.spec import SAM_DECODER, SAM_ENCODER, SAM_PROMPT_DECODER
 
-from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint  # noqa: E402
+from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,6 +185,34 @@ def test_manifest_records_the_decoder_graph(exported, tiny_sam, tmp_path):
         assert manifest["decoder"]["inputs"][0] == "image_embeddings"
     with pytest.raises(ExportError, match="unknown decoder graph"):
         sam_export.export_sam_model(tiny_sam, tmp_path / "bad", "tiny", decoder_graph="fast")
+
+
+def test_int8_decoder_is_measured_and_runs(tiny_checkpoint, tmp_path, capsys, tiny_as_vit_b):
+    """--decoder-precision int8: its deviation from the fp32 decoder is printed and kept; the runtime runs it."""
+    out = tmp_path / "int8"
+    rc = main(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+               "--decoder-precision", "int8"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "int8 decoder vs fp32" in printed and "max |logit diff|" in printed
+    manifest = read_manifest(out, "sam")
+    check = manifest["validation"]["decoder_precision"]
+    assert manifest["decoder"]["precision"] == "int8" and check["precision"] == "int8"
+    assert 0 < check["max_abs_logit_diff"] <= SAM_DECODER.tolerance_fp16["low_res_masks"]
+    assert check["mask_iou_same_candidate"]["mean"] >= 0.9 and check["candidates"] == 3 * 16 * 16
+    assert check["decoder_ms_per_prompt"]["int8"] > 0 and check["decoder_ms_per_prompt"]["fp32"] > 0
+    types = {n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node}
+    assert types & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}
+    from eac.engine.sam import SamConceptGenerator
+
+    generator = SamConceptGenerator.from_folder(out, points_per_side=2, pred_iou_thresh=0.0,
+                                                stability_score_thresh=0.0, box_nms_thresh=1.0)
+    assert len(generator.generate(np.zeros((32, 48, 3), np.uint8))) >= 0
+    with pytest.raises(ExportError, match="exclude each other"):
+        sam_export.export_sam_model(build_tiny_sam(), tmp_path / "x", "tiny", fp16=True, decoder_precision="int8")
+    with pytest.raises(ExportError, match="needs the default decoder layout"):
+        sam_export.export_sam_model(build_tiny_sam(), tmp_path / "y", "tiny", decoder_precision="fp16",
+                                    decoder_graph="batched")
 
 
 def test_batched_decoder_graph_is_not_specialised_to_the_trace_batch(exported):
