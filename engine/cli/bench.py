@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+
+from .export import MissingExtraError
+
+
+def _require_torch(func):
+    """Run ``func`` only when PyTorch is installed (the reference side needs it); else one line."""
+
+    def run(args: argparse.Namespace) -> int:
+        if importlib.util.find_spec("torch") is None:
+            raise MissingExtraError("eac bench runs the PyTorch reference beside the engine and needs PyTorch "
+                                    "(not installed); install the export extra: "
+                                    "pip install torch==2.13.0 -e '.[export]' (see README)")
+        return func(args)
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -10,4 +26,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         from ...bench.cli import register as register_bench
     except ImportError:  # bench is part of the package; absent only in trimmed installs
         return
-    register_bench(sub)
+    parser = register_bench(sub)
+    parser.set_defaults(func=_require_torch(parser.get_default("func")))

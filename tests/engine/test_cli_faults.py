@@ -266,13 +266,14 @@ _BLOCK_TORCH = textwrap.dedent(
 
 
 @pytest.mark.parametrize("argv", [["export", "sam", "--model-type", "vit_b", "--download", "--out", "X"],
-                                  ["export", "classifier", "--module", "m:f", "--out", "X"]])
+                                  ["export", "classifier", "--module", "m:f", "--out", "X"],
+                                  ["bench", "explain", "--quick", "--json", "X"]])
 def test_export_without_torch_is_one_line(argv, tmp_path):
     argv = [a.replace("X", str(tmp_path / "x")) for a in argv]
     proc = subprocess.run([sys.executable, "-c", _BLOCK_TORCH, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert "export extra" in proc.stderr
+    assert "export extra" in proc.stderr and "PyTorch" in proc.stderr
     assert not (tmp_path / "x").exists()
 
 
