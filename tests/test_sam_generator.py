@@ -16,19 +16,20 @@ import pytest
 torch = pytest.importorskip("torch")
 skimage_data = pytest.importorskip("skimage.data")
 
-from eac.bench import tvshim  # noqa: E402
+from eac.bench import tvshim
 
 with tvshim.installed():  # segment-anything's generator imports torchvision
     segment_anything = pytest.importorskip("segment_anything")
 
-from eac.engine.concepts import Concepts, Frame  # noqa: E402
-from eac.engine.errors import ConceptError, InputShapeError  # noqa: E402
-from eac.engine.images import apply_frame, resize_crop_frame  # noqa: E402
-from eac.engine.sam import SamConceptGenerator  # noqa: E402
-from eac.export.sam import export_sam_model  # noqa: E402
-from eac.kernels import masks as mk  # noqa: E402
+from eac.engine import sam as sam_module
+from eac.engine.concepts import Concepts, Frame
+from eac.engine.errors import ConceptError, InputShapeError
+from eac.engine.images import apply_frame, resize_crop_frame
+from eac.engine.sam import SamConceptGenerator
+from eac.export.sam import export_sam_model
+from eac.kernels import masks as mk
 
-from tests.sam_fixtures import build_tiny_sam  # noqa: E402
+from tests.sam_fixtures import build_tiny_sam
 
 #: Grid of the parity runs: 8×8 prompts = 192 candidates (segment-anything needs
 #: ~10 s for them on 2 cores: it upsamples every candidate to 1024×1024).
@@ -179,6 +180,13 @@ def test_batching_does_not_change_results(folder, crop_and_frame):
     assert len(small) == len(large) > 0
     np.testing.assert_array_equal(small.masks, large.masks)
     np.testing.assert_allclose(small.scores, large.scores, atol=1e-5)
+    # Prompts per decoder call (auto on the CPU: a few, with the image context precomputed) change nothing either.
+    auto = SamConceptGenerator.from_folder(folder, points_per_side=4, **KEEP_ALL)
+    assert auto.decoder_batch == sam_module.CPU_DECODER_BATCH
+    one_call = SamConceptGenerator.from_folder(folder, points_per_side=4, decoder_batch=64, **KEEP_ALL)(crop, frame)
+    np.testing.assert_array_equal(one_call.masks, large.masks)
+    with pytest.raises(ConceptError, match="decoder_batch"):
+        SamConceptGenerator.from_folder(folder, decoder_batch=0)
 
 
 def test_old_one_graph_folders_give_the_same_concepts(folder, tiny_sam, crop_and_frame, tmp_path):
@@ -193,7 +201,9 @@ def test_old_one_graph_folders_give_the_same_concepts(folder, tiny_sam, crop_and
         manifest["decoder"].pop(key)
     (old / "manifest.json").write_text(json.dumps(manifest))
     new = SamConceptGenerator.from_folder(folder, points_per_side=4, **KEEP_ALL)(crop, frame)
-    before = SamConceptGenerator.from_folder(old, points_per_side=4, **KEEP_ALL)(crop, frame)
+    generator = SamConceptGenerator.from_folder(old, points_per_side=4, points_per_batch=8, **KEEP_ALL)
+    assert generator.decoder_batch == 8  # one-graph folders recompute the image side per call: full batches
+    before = generator(crop, frame)
     assert len(new) == len(before) > 0
     assert best_iou(new.masks, before.masks).mean() >= 0.999
     np.testing.assert_allclose(new.scores, before.scores, atol=1e-4)
