@@ -147,6 +147,8 @@ def _export_graph(module, args: tuple, spec, folder: Path, opset: int, fp16: boo
         with torch.no_grad(), warnings.catch_warnings():
             # segment-anything's encoder turns shapes into Python numbers: fine for a fixed input size
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # EfficientViT's strided slices: the exporter keeps them as Slice nodes (correct, just not folded)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
             torch.onnx.export(
                 module, args, str(traced),
                 input_names=list(spec.inputs), output_names=list(spec.outputs),

@@ -36,16 +36,68 @@ def _as_fp32(x):
 SAM_NORM_NAMES = ("LayerNorm2d",)
 
 
+#: Attention heads computed together in the ViT encoder's global-attention blocks. Their N×N score
+#: matrices (N = 64·64 tokens: 64 MB per head in fp32) exist for one chunk at a time instead of for all
+#: heads at once (12 heads of ViT-B: about 0.8 GB per copy, several copies alive at the peak).
+GLOBAL_ATTENTION_HEADS_PER_CHUNK = 2
+
+
+def chunked_global_attention(attn, x, heads_per_chunk: int = GLOBAL_ATTENTION_HEADS_PER_CHUNK):
+    """segment-anything's ``image_encoder.Attention.forward`` on B×H×W×C, a few heads at a time.
+
+    The same arithmetic (scaled dot product, decomposed relative positions, softmax) per
+    head; heads are independent, so computing them in chunks changes only the peak memory.
+    """
+    import sys
+
+    rel_pos = sys.modules[type(attn).__module__].add_decomposed_rel_pos
+    batch, height, width, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
+    outs = []
+    for start in range(0, batch * heads, heads_per_chunk):
+        stop = start + heads_per_chunk
+        qc = q[start:stop]
+        scores = (qc * attn.scale) @ k[start:stop].transpose(-2, -1)
+        if attn.use_rel_pos:
+            scores = rel_pos(scores, qc, attn.rel_pos_h, attn.rel_pos_w, (height, width), (height, width))
+        outs.append(scores.softmax(dim=-1) @ v[start:stop])
+    out = torch.cat(outs, dim=0).view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4)
+    return attn.proj(out.reshape(batch, height, width, -1))
+
+
 class SamEncoderGraph(torch.nn.Module):
-    """``image`` (normalised, padded, fp32) → ``image_embeddings`` (fp32), computing in ``dtype``."""
+    """``image`` (normalised, padded, fp32) → ``image_embeddings`` (fp32), computing in ``dtype``.
+
+    For segment-anything's ViT encoders the blocks run here, with the global-attention
+    blocks' heads in chunks (:func:`chunked_global_attention`); the modules are not
+    changed. Other encoders (EfficientViT-SAM) run as they are.
+    """
 
     def __init__(self, encoder, dtype):
         super().__init__()
         self.encoder = encoder
         self.dtype = dtype
 
+    def _vit(self, x):
+        enc = self.encoder
+        x = enc.patch_embed(x)
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        for block in enc.blocks:
+            if block.window_size > 0:
+                x = block(x)
+                continue
+            x = x + chunked_global_attention(block.attn, block.norm1(x))
+            x = x + block.mlp(block.norm2(x))
+        return enc.neck(x.permute(0, 3, 1, 2))
+
     def forward(self, image):
-        return _as_fp32(self.encoder(image.to(self.dtype)))
+        image = image.to(self.dtype)
+        if hasattr(self.encoder, "blocks") and hasattr(self.encoder, "patch_embed"):
+            return _as_fp32(self._vit(image))
+        return _as_fp32(self.encoder(image))
 
 
 def encoder_module(sam, fp16: bool) -> SamEncoderGraph:
