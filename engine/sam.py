@@ -59,8 +59,9 @@ PRECOMPUTE_KEY = "precompute"
 #: the arena keeps the encoder's peak and the decoder's peak side by side (ViT-B, 64 prompts per batch:
 #: 7.2 GB peak RSS with it, 3.8 GB without, and the decoder was not slower).
 SAM_MEM_ARENA = False
-#: The prompt decoder's sessions keep ONNX Runtime's CPU arena: on the CPU they run :data:`CPU_DECODER_BATCH`
-#: prompts per call, so the arena holds about 0.2 GB and saves the page faults of fresh allocations.
+#: The prompt decoder's session of a folder with a context graph keeps ONNX Runtime's CPU arena: on the CPU it
+#: runs :data:`CPU_DECODER_BATCH` prompts per call, so the arena holds about 0.2 GB and saves the page faults
+#: of fresh allocations (one-graph folders keep :data:`SAM_MEM_ARENA` and full batches).
 DECODER_MEM_ARENA = True
 #: Prompts per decoder call on the CPU provider (``points_per_batch`` elsewhere). SAM ViT-B decoder, 2-core
 #: EPYC, quiet machine, ms per prompt (peak RSS rise): 64 per call without arena 15.7 (+1.1 GB), 64 with arena
@@ -233,9 +234,10 @@ class SamConceptGenerator:
                 {first: tuple(first_shape), coords_name: (None, 1, 2), labels_name: (None, 1)},
                 min_batch=1, opt_batch=batch, max_batch=max(batch, 1),
             )
-        decoder = runtime.session(model_path(folder, manifest, "decoder"), trt_profile=profile,
-                                  default_mem_arena=DECODER_MEM_ARENA)
         precompute = manifest.decoder.extra.get(PRECOMPUTE_KEY)
+        # The arena only with small calls (folders with a context graph): with 64 prompts per call it holds ~3 GB.
+        decoder = runtime.session(model_path(folder, manifest, "decoder"), trt_profile=profile,
+                                  default_mem_arena=DECODER_MEM_ARENA if precompute else SAM_MEM_ARENA)
         context = None
         if precompute:
             context = runtime.session(model_path(folder, manifest, str(precompute.get("file"))),
