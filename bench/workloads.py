@@ -294,7 +294,8 @@ def classifier_pair(opts: BenchOptions) -> ClassifierPair:
         arch = QUICK.classifier_arch if opts.quick else "resnet50"
         opts.log(f"exporting the bench {arch} classifier (random weights, cached)...")
         folder = models.export_bench_classifier(arch)
-        description = f"bench {'tiny ResNet' if arch == 'tiny' else 'ResNet-50'}, random weights (seed {models.BENCH_SEED})"
+        name = "tiny ResNet" if arch == "tiny" else "ResNet-50"
+        description = f"bench {name}, random weights (seed {models.BENCH_SEED})"
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine = Classifier.from_folder(folder, session_options=opts.session_options())
@@ -906,8 +907,8 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
     ref_settings = _reference_settings(opts)
     reference = ReferenceEAC(sm.torch, ref_settings)
     faithful_opts = dict(QUICK.faithful_options) if opts.quick else {}
-    names = list(FIDELITY_METHODS) + ["reference"]
-    per: dict[str, dict[str, list[float]]] = {m: {} for m in names + ["shapley-exact", RANDOM_ROW]}
+    names = [*list(FIDELITY_METHODS), "reference"]
+    per: dict[str, dict[str, list[float]]] = {m: {} for m in [*names, "shapley-exact", RANDOM_ROW]}
 
     def add(method: str, key: str, value: float) -> None:
         per[method].setdefault(key, []).append(float(value))
@@ -920,7 +921,8 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
         exact_s = time.perf_counter() - t0
         target = exact.target
         evaluator = MaskedEvaluator(sm.engine, crop, masks, baseline="black")
-        results: dict[str, tuple[np.ndarray, int, float]] = {"shapley-exact": (exact.values, exact.num_evaluations, exact_s)}
+        results: dict[str, tuple[np.ndarray, int, float]] = {
+            "shapley-exact": (exact.values, exact.num_evaluations, exact_s)}
         for method in FIDELITY_METHODS:
             options = faithful_opts if method == "eac-faithful" else {}
             t0 = time.perf_counter()
@@ -949,7 +951,7 @@ def run_fidelity(opts: BenchOptions) -> BenchReport:
     header = ["method", "Spearman vs exact", "top-1", f"top-{TOP_K}", "insertion ↑", "deletion ↓",
               "evaluations", "key object first", "seconds"]
     rows = []
-    for m in ["shapley-exact"] + names:
+    for m in ["shapley-exact", *names]:
         s = summary[m]
         rows.append([m, _f3(s["spearman"]), _f2(s["top1"]), _f2(s[f"top{TOP_K}"]), _f2(s["insertion"]),
                      _f2(s["deletion"]), f"{s['evaluations']:.0f}", _f2(s["key_concept_first"]), _f2(s["seconds"])])
