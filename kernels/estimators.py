@@ -71,6 +71,7 @@ Shapley value estimation via leverage score sampling" (arXiv 2410.01917); Covert
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import comb
@@ -422,6 +423,7 @@ class _Run:
         self.units: dict[int, np.ndarray] = {}
         self.mc_units: dict[int, np.ndarray] = {}
         self.mc_draws: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k → (S rows, c(S)) of g's Monte Carlo
+        self.fit_seconds = 0.0  # wall time spent fitting the fold surrogates (and their stratum terms)
         self.r2: np.ndarray | None = None
 
     # ------------------------------------------------------------------ sampling
@@ -505,7 +507,9 @@ class _Run:
             d = v[si] - v[sbi]
             values += _stratum_weight(n, k) * np.einsum("mi,mt->it", c, d) / len(si)
         sampled = [k for k in self.sampled() if self.drawn(k) > 0]
+        start = time.perf_counter()
         models, thetas = ([], {}) if self.surrogate == "none" else self._fit_folds()
+        self.fit_seconds += time.perf_counter() - start
         preds = [_as_matrix(mod(store.x)) for mod in models]
         self.units, self.mc_units = {}, {}
         num = np.zeros(t)
@@ -779,6 +783,7 @@ def residual_shapley(
         "enumerated_strata": sorted(run.enumerated),
         "draws": {k: run.drawn(k) for k in run.sampled()},
         "folds": folds,
+        "fit_seconds": run.fit_seconds,
     }
     return ShapleyEstimate(values, stderr, len(store), stop, ties, info)
 

@@ -126,8 +126,11 @@ class Eac(Method):
                                    min_evaluations=min(int(o["min_evaluations"]), cap), max_evaluations=cap,
                                    round_size=int(o["round_size"]), top_k=int(o["top_k"]),
                                    rel_tol=float(o["rel_tol"]), z=float(o["z"]), folds=int(o["folds"]))
-        # The estimator's wall time includes the classifier runs it asked for: count those as evaluations.
-        inp.timings["values"] -= inp.evaluator.seconds - fit_start
+        # The estimator's wall time includes the classifier runs it asked for (the evaluations stage) and the
+        # surrogate fits (the fit stage); the rest is the values stage.
+        fit_seconds = float(est.info.get("fit_seconds", 0.0))
+        inp.timings["values"] -= (inp.evaluator.seconds - fit_start) + fit_seconds
+        inp.timings["fit"] = inp.timings.get("fit", 0.0) + fit_seconds
         info.update({
             "stop_reason": est.stop_reason,
             "surrogate": est.info.get("surrogate"),

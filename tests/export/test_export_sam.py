@@ -26,7 +26,7 @@ from eac.export.spec import SAM_DECODER, SAM_ENCODER, SAM_PROMPT_DECODER
 
 from tests.sam_fixtures import TINY_SAM, build_tiny_sam, save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
