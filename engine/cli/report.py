@@ -30,8 +30,10 @@ def summary_lines(explanation: Explanation, top_k: int = 5,
     values = explanation.values_2d[0]
     stderr = None if explanation.stderr is None else np.atleast_2d(explanation.stderr)[0]
     area = explanation.masks.reshape(explanation.num_concepts, -1).mean(axis=1) if explanation.num_concepts else []
+    tied = {i for group in (explanation.ties or []) for i in group}
     for rank, i in enumerate(explanation.top(top_k), start=1):
         err = f" ± {stderr[i]:.2g}" if stderr is not None and np.isfinite(stderr[i]) else ""
+        err += " (tied)" if i in tied else ""
         extra = annotate(i) if annotate is not None else ""
         lines.append(f"  #{rank}: concept {i:3d}  value {values[i]:+.{VALUE_DIGITS}g}{err}  "
                      f"(area {100 * area[i]:.1f}%{extra})")
