@@ -20,5 +20,7 @@ def test_method_table_is_built_from_the_registry():
 def test_ci_installs_and_tests_exactly_as_the_readme_says():
     install = next(line for line in README.splitlines() if line.startswith('pip install "torch==2.13.0" -e'))
     assert install in CI
+    extra = next(line for line in README.splitlines() if line.startswith("pip install --no-deps"))
+    assert extra.split("#")[0].strip() in CI
     assert "python -m pytest" in README and "python -m pytest" in CI
     assert "eac demo" in CI and "ruff check" in CI
