@@ -379,10 +379,15 @@ def sam_checkpoint(model_type: str = "vit_b", seed: int = BENCH_SEED) -> Path:
     The engine's export and the reference then load the very same weights.
     """
     path = cache_dir() / f"sam-{model_type}-{_fingerprint('sam', model_type, seed)}.pth"
+    return _cached_state_dict(path, lambda: build_sam(model_type, seed=seed))
+
+
+def _cached_state_dict(path: Path, build) -> Path:
+    """Save ``build()``'s state dict at ``path`` unless it is there already (written under a temporary name)."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(build_sam(model_type, seed=seed).state_dict(), str(tmp))
+        torch.save(build().state_dict(), str(tmp))
         tmp.replace(path)
     return path
 
@@ -516,12 +521,7 @@ def efficientvit_reference_model(model):
 def efficientvit_checkpoint(model_type: str = "efficientvit_l0", seed: int = BENCH_SEED) -> Path:
     """Save the random-weight model of :func:`build_efficientvit_sam` as a state dict (cached)."""
     path = cache_dir() / f"{model_type}-{_fingerprint('efficientvit', model_type, seed)}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(build_efficientvit_sam(model_type, seed=seed).state_dict(), str(tmp))
-        tmp.replace(path)
-    return path
+    return _cached_state_dict(path, lambda: build_efficientvit_sam(model_type, seed=seed))
 
 
 def export_bench_efficientvit_sam(model_type: str = "efficientvit_l0", checkpoint: str | os.PathLike | None = None,

@@ -657,6 +657,12 @@ def _check_stop(run: _Run, values: np.ndarray, stderr: np.ndarray, top_k: int, r
     return resolved, precise, ties
 
 
+def minimum_evaluations(n: int) -> int:
+    """Fewest value_fn rows :func:`residual_shapley` needs below enumeration: ∅, N and
+    :data:`MIN_STRATUM_DRAWS` pairs per size stratum (⌊n/2⌋ strata)."""
+    return 2 + 2 * MIN_STRATUM_DRAWS * (n // 2)
+
+
 def residual_shapley(
     value_fn: ValueFn,
     n: int,
@@ -733,7 +739,7 @@ def residual_shapley(
         return ShapleyEstimate(values, np.zeros_like(values), len(store), "enumerated",
                                _exact_ties(values), info)
     strata_count = n // 2
-    least = 2 + 2 * MIN_STRATUM_DRAWS * strata_count
+    least = minimum_evaluations(n)
     if max_evaluations < least:
         raise ValueError(f"max_evaluations must be ≥ {least} for n = {n} ({MIN_STRATUM_DRAWS} "
                          f"pairs per size stratum plus ∅ and N), got {max_evaluations}")

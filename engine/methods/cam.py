@@ -89,16 +89,21 @@ def crop_class_maps(name: str, inp: MethodInput) -> tuple[np.ndarray, dict[str, 
     return cams, info
 
 
-class ClassActivationMap(Method):
-    name = "cam"
+class FeatureMapMethod(Method):
+    """Base of the one-forward-pass methods read from the feature map and the head (cam, secam)."""
+
     value_type = "other"
-    summary = ("class activation map W_y·F (needs the feature map and head): one forward pass; "
-               "a concept's value is the upsampled map's mean over it (logits), with a heat map")
     cost = "1 (the whole crop)"
     needs_head = True
 
     def check_classifier(self, classifier: Any) -> None:
         require_feature_map(self.name, classifier)
+
+
+class ClassActivationMap(FeatureMapMethod):
+    name = "cam"
+    summary = ("class activation map W_y·F (needs the feature map and head): one forward pass; "
+               "a concept's value is the upsampled map's mean over it (logits), with a heat map")
 
     def run(self, inp: MethodInput) -> MethodResult:
         with inp.timed("values"):

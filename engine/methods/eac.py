@@ -34,6 +34,7 @@ from ...kernels.estimators import (
     DEFAULT_Z,
     MIN_STRATUM_DRAWS,
     SURROGATES,
+    minimum_evaluations,
     residual_shapley,
 )
 from ...kernels.surrogate import softmax
@@ -42,11 +43,6 @@ from .base import Method, MethodInput, MethodResult
 
 #: The classifier's full-crop run is counted by the evaluator but is not one of the estimator's coalitions.
 FULL_CROP_RUNS = 1
-
-
-def minimum_budget(n: int) -> int:
-    """Fewest coalitions the estimator needs for N concepts: ∅, N and a few pairs per size stratum."""
-    return 2 + 2 * MIN_STRATUM_DRAWS * (n // 2)
 
 
 class Eac(Method):
@@ -109,7 +105,7 @@ class Eac(Method):
 
         cap = int(o["max_evaluations"])
         info: dict = {}
-        least = minimum_budget(n)
+        least = minimum_evaluations(n)
         if cap < least and 2**n > cap:
             if cap != self.defaults["max_evaluations"]:
                 raise ExplainError(f"eac needs at least {least} evaluations for {n} concepts "

@@ -14,25 +14,17 @@ its value.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ...kernels.cam import secam
-from .base import Method, MethodInput, MethodResult
-from .cam import crop_class_maps, require_feature_map
+from .base import MethodInput, MethodResult
+from .cam import FeatureMapMethod, crop_class_maps
 
 
-class SegmentClassActivationMap(Method):
+class SegmentClassActivationMap(FeatureMapMethod):
     name = "secam"
-    value_type = "other"
     summary = ("SeCAM (needs the feature map and head): one forward pass; a concept's value is the "
                "mean of the class activation map, positive part scaled to [0, 1], over it")
-    cost = "1 (the whole crop)"
-    needs_head = True
-
-    def check_classifier(self, classifier: Any) -> None:
-        require_feature_map(self.name, classifier)
 
     def run(self, inp: MethodInput) -> MethodResult:
         with inp.timed("values"):
