@@ -16,3 +16,8 @@ DEMO_SEGMENTS = 24
 def demo_classifier_path() -> Path:
     """Folder of the shipped demo classifier."""
     return Path(__file__).resolve().parent / "data" / "demo"
+
+
+def demo_sam_path() -> Path:
+    """Folder of the shipped SAM trained on the generated scenes (``engine/data/demo_sam``)."""
+    return Path(__file__).resolve().parent / "data" / "demo_sam"
