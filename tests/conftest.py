@@ -61,3 +61,12 @@ def demo_classifier_folder() -> Path:
     from eac.engine.demo import demo_classifier_path
 
     return demo_classifier_path()
+
+
+@pytest.fixture
+def chromium():
+    """A headless Chromium (tests/browser.py); skipped with the reason when none can be launched."""
+    from .browser import launch
+
+    with launch() as browser:
+        yield browser
