@@ -173,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
               "in flight", file=sys.stderr, flush=True)
 
     service = Service(config, settings)
-    terminated = server.run(service, sock, on_ready)
+    stopped_by = server.run(service, sock, on_ready)
     answered = service.metrics.answered_count()
-    print(f"eac serve: stopped{' on SIGTERM' if terminated else ''} after answering {answered} explanation "
+    print(f"eac serve: stopped{f' on {stopped_by}' if stopped_by else ''} after answering {answered} explanation "
           "request(s)", file=sys.stderr, flush=True)
     return 0

@@ -24,6 +24,8 @@ from .metrics import SERVE_HINT
 DRAIN_MARGIN_S = 5.0
 #: Seconds an idle keep-alive connection stays open.
 KEEP_ALIVE_S = 5
+#: Signals after which uvicorn drains and the command exits normally.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: How often :func:`running_in_thread` checks that the server has started, and for how long.
 START_POLL_S = 0.01
 START_TIMEOUT_S = 30.0
@@ -90,12 +92,13 @@ def make_server(service: Any, sock: socket.socket, on_ready: Callable[[], None] 
     return server
 
 
-def run(service: Any, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> bool:
-    """Serve until SIGTERM / SIGINT, then drain; True when SIGTERM stopped it.
+def run(service: Any, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> str | None:
+    """Serve until SIGTERM / SIGINT, then drain; returns the name of the signal that stopped it.
 
-    uvicorn drains on SIGTERM and then raises the signal again for its previous
-    handler; here that handler only notes it, so the process ends normally
-    (exit 0) after a graceful stop. SIGINT ends in KeyboardInterrupt as usual.
+    uvicorn drains on SIGTERM or SIGINT and then raises the signal again for the
+    previous handler; here that handler only notes it, so the process ends
+    normally (exit 0) after a graceful stop. (A second Ctrl-C while draining
+    makes uvicorn give up waiting.)
 
     Raises
     ------
@@ -103,17 +106,20 @@ def run(service: Any, sock: socket.socket, on_ready: Callable[[], None] | None =
         ``service.failure``: the models did not load.
     """
     server = make_server(service, sock, on_ready)
-    terminated: list[int] = []
+    stopped_by: list[int] = []
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum)) if main else None
+    previous = {}
+    if main:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
     try:
         server.run(sockets=[sock])
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if service.failure is not None:
         raise service.failure
-    return bool(terminated)
+    return signal.Signals(stopped_by[0]).name if stopped_by else None
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-
 from eac.engine.classifier import ClassifierOutput
 from eac.engine.errors import NonFiniteOutputError
 from eac.engine.serve.batcher import (
