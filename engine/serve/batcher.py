@@ -252,12 +252,8 @@ class ClassifierBatcher:
             try:
                 self._run(taken)
             except Exception as exc:  # never leave a request waiting on a batch that went wrong
-                with self._cond:
-                    for item, _, _ in taken:
-                        if item in self._pending:
-                            self._pending.remove(item)
-                        if not item.done.is_set():
-                            item.fail(exc)
+                for item, _, _ in taken:
+                    self._fail(item, exc)
 
     def _run(self, taken: list[tuple[_Item, int, int]]) -> None:
         start = time.perf_counter()
@@ -272,10 +268,10 @@ class ClassifierBatcher:
                 self._deliver(item, begin, out.logits[offset : offset + n],
                               None if out.features is None else out.features[offset : offset + n])
                 offset += n
-        except Exception:
-            if len(taken) == 1:
-                self._run_alone(*taken[0])
-            else:  # keep one request's failure to itself
+        except Exception as exc:
+            if len({item for item, _, _ in taken}) == 1:  # the rows of one request: the error is its own
+                self._fail(taken[0][0], exc)
+            else:  # rows of several: run each request's rows alone, so the error reaches only its owner
                 for part in taken:
                     self._run_alone(*part)
         if self.observer is not None:
@@ -288,12 +284,17 @@ class ClassifierBatcher:
         try:
             out = self.classifier.run(item.batch[begin:stop], features=item.features)
         except Exception as exc:  # the request's own rows fail: its thread raises it
-            with self._cond:
-                if item in self._pending:
-                    self._pending.remove(item)
-            item.fail(exc)
+            self._fail(item, exc)
             return
         self._deliver(item, begin, out.logits, out.features)
+
+    def _fail(self, item: _Item, error: BaseException) -> None:
+        """Fail a request's item: its waiting rows leave the queue, its thread raises ``error``."""
+        with self._cond:
+            if item in self._pending:
+                self._pending.remove(item)
+        if not item.done.is_set():
+            item.fail(error)
 
     @staticmethod
     def _deliver(item: _Item, begin: int, logits: np.ndarray, feats: np.ndarray | None) -> None:

@@ -336,3 +336,25 @@ def test_cors_is_off_unless_an_origin_is_given():
         assert answer.status == 200 and answer.headers["access-control-allow-origin"] == origin
         other = request("GET", f"{srv.url}/healthz", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_an_engine_failure_is_500_with_one_line_and_the_service_goes_on():
+    from eac.engine.errors import NonFiniteOutputError
+
+    with running() as srv:
+        wait_ready(srv.url)
+        classifier = srv.service.engine.classifier
+        real = classifier.run
+        for error, fragment in ((NonFiniteOutputError("the classifier produced NaN"), "produced NaN"),
+                                (RuntimeError("boom"), "internal error: RuntimeError: boom")):
+            def broken(*args, error=error, **kwargs):
+                raise error
+
+            classifier.run = broken
+            reply = post_image(srv.url, scene_png(1), {"evaluations": EVALUATIONS})
+            assert fragment in assert_one_line_error(reply, 500)
+        classifier.run = real
+        assert post_image(srv.url, scene_png(1), {"evaluations": EVALUATIONS}).status == 200
+        values = metrics(srv.url)
+        assert outcome(values, "error") == 2 and outcome(values, "ok") == 1 and len(srv.service.store) == 1
+        assert_counters_add_up(values)
