@@ -230,7 +230,7 @@ def test_timeout_answers_504_and_drops_the_work():
         start = time.monotonic()
         reply = post_image(srv.url, scene_png(4), SLOW)
         assert "not answered within 0.5 s" in assert_one_line_error(reply, 504)
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 10  # the work alone would take 18 s of CPU
         wait_for(lambda: metrics(srv.url)["eac_requests_explaining"] == 0, "the dropped work to unwind")
         settled = _rows(srv.url)
         assert settled < DROPPED_ROWS
@@ -267,10 +267,13 @@ def test_a_full_queue_answers_503_with_retry_after():
         assert int(reply.headers["retry-after"]) >= 1
         running_one.close()
         waiting_one.close()
-        wait_for(lambda: metrics(srv.url)["eac_requests_in_flight"] == 0, "both to be cancelled")
+        wait_for(lambda: metrics(srv.url)["eac_requests_in_flight"] == 0, "both to be answered (cancelled)")
         values = metrics(srv.url)
         assert outcome(values, "queue_full") == 1 and outcome(values, "cancelled") == 2
         assert_counters_add_up(values)
+        # A cancelled request keeps its place until its thread has unwound (at its next batch at most).
+        wait_for(lambda: metrics(srv.url)["eac_requests_explaining"] + metrics(srv.url)["eac_queue_depth"] == 0,
+                 "their threads to let go")
         assert post_image(srv.url, scene_png(8), {"evaluations": EVALUATIONS}).status == 200  # room again
 
 
