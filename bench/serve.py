@@ -8,9 +8,13 @@ K client threads (one keep-alive connection each) for a fixed number of
 requests. Each request uploads a different generated scene (the size of the
 classifier's crop) with its own seed. Per mode and level it reports the p50 /
 p95 / p99 latency, requests per second, errors, the classifier batches' mean
-fill (rows / batch size) and requests per batch, read from the server's
-``/metrics``, and the server's CPU seconds per request (from ``/proc``, so
-comparable on a shared machine). The last table is batching's gain: requests/s
+fill (rows / batch size), requests per batch, time per batch and how long a
+batch's oldest rows waited before it ran, read from the server's ``/metrics``,
+and the server's CPU seconds per request and CPU use (CPU seconds / wall
+seconds, from ``/proc``): CPU per request stays comparable on a shared machine,
+and a CPU use far below the cores available says the machine was busy with
+other work (on a loaded machine the mode with more runnable threads also gets
+a larger share of it, so compare the modes on a quiet one). The last table is batching's gain: requests/s
 and p50 with batching over without.
 
 Default engine: the demo classifier shipped in the package, a 4×4 grid of
@@ -51,6 +55,7 @@ MODES = {"batching": [], "no batching": ["--no-batching"]}
 START_TIMEOUT_S = 300.0
 REQUEST_TIMEOUT_S = 600.0
 PERCENTILES = (50, 95, 99)
+MS = 1000.0
 SERVER_CODE = "import sys; from eac.engine.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -68,6 +73,8 @@ class LevelResult:
     rows: float = 0.0
     batch_requests: float = 0.0
     batch_size: float = 0.0
+    batch_seconds: float = 0.0
+    batch_wait_s: float = 0.0
     server_cpu_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,7 +89,11 @@ class LevelResult:
             "classifier_batches": self.batches, "classifier_rows": self.rows,
             "mean_batch_fill": self.rows / (self.batches * self.batch_size) if self.batches else None,
             "mean_requests_per_batch": self.batch_requests / self.batches if self.batches else None,
+            "mean_batch_s": self.batch_seconds / self.batches if self.batches else None,
+            "mean_batch_wait_s": self.batch_wait_s / self.batches if self.batches else None,
             "server_cpu_s_per_request": self.server_cpu_s / ok if self.server_cpu_s is not None and ok else None,
+            "server_cpu_utilisation": (self.server_cpu_s / self.seconds
+                                       if self.server_cpu_s is not None and self.seconds > 0 else None),
         }
 
 
@@ -225,6 +236,9 @@ def _drive(server: _Server, pngs: list[bytes], clients: int, requests: int, fiel
     result.batch_requests = (after["eac_classifier_batch_requests_sum"]
                              - before["eac_classifier_batch_requests_sum"])
     result.batch_size = after["eac_classifier_batch_size"]
+    result.batch_seconds = after["eac_classifier_batch_seconds_sum"] - before["eac_classifier_batch_seconds_sum"]
+    result.batch_wait_s = (after["eac_classifier_batch_wait_seconds_sum"]
+                           - before["eac_classifier_batch_wait_seconds_sum"])
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_s = cpu_after - cpu_before
     return result
@@ -275,9 +289,13 @@ def run_serve(opts: Any) -> BenchReport:
             rows.append([mode, str(k), f"{d['answered_ok']}/{level.requests}",
                          *(_fmt(d[f"p{p}_s"]) for p in PERCENTILES), _fmt(d["requests_per_second"], 2),
                          _fmt(d["mean_batch_fill"], 2), _fmt(d["mean_requests_per_batch"], 2),
-                         _fmt(d["server_cpu_s_per_request"]), str(sum(level.errors.values()))])
+                         _fmt(None if d["mean_batch_s"] is None else MS * d["mean_batch_s"], 1),
+                         _fmt(None if d["mean_batch_wait_s"] is None else MS * d["mean_batch_wait_s"], 1),
+                         _fmt(d["server_cpu_s_per_request"]),
+                         _fmt(None if d["server_cpu_utilisation"] is None else 100 * d["server_cpu_utilisation"], 0),
+                         str(sum(level.errors.values()))])
     header = ["mode", "clients", "ok", "p50 s", "p95 s", "p99 s", "requests/s", "batch fill", "requests/batch",
-              "server CPU s/request", "errors"]
+              "batch ms", "batch wait ms", "server CPU s/request", "server CPU %", "errors"]
     gain_rows = []
     for k in LEVELS:
         on, off = results["batching"][k].to_dict(), results["no batching"][k].to_dict()

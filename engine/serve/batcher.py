@@ -52,8 +52,9 @@ from ..classifier import ClassifierOutput
 from ..errors import EacError, InputShapeError
 from ..evaluator import DEFAULT_BATCH_SIZE
 
-#: Called after each classifier batch: (rows, batch_size, distinct requests, seconds).
-BatchObserver = Callable[[int, int, int, float], None]
+#: Called after each classifier batch: (rows, batch_size, distinct requests, seconds it ran,
+#: seconds its oldest rows waited in the queue before it ran).
+BatchObserver = Callable[[int, int, int, float, float], None]
 
 
 class RequestCancelled(EacError):
@@ -134,7 +135,7 @@ class ClassifierBatcher:
         Rows per classifier batch (default :data:`eac.engine.evaluator.DEFAULT_BATCH_SIZE`).
     max_wait_s : float
         Longest the oldest waiting rows wait for more before a part-full batch runs.
-    observer : callable(rows, batch_size, requests, seconds), optional
+    observer : callable(rows, batch_size, requests, seconds, waited), optional
         Told about every batch (the service's metrics).
     """
 
@@ -256,6 +257,7 @@ class ClassifierBatcher:
                     self._fail(item, exc)
 
     def _run(self, taken: list[tuple[_Item, int, int]]) -> None:
+        waited = time.monotonic() - min(item.enqueued for item, _, _ in taken)
         start = time.perf_counter()
         features = any(item.features for item, _, _ in taken)
         rows = sum(stop - begin for _, begin, stop in taken)
@@ -276,7 +278,7 @@ class ClassifierBatcher:
                     self._run_alone(*part)
         if self.observer is not None:
             self.observer(rows, self.batch_size, len({item.client for item, _, _ in taken}),
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, waited)
 
     def _run_alone(self, item: _Item, begin: int, stop: int) -> None:
         if item.done.is_set():
@@ -374,7 +376,7 @@ class DirectClient:
         start = time.perf_counter()
         out = self.classifier.run(batch, features=features)
         if self.observer is not None and len(batch):
-            self.observer(len(batch), self.batch_size, 1, time.perf_counter() - start)
+            self.observer(len(batch), self.batch_size, 1, time.perf_counter() - start, 0.0)
         self.token.check()
         return out.logits, out.features
 

@@ -11,14 +11,17 @@ Explanation requests (``POST /v1/explanations``)
 Latency
     ``eac_stage_seconds{stage}`` histograms: ``queue`` (admission to a
     thread), the explanation's own stages (``concepts``, ``evaluations``,
-    ``fit``, ``values``) and ``total`` (received to answered, successful
+    ``fit``, ``values``) and ``total`` (admission to result, successful
     requests).
 Classifier batches
     ``eac_classifier_batches_total``, ``eac_classifier_batch_rows_total``,
     ``eac_classifier_batch_size`` (the configured rows per batch), and
     histograms ``eac_classifier_batch_fill`` (rows / batch size),
-    ``eac_classifier_batch_requests`` (distinct requests per batch) and
-    ``eac_classifier_batch_seconds``. Mean fill = rows / (batches × batch size).
+    ``eac_classifier_batch_requests`` (distinct requests per batch),
+    ``eac_classifier_batch_seconds`` (running) and
+    ``eac_classifier_batch_wait_seconds`` (how long the oldest rows of a batch
+    waited before it ran: the batcher's own delay plus the batches ahead of
+    it). Mean fill = rows / (batches × batch size).
 
 ``prometheus_client`` comes with the ``serve`` extra and is imported here only
 when a :class:`ServiceMetrics` is made.
@@ -88,14 +91,18 @@ class ServiceMetrics:
                                              buckets=REQUESTS_BUCKETS, registry=r)
         self.batch_seconds = prom.Histogram("eac_classifier_batch_seconds", "Seconds per classifier batch",
                                             buckets=SECONDS_BUCKETS, registry=r)
+        self.batch_wait = prom.Histogram("eac_classifier_batch_wait_seconds",
+                                         "Seconds the oldest rows of a batch waited before it ran",
+                                         buckets=SECONDS_BUCKETS, registry=r)
 
-    def observe_batch(self, rows: int, batch_size: int, requests: int, seconds: float) -> None:
+    def observe_batch(self, rows: int, batch_size: int, requests: int, seconds: float, waited: float) -> None:
         """Record one classifier batch (the batcher's observer)."""
         self.batches.inc()
         self.batch_rows.inc(rows)
         self.fill.observe(rows / batch_size)
         self.batch_requests.observe(requests)
         self.batch_seconds.observe(seconds)
+        self.batch_wait.observe(waited)
 
     def observe_stages(self, timings: dict[str, float]) -> None:
         """Record the stages of one finished explanation (seconds by stage name)."""

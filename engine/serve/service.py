@@ -260,7 +260,7 @@ class Service:
                 if on_ready is not None:
                     on_ready()
                 return
-            log.error("eac serve: %s", self.failure or error)
+            log.debug("loading failed: %s", self.failure or error)
             if on_failure is not None:
                 on_failure(self.failure or EacError(str(error)))
 
