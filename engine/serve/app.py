@@ -43,7 +43,8 @@ from ..errors import EacError
 from .limits import ServiceError
 from .metrics import SERVE_HINT
 from .results import crop_png, masks_npz, overlay_png
-from .service import FIELDS, STATUS_BAD_REQUEST, STATUS_ERROR, Service, parse_request
+from .service import FIELDS, STATUS_BAD_REQUEST, STATUS_CLIENT_GONE, STATUS_ERROR, Service, parse_request
+from .settings import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ STATUS_METHOD_NOT_ALLOWED = 405
 STATUS_TOO_LARGE = 413
 #: Where the page's method list goes (filled from the method registry when the app is made).
 METHODS_SLOT = b'data-methods=""'
+#: A result's files never change (a new request gets a new id), but the result may be forgotten: private caching only.
+FILE_HEADERS = {"Cache-Control": "private, max-age=600"}
 #: Form parts accepted: the image and each field once.
 MAX_FORM_PARTS = 1 + len(FIELDS)
 
@@ -113,7 +116,7 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
@@ -199,6 +202,9 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
         except ServiceError as exc:
             ticket.answer(exc.outcome)
             return error(exc)
+        except ClientDisconnect:  # gone while uploading: nobody to answer, still one outcome
+            ticket.answer("cancelled")
+            return error(ServiceError(STATUS_CLIENT_GONE, "cancelled", "the client closed the connection"))
         except asyncio.CancelledError:  # the server cancelled the handler: the client went away
             ticket.answer("cancelled")
             raise
@@ -233,7 +239,7 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
             except ServiceError as exc:
                 return error(exc)
             content = await asyncio.to_thread(make, result)
-            return Response(content, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+            return Response(content, media_type=media_type, headers=FILE_HEADERS)
 
         return endpoint
 
@@ -244,7 +250,7 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
         body = {"ready": service.ready, "state": service.state}
         if service.failure is not None:
             body["error"] = " ".join(str(service.failure).split())
-        headers = {} if service.ready else {"Retry-After": "1"}
+        headers = {} if service.ready else {"Retry-After": str(RETRY_AFTER_S)}
         return JSONResponse(body, status_code=200 if service.ready else 503, headers=headers)
 
     async def metrics(request: Request) -> Response:

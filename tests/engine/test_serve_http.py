@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import socket
 import threading
 import time
 
@@ -252,6 +253,16 @@ def test_a_client_that_disconnects_cancels_its_work():
         assert _rows(srv.url) < DROPPED_ROWS
         values = metrics(srv.url)
         assert outcome(values, "cancelled") == 1 and values["eac_requests_in_flight"] == 0
+        assert_counters_add_up(values)
+        # gone half-way through the upload: counted once, as cancelled, and nothing else happens
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/explanations HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                         b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            wait_for(lambda: metrics(srv.url)["eac_requests_in_flight"] == 1, "the upload to begin")
+        wait_for(lambda: metrics(srv.url)["eac_requests_in_flight"] == 0, "the cut upload to be answered")
+        values = metrics(srv.url)
+        assert outcome(values, "cancelled") == 2 and values["eac_requests_received_total"] == 2
         assert_counters_add_up(values)
 
 
