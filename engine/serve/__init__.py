@@ -7,6 +7,7 @@ imported only inside the functions that need them — the ``serve`` extra):
 - :mod:`~eac.engine.serve.batcher` — one batcher per classifier session: concurrent requests'
   masked evaluations in shared classifier batches, each request getting exactly its rows;
 - :mod:`~eac.engine.serve.limits` — admission (a bounded queue) and the one-line errors;
+- :mod:`~eac.engine.serve.params` — the request's form fields, checked;
 - :mod:`~eac.engine.serve.metrics` — Prometheus metrics in a registry of the service's own;
 - :mod:`~eac.engine.serve.results` — recent results (LRU, random ids) and the files served for them;
 - :mod:`~eac.engine.serve.service` — :class:`Service`: the engine (:class:`~eac.engine.holder.EngineHolder`)

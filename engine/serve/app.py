@@ -40,10 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EacError
-from .limits import ServiceError
+from .limits import (
+    STATUS_BAD_REQUEST,
+    STATUS_CLIENT_GONE,
+    STATUS_ERROR,
+    STATUS_METHOD_NOT_ALLOWED,
+    STATUS_NOT_FOUND,
+    STATUS_TOO_LARGE,
+    STATUS_UNAUTHORIZED,
+    ServiceError,
+)
 from .metrics import SERVE_HINT
+from .params import FIELDS, parse_request
 from .results import crop_png, masks_npz, overlay_png
-from .service import FIELDS, STATUS_BAD_REQUEST, STATUS_CLIENT_GONE, STATUS_ERROR, Service, parse_request
+from .service import Service
 from .settings import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
@@ -58,10 +68,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-STATUS_UNAUTHORIZED = 401
-STATUS_NOT_FOUND = 404
-STATUS_METHOD_NOT_ALLOWED = 405
-STATUS_TOO_LARGE = 413
 #: Where the page's method list goes (filled from the method registry when the app is made).
 METHODS_SLOT = b'data-methods=""'
 #: A result's files never change (a new request gets a new id), but the result may be forgotten: private caching only.

@@ -18,6 +18,17 @@ from typing import Any
 
 from ..errors import EacError
 
+#: HTTP statuses of the answers the service makes.
+STATUS_BAD_REQUEST = 400
+STATUS_UNAUTHORIZED = 401
+STATUS_NOT_FOUND = 404
+STATUS_METHOD_NOT_ALLOWED = 405
+STATUS_TOO_LARGE = 413
+STATUS_CLIENT_GONE = 499  # nginx's convention for a client that went away; that client never sees it
+STATUS_ERROR = 500
+STATUS_UNAVAILABLE = 503
+STATUS_TIMEOUT = 504
+
 
 class ServiceError(EacError):
     """A non-200 answer: HTTP ``status``, metrics ``outcome``, a one-line message, extra ``headers``."""
@@ -29,6 +40,11 @@ class ServiceError(EacError):
         self.outcome = outcome
         self.message = line
         self.headers = dict(headers or {})
+
+
+def bad_request(message: str) -> ServiceError:
+    """A 400 answer."""
+    return ServiceError(STATUS_BAD_REQUEST, "bad_request", message)
 
 
 class Admission:

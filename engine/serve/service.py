@@ -5,8 +5,8 @@ Serve replica runs (:mod:`eac.engine.serve.ray_serve`); the HTTP layer
 (:mod:`eac.engine.serve.app`) only turns requests into :class:`ExplainRequest`
 and answers into responses.
 
-A request's way through: :func:`parse_request` checks the form's fields (400 on
-anything wrong) → :meth:`Service.explain` checks the method options, admits it
+A request's way through: :func:`~eac.engine.serve.params.parse_request`
+checks the form's fields (400 on anything wrong) → :meth:`Service.explain` checks the method options, admits it
 (503 when full) and hands it to one of ``concurrency`` threads, then waits for
 the first of: the result (200), the deadline (504: the request's
 :class:`~eac.engine.serve.batcher.CancelToken` is cancelled and its work
@@ -23,123 +23,34 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConceptError, ConfigError, EacError, ExplainError, ImageError, InputShapeError
 from .batcher import BatchedClassifier, BatcherClosed, CancelToken, ClassifierBatcher, DirectClient, RequestCancelled
-from .limits import Admission, ServiceError
+from .limits import (
+    STATUS_CLIENT_GONE,
+    STATUS_ERROR,
+    STATUS_TIMEOUT,
+    STATUS_UNAVAILABLE,
+    Admission,
+    ServiceError,
+    bad_request,
+)
 from .metrics import ServiceMetrics
+from .params import ExplainRequest
 from .results import ResultStore, StoredResult, new_id
 from .settings import RETRY_AFTER_S, ServeSettings
 
 log = logging.getLogger(__name__)
 
-#: Form fields of ``POST /v1/explanations`` besides ``image``.
-FIELDS = ("target", "method", "evaluations", "seed", "top_k")
-#: Concepts drawn on a result's overlay unless the request says otherwise; the most it may ask for.
-DEFAULT_TOP_K = 5
-MAX_TOP_K = 64
-#: Largest seed (numpy's generators take any non-negative integer; this keeps it a JSON-safe int64).
-MAX_SEED = 2**63 - 1
 #: SAM calls at once: the encoder holds GBs while it runs and one call already keeps the device busy.
 SAM_CALLS_AT_ONCE = 1
-#: HTTP statuses and outcomes of the answers the service makes.
-STATUS_BAD_REQUEST = 400
-STATUS_CLIENT_GONE = 499  # nginx's convention; the client never sees it
-STATUS_ERROR = 500
-STATUS_UNAVAILABLE = 503
-STATUS_TIMEOUT = 504
 #: Errors a request causes itself: 400.
 CLIENT_ERRORS = (ImageError, ExplainError, ConceptError, InputShapeError, ConfigError)
 #: Service states (``/readyz`` answers 200 only when ``ready``).
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
-
-
-@dataclass(frozen=True)
-class ExplainRequest:
-    """One request's checked parameters.
-
-    Attributes
-    ----------
-    image : bytes
-        The uploaded image file (decoded in the request's thread).
-    name : str
-        The upload's file name (for error messages).
-    target : int, str or None
-        Class index or label (None: top-1).
-    method : str or None
-        Registered method (None: the service's).
-    evaluations : int or None
-        The method's evaluation budget (None: the service's).
-    seed : int or None
-        None: the service's.
-    top_k : int
-        Concepts drawn on the overlay.
-    """
-
-    image: bytes
-    name: str = "image"
-    target: int | str | None = None
-    method: str | None = None
-    evaluations: int | None = None
-    seed: int | None = None
-    top_k: int = DEFAULT_TOP_K
-
-
-def _bad(message: str) -> ServiceError:
-    return ServiceError(STATUS_BAD_REQUEST, "bad_request", message)
-
-
-def _integer(name: str, text: str, low: int, high: int) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise _bad(f"{name} must be an integer, got {text[:40]!r}") from None
-    if not low <= value <= high:
-        raise _bad(f"{name} must lie in {low}..{high}, got {value}")
-    return value
-
-
-def parse_request(image: bytes | None, name: str | None, fields: Mapping[str, str], settings: ServeSettings,
-                  method_names: tuple[str, ...]) -> ExplainRequest:
-    """Check a request's form fields; :class:`ServiceError` (400, one line) on anything wrong.
-
-    Parameters
-    ----------
-    image : bytes or None
-        The ``image`` file's content (None: no such part).
-    name : str or None
-        Its file name.
-    fields : mapping of str to str
-        The other form fields (see :data:`FIELDS`).
-    settings : ServeSettings
-        The limits (``max_evaluations``).
-    method_names : tuple of str
-        Registered methods.
-    """
-    if image is None:
-        raise _bad("no image: send the image file as the multipart form field 'image'")
-    unknown = sorted(set(fields) - set(FIELDS))
-    if unknown:
-        raise _bad(f"unknown form field(s) {', '.join(unknown)}; the fields are image, {', '.join(FIELDS)}")
-    values: dict[str, Any] = {}
-    if fields.get("target", "").strip():
-        text = fields["target"].strip()
-        values["target"] = int(text) if text.lstrip("-").isdigit() else text
-    if fields.get("method", "").strip():
-        method = fields["method"].strip()
-        if method not in method_names:
-            raise _bad(f"unknown method {method[:40]!r}; choose one of {', '.join(method_names)}")
-        values["method"] = method
-    if fields.get("evaluations", "").strip():
-        values["evaluations"] = _integer("evaluations", fields["evaluations"], 1, settings.max_evaluations)
-    if fields.get("seed", "").strip():
-        values["seed"] = _integer("seed", fields["seed"], 0, MAX_SEED)
-    if fields.get("top_k", "").strip():
-        values["top_k"] = _integer("top_k", fields["top_k"], 1, MAX_TOP_K)
-    return ExplainRequest(image=image, name=name or "image", **values)
 
 
 class Ticket:
@@ -301,7 +212,7 @@ class Service:
                 options = dict(self.config.options) if method == self.config.method else {}
             get_method(method)(**options).check_classifier(self.engine.classifier)
         except EacError as exc:
-            raise _bad(str(exc)) from exc
+            raise bad_request(str(exc)) from exc
         return method, options
 
     async def explain(self, request: ExplainRequest,
@@ -366,7 +277,7 @@ class Service:
         except BatcherClosed as exc:
             raise ServiceError(STATUS_UNAVAILABLE, "not_ready", str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from exc
         except CLIENT_ERRORS as exc:
-            raise _bad(str(exc)) from exc
+            raise bad_request(str(exc)) from exc
         except EacError as exc:
             raise ServiceError(STATUS_ERROR, "error", str(exc)) from exc
         except Exception as exc:
