@@ -23,6 +23,8 @@ DEFAULT_TOP_K = 5
 MAX_TOP_K = 64
 #: Largest seed (numpy's generators take any non-negative integer; this keeps it a JSON-safe int64).
 MAX_SEED = 2**63 - 1
+#: Characters of an upload's file name kept for error messages.
+MAX_NAME_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -103,4 +105,4 @@ def parse_request(image: bytes | None, name: str | None, fields: Mapping[str, st
         values["seed"] = _integer("seed", fields["seed"], 0, MAX_SEED)
     if fields.get("top_k", "").strip():
         values["top_k"] = _integer("top_k", fields["top_k"], 1, MAX_TOP_K)
-    return ExplainRequest(image=image, name=name or "image", **values)
+    return ExplainRequest(image=image, name=(name or "image")[:MAX_NAME_CHARS], **values)
