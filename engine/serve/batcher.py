@@ -220,7 +220,8 @@ class ClassifierBatcher:
         if rows >= self.batch_size:
             return 0.0
         waiting = {item.client for item in self._pending}
-        if not (self._clients - waiting):  # everyone who could add rows is waiting for these
+        could_add = {c for c in self._clients if not c.token.cancelled} - waiting
+        if not could_add:  # everyone who could still add rows is waiting for these
             return 0.0
         return max(0.0, self._pending[0].enqueued + self.max_wait_s - now)
 
