@@ -39,6 +39,12 @@ workloads:
               budget: seconds per image, evaluations, peak memory, Spearman / top-3 vs
               exact Shapley values, insertion/deletion AUC, time over eac's. Needs the
               peer libraries: pip install ".[bench]" (a missing one is skipped, named).
+  serve       `eac serve` (pip install ".[serve]") started here on a free loopback port,
+              with and without cross-request batching, driven by 1, 4 and 16 concurrent
+              clients (48 requests each; generated scenes, demo classifier or
+              --classifier, a 4×4 grid or --n-concepts, eac at its default budget):
+              p50/p95/p99 latency, requests/s, classifier batch fill, requests per
+              batch, server CPU seconds per request, errors; batching's gain.
 
 how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
   explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager

@@ -985,7 +985,7 @@ RUNNERS: dict[str, Callable[[BenchOptions], BenchReport]] = {
 
 def run_workload(opts: BenchOptions) -> BenchReport:
     """Run ``opts.workload`` and return its report."""
-    if opts.workload not in RUNNERS and opts.workload != "peers":
+    if opts.workload not in RUNNERS and opts.workload not in ("peers", "serve"):
         raise BenchError(f"unknown workload {opts.workload!r}; choose from {', '.join(WORKLOADS)}")
     if opts.n_concepts is not None and opts.n_concepts < 1:
         raise BenchError(f"--n-concepts must be at least 1 (got {opts.n_concepts})")
@@ -993,4 +993,8 @@ def run_workload(opts: BenchOptions) -> BenchReport:
         from .peers import run_peers
 
         return run_peers(opts)
+    if opts.workload == "serve":  # eac serve under concurrent clients (bench/serve.py)
+        from .serve import run_serve
+
+        return run_serve(opts)
     return RUNNERS[opts.workload](opts)

@@ -363,24 +363,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return to_rgb_uint8(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), name=name)
 
 
-def make_concept_source(config: RunConfig, runtime: Any = None) -> Any:
-    """The concept source ``config`` asks for (SAM, a masks file, superpixels or a grid)."""
-    if config.sam:
-        from .sam import SamConceptGenerator
-
-        return SamConceptGenerator.from_folder(config.sam, session_options=runtime, verify=config.verify,
-                                               **config.sam_settings)
-    if config.masks:
-        from .sources import MaskSource
-
-        return MaskSource.from_file(config.masks)
-    from .sources import make_source
-
-    return make_source(config.concepts or "superpixels", config.n_segments)
-
-
 class DatasetWorker:
-    """One engine (classifier, concept source, explainer), created once, explaining image files.
+    """One engine (:class:`~eac.engine.holder.EngineHolder`), created once, explaining image files into rows.
 
     Parameters
     ----------
@@ -389,25 +373,14 @@ class DatasetWorker:
     """
 
     def __init__(self, job: _Job) -> None:
-        from .classifier import Classifier
-        from .explainer import Explainer
-        from .session import Runtime, SessionOptions
+        from .holder import EngineHolder
 
-        config = job.config
         self.job = job
-        self.config = config
-        runtime = Runtime.from_options(SessionOptions(
-            providers=config.providers, cpu_threads=job.threads, cuda_device_id=config.device_id,
-            trt_fp16=config.trt_fp16, trt_cache_dir=config.trt_cache))
-        self.classifier = Classifier.from_folder(config.classifier, session_options=runtime, verify=config.verify,
-                                                 batch_size=config.batch_size)
-        self.source = make_concept_source(config, runtime)
-        self.explainer = Explainer(self.classifier, method=config.method, batch_size=config.batch_size,
-                                   seed=config.seed, progress=False, max_concepts=config.max_concepts,
-                                   **config.options)
+        self.config = job.config
+        self.engine = EngineHolder(job.config, threads=job.threads)
+        self.classifier, self.source, self.explainer = self.engine.classifier, self.engine.source, self.engine.explainer
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        target = config.target
-        self.target = None if not target else (target[0] if len(target) == 1 else list(target))
+        self.target = self.engine.target
 
     def explain_file(self, path: str) -> ImageResult:
         """Explain one image file; every error becomes a failure row with a one-line reason."""
@@ -420,11 +393,7 @@ class DatasetWorker:
                 raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
             sha = hashlib.sha256(data).hexdigest()
             image = decode_image(data, path, self.config.max_pixels)
-            explanation = self.explainer.explain(image, self.source, self.target)
-            if self.config.metrics and explanation.num_concepts:
-                from .metrics import add_metrics
-
-                add_metrics(explanation, self.classifier, self.config.batch_size)
+            explanation = self.engine.explain(image, self.target)
             overlays = self._overlays(explanation, path, sha) if self.config.overlays else []
         except EacError as exc:
             return self._failure(path, sha, _first_line(exc), start)

@@ -1,0 +1,125 @@
+"""``eac serve`` from the command line: safe by default, one-line failures, SIGTERM drains then exits."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+pytest.importorskip("starlette", reason="eac serve needs the serve extra")
+pytest.importorskip("uvicorn", reason="eac serve needs the serve extra")
+
+from eac.engine.cli import main
+from eac.engine.errors import ConfigError
+from eac.engine.serve.app import authorized
+from eac.engine.serve.settings import ServeSettings, is_loopback
+
+from ..serve_helpers import (
+    GRID,
+    assert_counters_add_up,
+    metrics,
+    outcome,
+    post_image,
+    request,
+    scene_png,
+    wait_for,
+)
+
+#: A request of the SIGTERM test: long enough to be in flight when the signal comes (a second or so).
+DRAIN_REQUEST = {"method": "kernelshap", "evaluations": 600}
+SERVE = ["serve", "--concepts", "grid", "--n-segments", str(GRID), "--threads", "1"]
+
+
+def test_loopback_only_unless_a_key_or_insecure():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.1.2.3")
+    assert not is_loopback("myhost.example")  # names can resolve elsewhere: not trusted
+    with pytest.raises(ConfigError, match="--api-key TOKEN"):
+        ServeSettings(host="0.0.0.0").check()
+    ServeSettings(host="0.0.0.0", api_key="k" * 32).check()
+    ServeSettings(host="0.0.0.0", insecure=True).check()
+    with pytest.raises(ConfigError, match="empty"):
+        ServeSettings(api_key="  ").check()
+
+
+def test_bearer_token_check():
+    assert authorized(None, None) and authorized("anything", None)
+    assert authorized("Bearer s3cret", "s3cret") and authorized("bearer s3cret", "s3cret")
+    assert not authorized(None, "s3cret") and not authorized("Bearer s3cre", "s3cret")
+    assert not authorized("Basic s3cret", "s3cret") and not authorized("s3cret", "s3cret")
+
+
+def test_non_loopback_host_without_a_key_is_refused_in_one_line(demo_classifier_folder, capsys):
+    code = main([*SERVE, "--classifier", str(demo_classifier_folder), "--host", "0.0.0.0", "--port", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("eac: error: --host 0.0.0.0 is reachable from other machines")
+
+
+def test_missing_serve_extra_is_one_line(demo_classifier_folder, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main([*SERVE, "--classifier", str(demo_classifier_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "eac: error: eac serve needs the serve extra: pip install '.[serve]' (missing: uvicorn)"
+
+
+def test_a_bad_classifier_folder_fails_before_listening(tmp_path, capsys):
+    assert main([*SERVE, "--classifier", str(tmp_path / "nothing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eac: error:") and len(err.splitlines()) == 1 and "listening" not in err
+
+
+def test_models_that_fail_to_load_stop_the_server_with_one_line(demo_classifier_folder, tmp_path, capsys):
+    folder = tmp_path / "broken"
+    shutil.copytree(demo_classifier_folder, folder)
+    model = folder / "classifier.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other checksum: found only when the models load
+    model.write_bytes(bytes(data))
+    assert main([*SERVE, "--classifier", str(folder), "--port", "0"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "listening on http://127.0.0.1:" in lines[0]
+    assert lines[-1].startswith("eac: error:") and "checksum" in lines[-1].lower()
+
+
+def test_sigterm_stops_accepting_finishes_the_request_in_flight_then_exits(demo_classifier_folder):
+    code = ("import sys; from eac.engine.cli import main; sys.exit(main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, *SERVE, "--classifier", str(demo_classifier_folder),
+                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        url = re.search(r"listening on (http://\S+);", first).group(1)
+        assert "ready at" in process.stderr.readline()
+        reply: list = []
+        client = threading.Thread(target=lambda: reply.append(post_image(url, scene_png(1), DRAIN_REQUEST)))
+        client.start()
+        wait_for(lambda: metrics(url)["eac_requests_explaining"] == 1, "the request to be in flight")
+        before = metrics(url)
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(url), "the listening socket to close")
+        client.join(60)
+        assert reply and reply[0].status == 200 and reply[0].json()["num_evaluations"] >= 600
+        assert process.wait(60) == 0
+        rest = process.stderr.read()
+        assert "stopped on SIGTERM after answering 1 explanation request(s)" in rest
+        assert outcome(before, "ok") == 0 and before["eac_requests_in_flight"] == 1
+        assert_counters_add_up(before)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _refused(url: str) -> bool:
+    try:
+        request("GET", f"{url}/healthz", timeout=2)
+    except OSError:
+        return True
+    return False
