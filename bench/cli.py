@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from ..engine.shipped import shipped_names
 from .harness import DEFAULT_PHOTO, QUICK_LABEL, WORKLOADS
 
 #: What --help says about run times (measured on a 2-core CPU, see README "Performance").
@@ -38,7 +39,7 @@ workloads:
               folder has a feature map); each at its defaults and at eac's evaluation
               budget: seconds per image, evaluations, peak memory, Spearman / top-3 vs
               exact Shapley values, insertion/deletion AUC, time over eac's. Needs the
-              peer libraries: pip install ".[bench]" (a missing one is skipped, named).
+              peer libraries: the bench extra (a missing one is skipped, named).
 
 how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
   explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager
@@ -78,9 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"reduced run (tiny models, fewer evaluations, smaller grid), labelled {QUICK_LABEL}")
     p.add_argument("--classifier", metavar="DIR", default=None,
-                   help="classifier folder (explain/end-to-end/fidelity); the reference rebuilds its PyTorch model "
+                   help="classifier folder (explain/end-to-end/fidelity), or a shipped one's name "
+                        f"({', '.join(shipped_names('classifier'))}); the reference rebuilds its PyTorch model "
                         "from the manifest's source (--module + --checkpoint, or a torchvision resnet50 state dict)")
-    p.add_argument("--sam", metavar="DIR", default=None, help="SAM folder for the engine (needs its checkpoint)")
+    p.add_argument("--sam", metavar="DIR", default=None,
+                   help=f"SAM folder for the engine, or a shipped one's name ({', '.join(shipped_names('sam'))}); "
+                        "needs its checkpoint")
     p.add_argument("--sam-checkpoint", metavar="PATH", default=None,
                    help="segment-anything ViT-B checkpoint: both sides use it (exported once for the engine)")
     p.add_argument("--n-concepts", type=int, default=None, help="concept masks of the explain workload (default 32)")
@@ -102,6 +106,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def bench_command(args: argparse.Namespace) -> int:
     """Run one workload, print its table, write JSON when asked."""
+    from ..engine.cli.options import resolve_models
     from .workloads import BenchOptions, run_workload
 
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
@@ -117,6 +122,7 @@ def bench_command(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"[bench{' ' + QUICK_LABEL if args.quick else ''}] {line}", file=sys.stderr, flush=True)
 
+    resolve_models(args)  # --classifier / --sam: a folder, or a shipped model's name (demo)
     opts = BenchOptions(
         workload=args.workload, repeat=args.repeat, warmup=warmup, providers=args.providers,
         threads=args.threads, quick=args.quick, classifier=args.classifier, sam=args.sam,
