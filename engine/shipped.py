@@ -3,8 +3,9 @@
 A command that takes a model folder (``--classifier``, ``--sam``) also takes the name of a
 model shipped in the package: ``demo`` is the small scene classifier of ``eac demo``
 (:func:`eac.engine.demo.demo_classifier_path`) or the SAM trained on the same generated
-scenes (:func:`eac.engine.demo.demo_sam_path`). An existing folder always wins over a
-name, so a folder that happens to be called ``demo`` is still read as a folder.
+scenes (:func:`eac.engine.demo.demo_sam_path`). A shipped name means the shipped model even
+when the working folder holds a folder of that name (``eac demo``'s output, say): such a
+folder is named as a path, ``./demo``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def resolve_model_folder(kind: str, name_or_path: str | os.PathLike) -> Path:
     kind : {"classifier", "sam"}
         What the folder must hold (checked later, when the folder is loaded).
     name_or_path : str or path-like
-        A folder (``~`` expanded), or a name from :func:`shipped_names`.
+        A name from :func:`shipped_names` (exactly), or a folder (``~`` expanded).
 
     Returns
     -------
@@ -58,16 +59,16 @@ def resolve_model_folder(kind: str, name_or_path: str | os.PathLike) -> Path:
         where a folder is expected, or a shipped name whose folder this install lacks.
     """
     shipped = _shipped(kind)
+    names = ", ".join(shipped)
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        folder = shipped[name_or_path]()
+        if not folder.is_dir():
+            raise ModelFolderError(f"the shipped {kind} {name_or_path!r} is not in this install (no {folder}); "
+                                   f"give a {kind} folder instead (a folder of that name: ./{name_or_path})")
+        return folder
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    names = ", ".join(shipped)
-    if str(name_or_path) in shipped:
-        folder = shipped[str(name_or_path)]()
-        if not folder.is_dir():
-            raise ModelFolderError(f"the shipped {kind} {str(name_or_path)!r} is not in this install (no {folder}); "
-                                   f"give a {kind} folder instead")
-        return folder
     if path.exists():
         raise ModelFolderError(f"{path}: is a file, not a model folder; give a {kind} folder or a shipped "
                                f"{kind} name ({names})")

@@ -320,8 +320,8 @@ def run_dataset_command(args: argparse.Namespace, paths: list[Path]) -> int:
 
     def on_plan(total: int, todo: int) -> None:
         if total > todo:
-            print(f"eac: {total - todo} of {total} images already in {table_path(args.out)} (or the same bytes "
-                  "under another name, whose rows are copied); not explaining them again", file=sys.stderr)
+            print(f"eac: {total - todo} of {total} images already in {table_path(args.out)} (or their bytes, under "
+                  "another name: their rows are copied); skipping them", file=sys.stderr)
         if todo:
             bars.append(tqdm(total=todo, desc="explaining", unit="image", disable=args.no_progress,
                              file=sys.stderr))
