@@ -27,10 +27,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..batching import DEFAULT_BATCH_SIZE
 from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..distribution import install_hint
 from ..errors import ConfigError, EacError, ImageError
-from ..evaluator import DEFAULT_BATCH_SIZE
 from ..images import DEFAULT_MAX_PIXELS, list_images, load_image
 from ..methods import get_method, method_names, registry
 from ..sources import DEFAULT_SEGMENTS

@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pytest
 from eac.engine import shipped
+from eac.engine.batching import DEFAULT_BATCH_SIZE
 from eac.engine.cli import main
 from eac.engine.demo import demo_classifier_path, demo_sam_path
 from eac.engine.distribution import DISTRIBUTION, install_hint, installed_version
 from eac.engine.errors import ConfigError, ModelFolderError
-from eac.engine.evaluator import DEFAULT_BATCH_SIZE
 from eac.engine.manifest import VERIFIED_CACHE_NAME, eac_version
 from eac.engine.methods import registry
 from eac.engine.scenes import SHAPES, make_scene
