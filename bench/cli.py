@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from ..engine.shipped import shipped_names
 from .harness import DEFAULT_PHOTO, QUICK_LABEL, WORKLOADS
 
 #: What --help says about run times (measured on a 2-core CPU, see README "Performance").
@@ -38,8 +39,8 @@ workloads:
               folder has a feature map); each at its defaults and at eac's evaluation
               budget: seconds per image, evaluations, peak memory, Spearman / top-3 vs
               exact Shapley values, insertion/deletion AUC, time over eac's. Needs the
-              peer libraries: pip install ".[bench]" (a missing one is skipped, named).
-  serve       `eac serve` (pip install ".[serve]") started here on a free loopback port,
+              peer libraries: the bench extra (a missing one is skipped, named).
+  serve       `eac serve` (the serve extra) started here on a free loopback port,
               with and without cross-request batching, driven by 1, 4 and 16 concurrent
               clients (48 requests each; generated scenes, demo classifier or
               --classifier, a 4×4 grid or --n-concepts, eac at its default budget):
@@ -84,9 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"reduced run (tiny models, fewer evaluations, smaller grid), labelled {QUICK_LABEL}")
     p.add_argument("--classifier", metavar="DIR", default=None,
-                   help="classifier folder (explain/end-to-end/fidelity); the reference rebuilds its PyTorch model "
+                   help="classifier folder (explain/end-to-end/fidelity), or a shipped one's name "
+                        f"({', '.join(shipped_names('classifier'))}); the reference rebuilds its PyTorch model "
                         "from the manifest's source (--module + --checkpoint, or a torchvision resnet50 state dict)")
-    p.add_argument("--sam", metavar="DIR", default=None, help="SAM folder for the engine (needs its checkpoint)")
+    p.add_argument("--sam", metavar="DIR", default=None,
+                   help=f"SAM folder for the engine, or a shipped one's name ({', '.join(shipped_names('sam'))}); "
+                        "needs its checkpoint")
     p.add_argument("--sam-checkpoint", metavar="PATH", default=None,
                    help="segment-anything ViT-B checkpoint: both sides use it (exported once for the engine)")
     p.add_argument("--n-concepts", type=int, default=None, help="concept masks of the explain workload (default 32)")
@@ -108,6 +112,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def bench_command(args: argparse.Namespace) -> int:
     """Run one workload, print its table, write JSON when asked."""
+    from ..engine.cli.options import resolve_models
     from .workloads import BenchOptions, run_workload
 
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
@@ -123,6 +128,7 @@ def bench_command(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"[bench{' ' + QUICK_LABEL if args.quick else ''}] {line}", file=sys.stderr, flush=True)
 
+    resolve_models(args)  # --classifier / --sam: a folder, or a shipped model's name (demo)
     opts = BenchOptions(
         workload=args.workload, repeat=args.repeat, warmup=warmup, providers=args.providers,
         threads=args.threads, quick=args.quick, classifier=args.classifier, sam=args.sam,

@@ -41,7 +41,7 @@ on one ONNX :class:`~eac.engine.evaluator.MaskedEvaluator`, outside the timed
 call), and the row's seconds over ``eac``'s.
 
 The peer libraries are imported lazily; a missing one skips its rows with a
-one-line note (``pip install ".[bench]"``).
+one-line note naming the bench extra (:func:`eac.engine.distribution.install_hint`).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.distribution import install_hint
 from .harness import BenchError, BenchReport, PeakMemory, machine_info
 from .workloads import (
     QUICK,
@@ -100,7 +101,7 @@ def _kw_text(kwargs: dict[str, Any]) -> str:
 
 def missing_library_note(name: str) -> str:
     """The one-line note of a peer library that is not installed."""
-    return f'{name} is not installed: pip install {LIBRARIES[name]} (or pip install ".[bench]")'
+    return f"{name} is not installed: pip install {LIBRARIES[name]} (or the bench extra: {install_hint('bench')})"
 
 
 def _load_libraries() -> tuple[dict[str, Any], dict[str, str]]:

@@ -21,9 +21,11 @@ Rows are written in small part files (:data:`DEFAULT_PART_IMAGES` images or
 temporary name and renamed into place, so a process killed at any moment
 (SIGKILL included) leaves a readable table and loses only the images not yet
 in a part. Running again on the same ``OUT`` skips every image already
-explained with the same settings: the key is the SHA-256 of the image file's
-bytes and :func:`settings_hash` of the settings that change results. Failed
-images are tried again. At the end of a run the parts are compacted into one
+explained with the same settings: the key is the image's name, the SHA-256 of
+its bytes and :func:`settings_hash` of the settings that change results. Every
+file gets its own rows: a file whose bytes were already explained under another
+name gets a copy of those rows under its own name, without being explained
+again. Failed images are tried again. At the end of a run the parts are compacted into one
 file (duplicates of retried images dropped); :func:`read_table` reads the table
 at any moment, without duplicates.
 
@@ -65,6 +67,7 @@ import numpy as np
 from ..kernels import rle
 from .concepts import DEFAULT_MAX_CONCEPTS
 from .dataset_schema import SCHEMA_VERSION
+from .distribution import install_hint
 from .errors import ConfigError, EacError, ImageError
 from .images import DEFAULT_MAX_PIXELS, to_rgb_uint8
 
@@ -99,8 +102,8 @@ DEFAULT_RAY_ACTOR_CPUS = 1
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STAGES = ("concepts", "evaluations", "fit", "values")
-PARQUET_HINT = "--format parquet needs pyarrow: pip install '.[parquet]'"
-RAY_HINT = "--ray needs Ray Data: pip install '.[ray]'"
+PARQUET_HINT = f"--format parquet needs pyarrow: {install_hint('parquet')}"
+RAY_HINT = f"--ray needs Ray Data: {install_hint('ray')}"
 #: Columns that identify a row (the newest row of a key wins, ok before failed).
 KEY_COLUMNS = ("image", "image_sha256", "settings_hash", "target_index")
 _HASH_CHUNK = 1 << 22
@@ -772,17 +775,45 @@ def read_table(out: str | os.PathLike, columns: Sequence[str] | None = None) -> 
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
-def _done_images(folder: Path, settings_hash_: str) -> set[str]:
-    """SHA-256 of the images already explained (status ok) with these settings."""
+def _done_images(folder: Path, settings_hash_: str) -> dict[str, set[str]]:
+    """Images already explained (status ok) with these settings: SHA-256 of the bytes → the names it has rows of."""
     import pyarrow.compute as pc
 
     _, pq = _pyarrow()
-    done: set[str] = set()
+    done: dict[str, set[str]] = {}
     for path in part_files(folder):
-        table = pq.read_table(path, columns=["image_sha256", "settings_hash", "status"])
+        table = pq.read_table(path, columns=["image", "image_sha256", "settings_hash", "status"])
         mask = pc.and_(pc.equal(table["settings_hash"], settings_hash_), pc.equal(table["status"], STATUS_OK))
-        done.update(s for s in table.filter(mask)["image_sha256"].to_pylist() if s)
+        kept = table.filter(mask)
+        for image, sha in zip(kept["image"].to_pylist(), kept["image_sha256"].to_pylist()):
+            if sha:
+                done.setdefault(sha, set()).add(image)
     return done
+
+
+def _copied_results(out: Path, settings_hash_: str, copies: dict[str, str]) -> list[ImageResult]:
+    """Rows for files whose bytes were already explained under another name (``copies``: name → SHA-256).
+
+    The values depend only on the bytes and the settings, so the rows of one name with those bytes
+    are copied under the new name (with a new ``finished_at``) instead of explaining the image again.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = read_table(out)
+    mask = pc.and_(pc.and_(pc.equal(table["settings_hash"], settings_hash_), pc.equal(table["status"], STATUS_OK)),
+                   pc.is_in(table["image_sha256"], value_set=pa.array(sorted(set(copies.values())))))
+    source: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # sha → (the name copied from, its rows)
+    for row in table.filter(mask).to_pylist():
+        name, rows = source.setdefault(row["image_sha256"], (row["image"], []))
+        if row["image"] == name:
+            rows.append(row)
+    finished = _now()
+    results = []
+    for image, sha in copies.items():
+        rows = sorted(source[sha][1], key=lambda r: r["target_index"])
+        results.append(ImageResult(image, [{**r, "image": image, "finished_at": finished} for r in rows]))
+    return results
 
 
 def _clean(folder: Path) -> None:
@@ -872,21 +903,43 @@ class _RunLock:
         self.handle: Any = None
 
     def __enter__(self) -> _RunLock:
-        self.handle = open(self.path, "a+")
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock
+            self.handle = open(self.path, "a+")
             return self
-        try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self.handle.close()
-            raise ConfigError(f"{self.path.parent}: another eac run is writing there; wait for it or give "
-                              "another --out") from exc
+        while self.handle is None:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                handle.close()
+                raise ConfigError(f"{self.path.parent}: another eac run is writing there; wait for it or give "
+                                  "another --out") from exc
+            # The run that held the lock removes the file before releasing it (see __exit__): locking a file
+            # it has just removed would lock nothing, so open the live one again.
+            if _same_file(handle, self.path):
+                self.handle = handle
+            else:
+                handle.close()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.handle.close()
+        try:
+            self.path.unlink(missing_ok=True)  # still locked: no other run can be holding this file
+        finally:
+            self.handle.close()
+            self.handle = None
+
+
+def _same_file(handle: Any, path: Path) -> bool:
+    """Whether the open ``handle`` is the file now at ``path``."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 # ---------------------------------------------------------------------- the run
@@ -948,9 +1001,10 @@ def run_dataset(
     part_seconds : float
         Longest time finished images wait in memory before a part is written.
     on_plan : callable(images, to_do), optional
-        Called once before the work starts.
+        Called once before the work starts; ``to_do`` counts the images that will be explained
+        (not those already in the table, nor those whose bytes are, whose rows are copied).
     on_result : callable(ImageResult), optional
-        Called in this process after each image.
+        Called in this process after each image explained.
 
     Returns
     -------
@@ -985,7 +1039,7 @@ def run_dataset(
     job = _Job(config, threads, json.dumps(settings, sort_keys=True, allow_nan=False), key, eac_version())
     out = Path(out)
     _check_out(out)
-    counts = {"images": len(images), "skipped": 0, "explained": 0, "failed": 0, "rows": 0}
+    counts = {"images": len(images), "skipped": 0, "reused": 0, "explained": 0, "failed": 0, "rows": 0}
     failures: list[dict[str, str]] = []
     interrupted = True
     run_info: dict[str, Any] = {"workers": workers if mode == "workers" else 1, "threads_per_worker": threads}
@@ -994,18 +1048,26 @@ def run_dataset(
         _clean(folder)
         done = _done_images(folder, key)
         todo = []
+        copies: dict[str, str] = {}  # a new name of bytes already explained → their SHA-256
         for path in images:
             sha = _sha_or_none(Path(path))
-            if sha is not None and sha in done:
+            names = done.get(sha, set()) if sha is not None else set()
+            if str(path) in names:
                 counts["skipped"] += 1
+            elif names:
+                copies[str(path)] = sha
             else:
                 todo.append(str(path))
         if on_plan is not None:
             on_plan(len(images), len(todo))
-        log.info("%d images, %d already done, %s mode", len(images), counts["skipped"], mode)
+        log.info("%d images, %d already done, %d copied, %s mode", len(images), counts["skipped"], len(copies),
+                 mode)
         writer = _PartWriter(out, secrets.token_hex(4), part_images, part_seconds)
         work_start = time.perf_counter()
         try:
+            for copied in _copied_results(out, key, copies) if copies else []:
+                writer.add(copied)
+                counts["reused"] += 1
             if not todo:
                 results: Iterator[ImageResult] = iter(())
             elif mode == "ray":
@@ -1031,7 +1093,7 @@ def run_dataset(
                 counts["rows"] = compact(out)
             else:
                 counts["rows"] = sum(len(k) for k in _winners(part_files(folder)))
-            processed = counts["explained"] + counts["failed"]
+            explained = counts["explained"]  # failures (a corrupt file fails at once) are no throughput
             summary = {
                 "schema_version": SCHEMA_VERSION,
                 "eac_version": job.eac_version,
@@ -1040,7 +1102,7 @@ def run_dataset(
                 "settings_hash": key,
                 "counts": counts,
                 "failures": failures,
-                "throughput": {"images_per_second": processed / seconds if processed and seconds > 0 else None,
+                "throughput": {"images_per_second": explained / seconds if explained and seconds > 0 else None,
                                "seconds": round(time.time() - started, 3)},
                 "run": {"mode": mode, **run_info, "ray_address": ray, "started_at": started_at,
                         "finished_at": _now(), "interrupted": interrupted},

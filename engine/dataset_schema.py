@@ -70,3 +70,32 @@ def schema_for(kind: str) -> dict[str, Any]:
     schema = copy.deepcopy(load_schema())
     schema["$ref"] = f"#/$defs/{kind}"
     return schema
+
+
+def parquet_columns_table(arrow_schema: Any) -> str:
+    """The README's table of a dataset run's columns: name and Arrow type from the table's schema,
+    meaning from ``$defs/parquet_row`` of the JSON Schema (so the README cannot drift from either).
+
+    Parameters
+    ----------
+    arrow_schema : pyarrow.Schema
+        :func:`eac.engine.dataset.arrow_schema` (passed in: this module does not import pyarrow).
+
+    Returns
+    -------
+    str
+        A markdown table, one row per column, in table order.
+
+    Raises
+    ------
+    ConfigError
+        A column the JSON Schema does not describe.
+    """
+    described = load_schema()["$defs"]["parquet_row"]["properties"]
+    rows = ["| column | type | meaning |", "| --- | --- | --- |"]
+    for column in arrow_schema:
+        meaning = described.get(column.name, {}).get("description")
+        if not meaning:
+            raise ConfigError(f"column {column.name!r} has no description in $defs/parquet_row of {SCHEMA_PATH.name}")
+        rows.append(f"| `{column.name}` | `{column.type}` | {meaning} |")
+    return "\n".join(rows)

@@ -31,14 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..kernels.compose import BASELINES, baseline_pixels, compose_chunks, flatten_masks
+from .batching import DEFAULT_BATCH_SIZE
 from .device_compose import device_composer_for
 from .errors import ConceptError, ExplainError, InputShapeError
-
-#: Default classifier batch size (images per run). One 224×224 batch is then 19 MB of
-#: float32 input, which bounds the explain stage's memory; on the 2-core CPU the small
-#: demo CNN showed no consistent throughput gain from larger batches (measurements in
-#: the issue note), and GPUs want batches of this order. Override with ``batch_size``.
-DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass

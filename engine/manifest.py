@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .distribution import installed_version, upgrade_hint
 from .errors import ManifestVersionError, ModelFolderError
 
 MANIFEST_NAME = "manifest.json"
@@ -28,15 +29,8 @@ _HASH_CHUNK_BYTES = 1 << 22
 
 
 def eac_version() -> str:
-    """The installed eac version (``"unknown"`` when run from a bare checkout)."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover - Python < 3.8
-        return "unknown"
-    try:
-        return version("eac")
-    except PackageNotFoundError:
-        return "unknown"
+    """The installed eac version (``"unknown"`` when run from a bare checkout); see :mod:`eac.engine.distribution`."""
+    return installed_version()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -116,7 +110,7 @@ def read_manifest(folder: str | os.PathLike, kind: str | None = None) -> dict[st
     if version > FORMAT_VERSION:
         raise ManifestVersionError(
             f"{path}: written by a newer eac ({manifest.get('eac_version', '?')}, manifest format "
-            f"{version} > {FORMAT_VERSION}); upgrade eac (`pip install -U eac`) or re-export with this one"
+            f"{version} > {FORMAT_VERSION}); upgrade eac ({upgrade_hint()}) or re-export with this one"
         )
     if kind is not None and manifest.get("kind") != kind:
         raise ModelFolderError(

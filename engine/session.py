@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from .distribution import install_hint
 from .errors import EacError, ModelFolderError, ProviderError
 
 try:
     import onnxruntime as ort
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise EacError(
-        "ONNX Runtime is not installed: pip install 'eac[cpu]' (or 'eac[gpu]' with onnxruntime-gpu on NVIDIA GPUs)"
+        f"ONNX Runtime is not installed: {install_hint('cpu')}, or on NVIDIA GPUs the gpu extra instead "
+        "(onnxruntime-gpu; never both)"
     ) from _exc
 
 #: Short names accepted on the command line → ONNX Runtime provider names.

@@ -6,6 +6,8 @@
   into a module with one-line :class:`CheckpointError` messages.
 * :func:`fp32_norm_class` / :func:`half_with_fp32_norms` — float16 models whose
   normalisation layers stay float32.
+* :func:`onnx_export` — the one call of ``torch.onnx.export``, with the TorchScript
+  exporter (why: its docstring), silencing exactly torch's deprecation of that exporter.
 
 torch is imported lazily, inside the functions that need it, so that importing
 this module (and ``eac import-onnx``, which only needs onnx) works without torch.
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engine.distribution import export_hint
 from .common import first_line
 from .errors import CheckpointError, ExportError
 
@@ -30,6 +35,12 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 _PARALLEL_PREFIX = "module."
 #: torch.nn normalisation layers kept in float32 by fp16 exports.
 FP32_NORM_NAMES = ("LayerNorm", "GroupNorm")
+#: The deprecation warnings torch ≥ 2.9 gives on every call of its TorchScript-based ONNX exporter (the
+#: exporter's own, and its internal use of a deprecated helper): silenced by :func:`onnx_export`, nothing else.
+LEGACY_EXPORTER_WARNINGS = (
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"The feature will be removed\. Please remove usage of this function",
+)
 
 
 def require_torch(what: str = "exporting") -> None:
@@ -38,8 +49,7 @@ def require_torch(what: str = "exporting") -> None:
         import torch  # noqa: F401
     except ImportError as exc:
         raise ExportError(
-            f"{what} needs PyTorch ({first_line(exc)}); install the export extra: "
-            "pip install torch==2.13.0 -e '.[export]' (see README)"
+            f"{what} needs PyTorch ({first_line(exc)}); install the export extra: {export_hint()}"
         ) from exc
 
 
@@ -219,3 +229,35 @@ def half_with_fp32_norms(module, extra_norm_names: tuple[str, ...] = (), inplace
 
     replace(half)
     return half
+
+
+def onnx_export(module, args: tuple, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``torch.onnx.export(module, args, path, **kwargs)`` with the TorchScript ("legacy") exporter.
+
+    Every ONNX graph eac writes goes through here. Why the TorchScript exporter and not the
+    ``torch.export``-based one that torch ≥ 2.9 uses by default: every validation tolerance
+    (:mod:`eac.export.spec`), graph rewrite (:mod:`eac.export.sam_graphs`, the fp16 softmax
+    wrapping) and opset range (classifiers from opset 11) was established on the TorchScript
+    exporter's output; the other exporter needs ``onnxscript`` (not in the export extra) and
+    writes opset 18 and newer. torch deprecates the TorchScript exporter with a
+    ``DeprecationWarning`` on every call (a test run printed over a hundred): exactly those
+    (:data:`LEGACY_EXPORTER_WARNINGS`) are silenced here; any other warning still shows.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    args : tuple
+        Example inputs.
+    path : path-like
+        The ``.onnx`` file to write.
+    **kwargs
+        Passed to ``torch.onnx.export`` (names, dynamic axes, opset...).
+    """
+    import torch
+
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # torch ≥ 2.5 has the other exporter, the default from 2.9
+    with warnings.catch_warnings():
+        for message in LEGACY_EXPORTER_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        torch.onnx.export(module, args, str(path), **kwargs)

@@ -12,10 +12,16 @@ The folder (see :mod:`eac.engine.classifier` for the reader) holds
 * ``manifest.json`` — preprocessing, labels, validation result, provenance
   (``outputs.feature_map`` is absent or null when there is no feature map).
 
+The model's output is its logits, or an object carrying them as ``logits``
+(Hugging Face transformers' ``ImageClassifierOutput...``; see
+:func:`model_logits`). Where models come from (torchvision, a factory,
+transformers, timm) and the preprocessing their own configurations ask for:
+:mod:`eac.export.classifier_sources`.
+
 The final linear layer is found automatically: the last ``nn.Linear`` in module
 order whose output width equals the number of classes and whose output *is*
-the model's output (ResNet ``fc``, VGG/EfficientNet ``classifier.N``, ViT
-``heads.head``...). ``feature_layer`` names it explicitly. The feature map is
+the model's logits (ResNet ``fc``, VGG/EfficientNet ``classifier.N``, ViT
+``heads.head``, transformers' ``classifier``...). ``feature_layer`` names it explicitly. The feature map is
 found by :func:`find_feature_map` (``feature_map_layer`` names its module).
 Both are captured with forward hooks inside a wrapper module, which the
 TorchScript ONNX exporter traces like any other tensor.
@@ -28,10 +34,9 @@ NaN or Inf on a random input is refused before anything is exported.
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +54,8 @@ from ..engine.manifest import (
     file_entry,
     read_manifest,
 )
-from ._torch_utils import (
-    FP32_NORM_NAMES,
-    half_with_fp32_norms,
-    import_factory,
-    load_state_dict,
-    require_torch,
-)
+from ._torch_utils import FP32_NORM_NAMES, half_with_fp32_norms, onnx_export, require_torch
+from .classifier_sources import BuiltModel, build_model, check_model_source, source_flag
 from .common import StagedFolder, check_finite, check_labels, cpu_session, first_line, read_labels, shape_text
 from .errors import ExportError, ValidationError
 from .spec import CLASSIFIER, HEAD_FILENAME
@@ -103,6 +103,8 @@ def export_classifier(
     fp16: bool = False,
     validate: bool = True,
     feature_map_layer: str | None = None,
+    hf: str | None = None,
+    timm: str | None = None,
 ) -> dict[str, Any]:
     """Export a classifier to ``out`` (a new or empty folder).
 
@@ -113,15 +115,19 @@ def export_classifier(
     torchvision : str, optional
         A torchvision model name (``resnet50``...); needs torchvision installed.
     weights : str, optional
-        With ``torchvision``: ``"default"`` (the model's default weights, downloaded
-        by torchvision) or a state-dict path. Without it the weights are random.
-        With ``"default"``, preprocessing options left at their defaults are
-        replaced by the weights' own (e.g. resize 232 for ResNet-50 V2); the
-        manifest's ``source`` says so.
+        With ``torchvision`` or ``timm``: ``"default"`` (the model's default / pretrained
+        weights, downloaded by that library) or a state-dict path. Without it the weights
+        are random.
     module : str, optional
-        ``pkg.mod:factory``; ``factory()`` returns a ``torch.nn.Module``.
+        ``pkg.mod:factory``; ``factory()`` returns a ``torch.nn.Module`` (its output may be
+        the logits or an object carrying ``logits``, as transformers' models return).
     checkpoint : path-like, optional
         With ``module``: a state dict loaded strictly into the factory's model.
+    hf : str, optional
+        A Hugging Face transformers image classifier: a local folder (``save_pretrained``)
+        or a hub id (needs the ``hf`` extra; offline, the error says what to fetch).
+    timm : str, optional
+        A timm model name (``timm.create_model``; timm needs torchvision).
     feature_layer : str, optional
         Module name of the final ``nn.Linear`` (found automatically when None).
     input_size : int
@@ -148,6 +154,12 @@ def export_classifier(
         :func:`find_feature_map`). Naming one on a network without a feature
         map (a ViT) raises.
 
+    Preprocessing options left at their defaults are replaced by the model's own
+    where its source has them (torchvision ``--weights default``: the weights'
+    transforms; ``hf``: ``preprocessor_config.json`` or ``config.image_size``;
+    ``timm``: its data configuration); the manifest's ``source`` says so
+    (:mod:`eac.export.classifier_sources`).
+
     Returns
     -------
     dict
@@ -168,13 +180,13 @@ def export_classifier(
     opset = CLASSIFIER.opset if opset is None else int(opset)
     preprocess = _check_preprocess(input_size, resize, mean, std, channel_order, opset)
     label_list = read_labels(labels)
-    _check_model_source(torchvision, weights, module, checkpoint)
+    check_model_source(torchvision, weights, module, checkpoint, hf, timm)
 
     staged = StagedFolder(out)
     with staged as tmp:
-        model, source, label_list, preprocess = _build_model(torchvision, weights, module, checkpoint,
-                                                             label_list, preprocess)
-        what = f"--torchvision {torchvision}" if torchvision is not None else f"--module {module}"
+        model, source, label_list, preprocess = _build_model(
+            build_model(torchvision, weights, module, checkpoint, hf, timm), label_list, preprocess)
+        what = source_flag(torchvision, module, hf, timm)
         trace_x, val_x = _example_inputs(preprocess.crop[0])
         head_name, head = find_head(model, trace_x, feature_layer, model_name=what)
         fmap = find_feature_map(model, trace_x, head, feature_map_layer, head_name)
@@ -197,30 +209,18 @@ def export_classifier(
 
 
 # --------------------------------------------------------------------------- the stages
-def _check_model_source(torchvision, weights, module, checkpoint) -> None:
-    """Stage 1: exactly one of torchvision / module, with its own weights option."""
-    if (torchvision is None) == (module is None):
-        raise ExportError("give exactly one of --torchvision NAME or --module PKG.MOD:FACTORY")
-    if weights is not None and torchvision is None:
-        raise ExportError("--weights goes with --torchvision; use --checkpoint with --module")
-    if checkpoint is not None and module is None:
-        raise ExportError("--checkpoint goes with --module; use --weights with --torchvision")
-
-
-def _build_model(torchvision, weights, module, checkpoint, label_list, preprocess: Preprocess):
-    """Stage 2: the model (fp32, eval), its provenance, labels and preprocessing (a torchvision
-    weights' own when the options were left at their defaults)."""
-    if torchvision is not None:
-        model, source, tv_labels, recommended = _build_torchvision(torchvision, weights)
-        label_list = label_list if label_list is not None else tv_labels
-        given = {"crop": preprocess.crop[0], "resize": preprocess.resize, "mean": preprocess.mean,
-                 "std": preprocess.std}
-        crop, resize, mean, std = _adopt_preprocess(recommended, given, source)
-        preprocess = Preprocess(crop=(crop, crop), resize=resize, mean=tuple(mean), std=tuple(std),
-                                channel_order=preprocess.channel_order, scale=PIXEL_SCALE)
-    else:
-        model, source = _build_module(module, checkpoint)
-    return model.float().eval(), source, label_list, preprocess
+def _build_model(built: BuiltModel, label_list, preprocess: Preprocess):
+    """Stage 2: the model (fp32, eval), its provenance, labels (the source's when none were given) and
+    preprocessing (the source's own when the options were left at their defaults)."""
+    source = built.source
+    label_list = label_list if label_list is not None else built.labels
+    given = {"crop": preprocess.crop[0], "resize": preprocess.resize, "mean": preprocess.mean, "std": preprocess.std}
+    crop, resize, mean, std = _adopt_preprocess(built.recommended, built.recommended_from, given, source)
+    if built.notes:
+        source["preprocess_notes"] = list(built.notes)
+    preprocess = Preprocess(crop=(crop, crop), resize=resize, mean=tuple(mean), std=tuple(std),
+                            channel_order=preprocess.channel_order, scale=PIXEL_SCALE)
+    return built.model, source, label_list, preprocess
 
 
 def _example_inputs(side: int):
@@ -331,90 +331,28 @@ def _check_preprocess(input_size, resize, mean, std, channel_order, opset) -> Pr
                       mean=mean_t, std=std_t, channel_order=channel_order, scale=PIXEL_SCALE)  # type: ignore[arg-type]
 
 
-def _build_module(spec: str, checkpoint) -> tuple[Any, dict[str, Any]]:
-    import torch
-
-    factory = import_factory(spec)
-    try:
-        model = factory()
-    except Exception as exc:
-        raise ExportError(f"--module {spec!r}: the factory raised {type(exc).__name__}: {first_line(exc)}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise ExportError(f"--module {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
-    source: dict[str, Any] = {"module": spec, "checkpoint": None}
-    if checkpoint is not None:
-        source["checkpoint"] = load_state_dict(model, checkpoint)
-    else:
-        source["weights_note"] = "factory weights (no --checkpoint)"
-    return model, source
-
-
-def _build_torchvision(
-    name: str, weights: str | None
-) -> tuple[Any, dict[str, Any], list[str] | None, dict[str, Any] | None]:
-    """torchvision model ``name``; returns (model, provenance, class names, the weights' preprocessing)."""
-    try:
-        import torchvision
-        from torchvision.models import get_model, get_model_weights
-    except ImportError as exc:
-        raise ExportError(
-            f"--torchvision {name}: torchvision is not installed ({first_line(exc)}); install the torchvision "
-            "build matching your torch, or export with --module PKG.MOD:FACTORY"
-        ) from exc
-    source: dict[str, Any] = {"torchvision": name, "torchvision_version": torchvision.__version__, "weights": weights}
-    labels = None
-    recommended = None
-    try:
-        if weights == "default":
-            enum = get_model_weights(name).DEFAULT
-            model = get_model(name, weights=enum)
-            source["weights"] = str(enum)
-            labels = list(enum.meta.get("categories") or []) or None
-            recommended = _weights_preprocess(enum)
-        else:
-            model = get_model(name, weights=None)
-    except ValueError as exc:  # unknown model name
-        raise ExportError(f"--torchvision {name}: {first_line(exc)}") from exc
-    except (OSError, RuntimeError) as exc:  # download failures, hash mismatches
-        raise ExportError(
-            f"--torchvision {name} --weights default: cannot get the default weights ({first_line(exc)}); "
-            "download them elsewhere and pass the file with --weights PATH"
-        ) from exc
-    if weights not in (None, "default"):
-        source["weights"] = load_state_dict(model, weights, what="weights file")
-    elif weights is None:
-        source["weights_note"] = "random weights (no --weights given)"
-    return model, source, labels, recommended
-
-
-def _adopt_preprocess(recommended: dict[str, Any] | None, given: dict[str, Any], source: dict[str, Any]) -> tuple:
-    """Preprocessing to use: a torchvision weights' own when every option was left at its default.
-
-    Returns ``(crop, resize, mean, std)``; notes the decision in ``source``.
-    """
+def _adopt_preprocess(recommended: dict[str, Any] | None, origin: str, given: dict[str, Any],
+                      source: dict[str, Any]) -> tuple:
+    """Preprocessing to use: the model's own (``recommended``, from ``origin``) when every option was left
+    at its default, else the given options. Returns ``(crop, resize, mean, std)``; notes the decision in
+    ``source``."""
     chosen = given
-    if recommended is not None and recommended != given:
-        if given == _DEFAULT_PREPROCESS:
-            chosen = recommended
-            source["preprocess"] = "from the weights' transforms (the preprocessing options were defaults)"
-        else:
-            source["preprocess_note"] = f"the weights' transforms recommend {recommended}; the given options were used"
+    if recommended:
+        merged = {**given, **recommended}
+        if merged != given:
+            if given == _DEFAULT_PREPROCESS:
+                chosen = merged
+                source["preprocess"] = f"from {origin} (the preprocessing options were defaults)"
+            else:
+                source["preprocess_note"] = f"{origin} recommends {recommended}; the given options were used"
     return chosen["crop"], chosen["resize"], chosen["mean"], chosen["std"]
 
 
-def _weights_preprocess(enum) -> dict[str, Any] | None:
-    """Crop, resize, mean and std of a torchvision weights enum's ``transforms()`` (None if unknown)."""
-    try:
-        t = enum.transforms()
-        crop = t.crop_size
-        resize = t.resize_size
-        crop = int(crop[0] if isinstance(crop, (list, tuple)) else crop)
-        resize = int(resize[0] if isinstance(resize, (list, tuple)) else resize)
-        mean = tuple(float(v) for v in t.mean)
-        std = tuple(float(v) for v in t.std)
-    except (AttributeError, TypeError, ValueError, IndexError):
-        return None
-    return {"crop": crop, "resize": resize, "mean": mean, "std": std}
+def model_logits(output):
+    """The logits in a model's output: the output itself, or its ``logits`` (transformers'
+    ``ImageClassifierOutput...``, or a mapping with that key); anything else is returned as it is."""
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    return output if logits is None else logits
 
 
 class _Recorder:
@@ -478,7 +416,7 @@ def find_head(model, example, feature_layer: str | None = None, model_name: str 
         handles.append(layer.register_forward_hook(rec))
     try:
         with torch.no_grad():
-            output = model(example)
+            output = model_logits(model(example))
     except Exception as exc:
         raise ExportError(
             f"the model fails on a {tuple(example.shape)} input ({type(exc).__name__}: {first_line(exc)}); "
@@ -489,7 +427,8 @@ def find_head(model, example, feature_layer: str | None = None, model_name: str 
             h.remove()
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != example.shape[0]:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ExportError(f"the model must return B×K logits; on a batch of {example.shape[0]} it returned {shape}")
+        raise ExportError(f"the model must return B×K logits (a tensor, or an output with .logits); on a batch of "
+                          f"{example.shape[0]} it returned {shape}")
     check_finite({"logits": output.numpy()}, model_name, f"a random {shape_text(example.shape)} input")
     k = int(output.shape[1])
     rejected = []
@@ -707,7 +646,7 @@ def _capture_class():
                 handles.append(self.fmap_module.register_forward_hook(on_map))
             try:
                 # the head's dtype is the model's compute dtype (fp16 exports keep only norms in fp32)
-                logits = self.model(x.to(self.head.weight.dtype))
+                logits = model_logits(self.model(x.to(self.head.weight.dtype)))
             finally:
                 for handle in handles:
                     handle.remove()
@@ -730,26 +669,20 @@ def _torch_export(wrapper, example, path: Path, opset: int, outputs: tuple[str, 
     """Stage 7: trace ``wrapper`` to ``path`` with the TorchScript exporter."""
     import torch
 
-    kwargs = {
-        "input_names": list(CLASSIFIER.inputs),
-        "output_names": list(outputs),
-        "dynamic_axes": CLASSIFIER.axes_for(outputs),
-        "opset_version": opset,
-        "do_constant_folding": True,
-    }
     try:
         with warnings.catch_warnings():
+            # the tracer's remarks on users' models (Python numbers from shapes...): the graph is validated instead
             warnings.simplefilter("ignore")
-            # The TorchScript exporter: fast, and handles every opset from 11 to 20. Not under
+            # The TorchScript exporter (onnx_export says why): it handles every opset from 11 to 20. Not under
             # no_grad: with grad disabled, nn.MultiheadAttention / TransformerEncoderLayer take
             # their fused "fast path" (aten::_native_multi_head_attention), which has no ONNX
             # symbolic; with grad enabled they run the plain ops, which export.
-            if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-                kwargs["dynamo"] = False  # torch ≥ 2.5 defaults to the torch.export-based exporter
             with torch.enable_grad():
-                torch.onnx.export(wrapper, (example,), str(path), **kwargs)
+                onnx_export(wrapper, (example,), path, input_names=list(CLASSIFIER.inputs),
+                            output_names=list(outputs), dynamic_axes=CLASSIFIER.axes_for(outputs),
+                            opset_version=opset, do_constant_folding=True)
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
-__all__ = ["FeatureMapSource", "ValidationError", "export_classifier", "find_feature_map", "find_head"]
+__all__ = ["FeatureMapSource", "ValidationError", "export_classifier", "find_feature_map", "find_head", "model_logits"]

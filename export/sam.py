@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.manifest import SamDecoderSpec, SamEncoderSpec, SamManifest, read_manifest
-from ._torch_utils import require_torch
+from ._torch_utils import onnx_export, require_torch
 from .common import StagedFolder, check_output_folder, cpu_session, file_entries, first_line, save_onnx
 from .errors import CheckpointError, ExportError
 from .sam_loader import architecture, ensure_checkpoint, load_sam
@@ -137,7 +137,7 @@ def _wrap_softmax_fp32(model) -> int:
 
 
 def _export_graph(module, args: tuple, spec, folder: Path, opset: int, fp16: bool) -> list[str]:
-    """Trace ``module`` with the legacy exporter, post-process, save; returns file names."""
+    """Trace ``module`` with the TorchScript exporter (:func:`onnx_export`), post-process, save; returns file names."""
     import onnx
     import torch
 
@@ -149,11 +149,11 @@ def _export_graph(module, args: tuple, spec, folder: Path, opset: int, fp16: boo
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             # EfficientViT's strided slices: the exporter keeps them as Slice nodes (correct, just not folded)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
-            torch.onnx.export(
-                module, args, str(traced),
+            onnx_export(
+                module, args, traced,
                 input_names=list(spec.inputs), output_names=list(spec.outputs),
                 dynamic_axes={k: dict(v) for k, v in spec.dynamic_axes.items()} or None,
-                opset_version=opset, do_constant_folding=True, dynamo=False,
+                opset_version=opset, do_constant_folding=True,
             )
         model = onnx.load(str(traced))  # also reads external data the exporter may have written
         if fp16:

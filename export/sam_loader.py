@@ -40,6 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..engine.distribution import export_hint
 from ..engine.manifest import file_sha256
 from ._torch_utils import state_dict_mismatch
 from .errors import CheckpointError, ExportError
@@ -95,7 +96,7 @@ def _mount_alias() -> None:
     spec = importlib.util.find_spec("segment_anything")
     if spec is None or not spec.submodule_search_locations:
         raise ExportError(
-            "segment-anything is not installed; install the export extra: pip install 'eac[export]'"
+            f"segment-anything is not installed; install the export extra: {export_hint()}"
         )
     alias_spec = importlib.machinery.ModuleSpec(ALIAS_PACKAGE, None, is_package=True)
     alias_spec.submodule_search_locations = list(spec.submodule_search_locations)
@@ -128,7 +129,7 @@ def sam_modeling() -> SamModules:
         except ImportError as exc:
             raise ExportError(
                 f"cannot import segment-anything's modeling modules ({exc}); "
-                "reinstall the export extra: pip install 'eac[export]'"
+                f"reinstall the export extra: {export_hint()}"
             ) from exc
 
 

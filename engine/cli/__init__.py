@@ -49,20 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_line() -> str:
+    """``eac --version``: the version, the distribution, and the providers ONNX Runtime offers (or how to
+    install it: the base install has none, and must still print its version)."""
+    from ..distribution import DISTRIBUTION, installed_version
+
+    try:
+        from ..session import available_providers
+
+        providers = ", ".join(available_providers())
+    except EacError as exc:  # no ONNX Runtime: the message says which extra to add
+        providers = f"none ({exc})"
+    return f"eac {installed_version()} ({DISTRIBUTION}); ONNX Runtime providers: {providers}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``eac`` with ``argv`` (default: the process arguments); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from ..manifest import eac_version
-        from ..session import available_providers
-
-        print(f"eac {eac_version()}; ONNX Runtime providers: {', '.join(available_providers())}")
-        return 0
-    if not getattr(args, "func", None):
+    if not args.version and not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
+        if args.version:
+            print(version_line())
+            return 0
         return int(args.func(args) or 0)
     except EacError as exc:
         if args.debug:

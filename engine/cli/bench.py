@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
+from ..distribution import export_hint
 from .export import MissingExtraError
 
 
@@ -14,8 +15,7 @@ def _require_torch(func):
     def run(args: argparse.Namespace) -> int:
         if importlib.util.find_spec("torch") is None:
             raise MissingExtraError("eac bench runs the PyTorch reference beside the engine and needs PyTorch "
-                                    "(not installed); install the export extra: "
-                                    "pip install torch==2.13.0 -e '.[export]' (see README)")
+                                    f"(not installed); install the export extra: {export_hint()}")
         return func(args)
 
     return run

@@ -11,6 +11,8 @@ from .options import (
     add_sam_args,
     add_session_args,
     add_verify_arg,
+    model_help,
+    resolve_models,
     runtime_from_args,
     sam_settings_from_args,
 )
@@ -19,9 +21,10 @@ from .options import (
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("concepts", help="propose concepts with the exported SAM and save them")
     p.add_argument("image")
-    p.add_argument("--sam", required=True, help="folder written by `eac export sam`")
+    p.add_argument("--sam", required=True, help=model_help("sam", "folder written by `eac export sam`"))
     p.add_argument("--out", required=True, help="output .npz file (masks, scores, timings)")
-    p.add_argument("--classifier", default=None, help="classifier folder: masks in its crop frame")
+    p.add_argument("--classifier", default=None,
+                   help=model_help("classifier", "classifier folder: masks in its crop frame"))
     p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
     add_sam_args(p)
     add_session_args(p)
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sam import SamConceptGenerator
 
     check_sam_limits(args)
+    resolve_models(args)
     out = npz_path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise ConfigError(f"{out}: cannot write there (a folder has that name, or the parent folder is missing)")

@@ -17,14 +17,15 @@ import cv2
 import numpy as np
 
 from ..methods import method_names
-from .options import add_session_args, non_negative_int, runtime_from_args
+from .options import add_session_args, model_help, non_negative_int, resolve_models, runtime_from_args
 from .report import summary_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="explain a generated scene with the classifier shipped in the package")
-    p.add_argument("--out", default="eac-demo", help="output folder")
-    p.add_argument("--sam", default=None, help="use this SAM folder for concepts instead of superpixels")
+    p.add_argument("--out", default="eac-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--sam", default=None,
+                   help=model_help("sam", "use this SAM folder for concepts instead of superpixels"))
     p.add_argument("--method", default="eac", choices=method_names())
     p.add_argument("--seed", type=non_negative_int, default=0, help="which generated scene")
     p.add_argument("--image", default=None, help="explain this image instead of a generated scene")
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..scenes import SHAPES, make_scene
     from ..sources import SuperpixelSource
 
+    resolve_models(args)
     out = Path(args.out)
     check_output_folder(out)
     runtime = runtime_from_args(args)

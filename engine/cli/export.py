@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..distribution import export_hint, install_hint
 from ..errors import EacError
 from .options import add_preprocess_args, positive_int
 
@@ -22,9 +23,8 @@ def _exporters(module: str):
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
-        raise MissingExtraError(
-            "this command needs PyTorch (not installed); install the export extra: "
-            "pip install torch==2.13.0 -e '.[export]' (see README)")
+        raise MissingExtraError(f"this command needs PyTorch (not installed); install the export extra: "
+                                f"{export_hint()}")
     return importlib.import_module(f"eac.export.{module}")
 
 
@@ -54,9 +54,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = export_sub.add_parser("classifier", help="export a PyTorch classifier with logits and features outputs")
     p.add_argument("--out", required=True)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--torchvision", metavar="NAME", help="a torchvision model name, e.g. resnet50")
-    src.add_argument("--module", metavar="PKG.MOD:FACTORY", help="a factory returning a torch.nn.Module")
-    p.add_argument("--weights", default=None, help="with --torchvision: PATH to a state dict, or 'default'")
+    src.add_argument("--torchvision", metavar="NAME",
+                     help="a torchvision model name, e.g. resnet50 (needs torchvision built for your torch)")
+    src.add_argument("--module", metavar="PKG.MOD:FACTORY",
+                     help="a factory returning a torch.nn.Module (its output: logits, or an object with .logits)")
+    src.add_argument("--hf", metavar="NAME_OR_PATH",
+                     help="a Hugging Face transformers image classifier: a local folder (save_pretrained) or a hub "
+                          f"id; preprocessing from its preprocessor_config.json ({install_hint('export', 'hf')})")
+    src.add_argument("--timm", metavar="NAME",
+                     help="a timm model name; preprocessing from timm's data configuration (pip install timm; "
+                          "timm needs torchvision)")
+    p.add_argument("--weights", default=None,
+                   help="with --torchvision or --timm: PATH to a state dict, or 'default' (the library's "
+                        "pretrained weights, downloaded by it)")
     p.add_argument("--checkpoint", default=None, help="with --module: a state dict to load")
     p.add_argument("--feature-layer", default=None, help="name of the final linear layer (found automatically)")
     p.add_argument("--feature-map-layer", default=None,
@@ -104,7 +114,7 @@ def export_classifier(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, feature_layer=args.feature_layer, input_size=args.input_size,
         resize=args.resize, mean=args.mean, std=args.std, channel_order=args.channel_order,
         labels=args.labels, opset=args.opset, fp16=args.fp16, validate=not args.skip_validation,
-        feature_map_layer=args.feature_map_layer,
+        feature_map_layer=args.feature_map_layer, hf=args.hf, timm=args.timm,
     )
     print_export_summary(args.out, manifest)
     return 0

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..manifest import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
+from ..shipped import resolve_model_folder, shipped_names
 
 #: SAM automatic mask generation flags (reference defaults: segment-anything's generator).
 SAM_FLAGS = {
@@ -142,3 +143,26 @@ def add_verify_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the check of model files against the manifest's checksums "
                         "(the check is cached by size and modification time)")
+
+
+#: Namespace attributes that name model folders, and the kind of model each holds.
+MODEL_ARGS = {"classifier": "classifier", "sam": "sam"}
+
+
+def model_help(kind: str, what: str) -> str:
+    """Help text of a model-folder flag: ``what`` it takes, and the shipped names it also accepts."""
+    return f"{what}, or the name of a model shipped in the package: {', '.join(shipped_names(kind))}"
+
+
+def resolve_models(args: argparse.Namespace) -> None:
+    """Replace the model flags given (``--classifier``, ``--sam``) by their folders (:func:`resolve_model_folder`).
+
+    Raises
+    ------
+    ModelFolderError
+        A value that is neither a folder nor a shipped model's name (one line listing the names).
+    """
+    for attr, kind in MODEL_ARGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            setattr(args, attr, str(resolve_model_folder(kind, value)))

@@ -25,8 +25,10 @@ from .options import (
     add_session_args,
     add_verify_arg,
     float_between,
+    model_help,
     non_negative_int,
     positive_int,
+    resolve_models,
     runtime_from_args,
     sam_settings_from_args,
 )
@@ -56,12 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_TIMEOUT_S,
     )
 
-    p = sub.add_parser("serve", help="serve explanations over HTTP (pip install '.[serve]')",
+    p = sub.add_parser("serve", help="serve explanations over HTTP (the serve extra)",
                        description="Serve explanations per request over HTTP: POST /v1/explanations, a web page at /, "
                                    "/metrics, /healthz, /readyz. Concurrent requests share classifier batches.")
-    p.add_argument("--classifier", required=True, help="folder from `eac export classifier` or `eac import-onnx`")
+    p.add_argument("--classifier", required=True,
+                   help=model_help("classifier", "folder from `eac export classifier` or `eac import-onnx`"))
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--sam", default=None, help="SAM folder: concepts from SAM (the EAC method)")
+    src.add_argument("--sam", default=None, help=model_help("sam", "SAM folder: concepts from SAM (the EAC method)"))
     src.add_argument("--concepts", default=None, choices=CONCEPT_KINDS,
                      help="concepts without SAM (default superpixels)")
     p.add_argument("--n-segments", type=positive_int, default=None, help="superpixel/grid concept count")
@@ -125,6 +128,7 @@ def configs_from_args(args: argparse.Namespace):
     from ..dataset import RunConfig, run_settings
     from ..serve.settings import ServeSettings
 
+    resolve_models(args)
     if args.sam:
         check_sam_limits(args)
     config = RunConfig(

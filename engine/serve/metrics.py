@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..distribution import install_hint
 from ..errors import ConfigError
 
 #: How an explanation request ended; one counter per outcome.
@@ -42,7 +43,7 @@ STAGES = ("queue", "concepts", "evaluations", "fit", "values", "total")
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 FILL_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.99, 1.0)
 REQUESTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-SERVE_HINT = "eac serve needs the serve extra: pip install '.[serve]'"
+SERVE_HINT = f"eac serve needs the serve extra: {install_hint('serve')}"
 
 
 def prometheus() -> Any:

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..distribution import install_hint
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-RAY_SERVE_HINT = "--ray needs Ray Serve: pip install '.[ray,serve]'"
+RAY_SERVE_HINT = f"--ray needs Ray Serve: {install_hint('ray', 'serve')}"
 #: Name of the Ray Serve application and deployment.
 APP_NAME = "eac"
 #: CPUs (= ONNX Runtime threads) of one CPU replica when --threads is not given.

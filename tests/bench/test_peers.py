@@ -101,7 +101,7 @@ def test_missing_libraries_are_named_with_the_bench_extra(peers_report):
     notes = data["settings"]["notes"]
     for name in LIBRARIES:
         if name not in libraries:
-            assert 'pip install ".[bench]"' in notes[name] and name in notes[name]
+            assert "pip install 'explain-any-concept[bench]'" in notes[name] and name in notes[name]
 
 
 def test_missing_library_note_is_one_line(monkeypatch):
@@ -119,7 +119,8 @@ def test_missing_library_note_is_one_line(monkeypatch):
     monkeypatch.setattr(peers.importlib, "import_module", fake_import)
     found, notes = peers._load_libraries()
     assert "captum" not in found
-    expected = 'captum is not installed: pip install captum (or pip install ".[bench]")'
+    expected = ("captum is not installed: pip install captum (or the bench extra: pip install "
+                "'explain-any-concept[bench]' (from a source checkout: pip install '.[bench]'))")
     assert notes["captum"] == expected
 
 

@@ -74,7 +74,7 @@ def test_run_writes_the_table_and_summary_and_a_rerun_skips_everything(tmp_path,
     # the folder reads as a plain pyarrow dataset too
     assert pads.dataset(ds.table_path(out)).to_table().num_rows == 3
     summary = json.loads((out / ds.SUMMARY_NAME).read_text())
-    assert summary["counts"] == {"images": 3, "skipped": 0, "explained": 3, "failed": 0, "rows": 3}
+    assert summary["counts"] == {"images": 3, "skipped": 0, "reused": 0, "explained": 3, "failed": 0, "rows": 3}
     assert summary["throughput"]["images_per_second"] > 0 and summary["failures"] == []
     err = capsys.readouterr().err
     assert "3 explained" in err
@@ -82,7 +82,7 @@ def test_run_writes_the_table_and_summary_and_a_rerun_skips_everything(tmp_path,
     parts = sorted(ds.table_path(out).iterdir())
     assert main(explain_args(tmp_path / "images", out, "--format", "parquet")) == 0
     summary = json.loads((out / ds.SUMMARY_NAME).read_text())
-    assert summary["counts"] == {"images": 3, "skipped": 3, "explained": 0, "failed": 0, "rows": 3}
+    assert summary["counts"] == {"images": 3, "skipped": 3, "reused": 0, "explained": 0, "failed": 0, "rows": 3}
     assert sorted(ds.table_path(out).iterdir()) == parts  # nothing rewritten
     # other settings are another key: the images are explained again, beside the first rows
     assert main(explain_args(tmp_path / "images", out, "--format", "parquet", "--seed", "1")) == 0
@@ -228,9 +228,22 @@ def test_two_workers_give_the_values_of_one_process(tmp_path):
         assert two[name]["settings_hash"] == one[name]["settings_hash"]
 
 
+@pytest.fixture()
+def ray_temp_dir(monkeypatch):
+    """Ray's session folders (logs, sockets) in a short temporary folder removed after the test, not
+    $TMPDIR/ray where every session stays (a socket path must stay under ~107 characters, so not tmp_path)."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="eac-ray-")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_ray_gives_the_values_of_the_local_run(tmp_path):
+def test_ray_gives_the_values_of_the_local_run(tmp_path, ray_temp_dir):
     pytest.importorskip("ray.data")
     paths = write_scenes(tmp_path / "images", 3)
     ds.run_dataset(paths, tmp_path / "local", config())

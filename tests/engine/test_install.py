@@ -30,8 +30,21 @@ def test_demo_without_onnxruntime_says_which_extra(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert len(lines) == 1 and "Traceback" not in proc.stderr
-    assert "ONNX Runtime is not installed" in lines[0] and "eac[cpu]" in lines[0] and "eac[gpu]" in lines[0]
+    assert "ONNX Runtime is not installed" in lines[0] and "'explain-any-concept[cpu]'" in lines[0]
+    assert "pip install '.[cpu]'" in lines[0] and "gpu extra" in lines[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_version_without_onnxruntime_prints_the_version_and_what_to_install():
+    from eac.engine.distribution import installed_version
+
+    proc = _eac_without_ort("--version")
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stdout
+    assert lines[0].startswith(f"eac {installed_version()} (explain-any-concept)")
+    assert "ONNX Runtime providers: none (ONNX Runtime is not installed" in lines[0]
+    assert "'explain-any-concept[cpu]'" in lines[0]
 
 
 def test_help_works_without_onnxruntime():

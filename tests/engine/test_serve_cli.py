@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("starlette", reason="eac serve needs the serve extra")
 pytest.importorskip("uvicorn", reason="eac serve needs the serve extra")
 
-from eac.engine.cli import main
+from eac.engine.cli import build_parser, main
 from eac.engine.errors import ConfigError
 from eac.engine.serve.app import authorized
 from eac.engine.serve.settings import ServeSettings, is_loopback
@@ -67,7 +67,8 @@ def test_missing_serve_extra_is_one_line(demo_classifier_folder, capsys, monkeyp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert main([*SERVE, "--classifier", str(demo_classifier_folder)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "eac: error: eac serve needs the serve extra: pip install '.[serve]' (missing: uvicorn)"
+    assert err == ("eac: error: eac serve needs the serve extra: pip install 'explain-any-concept[serve]' "
+                   "(from a source checkout: pip install '.[serve]') (missing: uvicorn)")
 
 
 def test_a_bad_classifier_folder_fails_before_listening(tmp_path, capsys):
@@ -123,3 +124,13 @@ def _refused(url: str) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_shipped_classifier_name_is_accepted(capsys):
+    """`--classifier demo` means the shipped classifier, as in every other command (engine/shipped.py)."""
+    from eac.engine.cli.serve import configs_from_args
+    from eac.engine.demo import demo_classifier_path
+
+    args = build_parser().parse_args([*SERVE, "--classifier", "demo"])
+    config, _ = configs_from_args(args)
+    assert config.classifier == str(demo_classifier_path())
