@@ -300,25 +300,15 @@ def import_segment_anything():
     module
         The ``segment_anything`` package.
     """
-    try:
-        from . import tvshim
-    except ImportError as exc:
-        tvshim = None
-        shim_error = exc
-    if tvshim is not None:
-        tvshim.install()  # no-op when a real torchvision is importable
-    else:
+    from . import tvshim
+
+    # The shim stands in only while segment-anything imports (it binds the four functions then): left in
+    # sys.modules it would tell later importers (transformers, timm) that torchvision is installed.
+    with tvshim.installed():
         try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            raise BenchModelError(
-                "segment-anything imports torchvision, which is not installed, and eac.bench.tvshim "
-                f"(the stand-in) is unavailable ({shim_error})"
-            ) from shim_error
-    try:
-        import segment_anything
-    except ImportError as exc:
-        raise BenchModelError(f"segment-anything is not importable ({exc}); pip install segment-anything") from exc
+            import segment_anything
+        except ImportError as exc:
+            raise BenchModelError(f"segment-anything is not importable ({exc}); pip install segment-anything") from exc
     return segment_anything
 
 
@@ -481,17 +471,18 @@ def import_efficientvit_sam_reference():
 
     from . import tvshim
 
-    if tvshim.install():
-        transforms = sys.modules["torchvision.transforms"]
-        for name, value in (("Compose", _Compose), ("ToTensor", _ToTensor), ("Normalize", _Normalize)):
-            if not hasattr(transforms, name):
-                setattr(transforms, name, value)
-    try:
-        zoo = importlib.import_module("efficientsam.sam_model_zoo")
-        sam = importlib.import_module("efficientsam.models.efficientvit.sam")
-    except ImportError as exc:
-        raise BenchModelError(f"the efficientsam package is not importable ({exc}); "
-                              "pip install --no-deps efficientsam==1.0.0") from exc
+    with tvshim.installed() as shimmed:  # removed again after the imports, as in import_segment_anything
+        if shimmed:
+            transforms = sys.modules["torchvision.transforms"]
+            for name, value in (("Compose", _Compose), ("ToTensor", _ToTensor), ("Normalize", _Normalize)):
+                if not hasattr(transforms, name):
+                    setattr(transforms, name, value)
+        try:
+            zoo = importlib.import_module("efficientsam.sam_model_zoo")
+            sam = importlib.import_module("efficientsam.models.efficientvit.sam")
+        except ImportError as exc:
+            raise BenchModelError(f"the efficientsam package is not importable ({exc}); "
+                                  "pip install --no-deps efficientsam==1.0.0") from exc
     return zoo, sam
 
 

@@ -74,6 +74,10 @@ METHODS_SLOT = b'data-methods=""'
 FILE_HEADERS = {"Cache-Control": "private, max-age=600"}
 #: Form parts accepted: the image and each field once.
 MAX_FORM_PARTS = 1 + len(FIELDS)
+#: Bytes of an over-limit upload still read (and discarded) before the 413 is sent. Clients such as curl,
+#: http.client and browsers send the whole body before they read the answer; closing on them mid-body makes
+#: them fail with a broken pipe or a reset instead of reading the 413. Bodies longer than this are cut off.
+DRAIN_BYTES = 4 * 2**20
 
 
 def _require_extra() -> None:
@@ -98,6 +102,15 @@ def authorized(header: str | None, api_key: str | None) -> bool:
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(token.strip().encode("utf-8"), api_key.encode("utf-8"))
+
+
+async def drain(stream, at_most: int) -> None:
+    """Read and discard what is left of a request body, up to ``at_most`` bytes (see :data:`DRAIN_BYTES`)."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen >= at_most:
+            return
 
 
 def create_app(service: Service, on_failure: Callable[[EacError], None] | None = None,
@@ -152,11 +165,14 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
             if not length.strip().isdigit():
                 raise ServiceError(STATUS_BAD_REQUEST, "bad_request", "Content-Length is not a number")
             if int(length) > limit:
+                await drain(request.stream(), DRAIN_BYTES)
                 raise too_large
         chunks, size = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        async for chunk in stream:
             size += len(chunk)
             if size > limit:
+                await drain(stream, DRAIN_BYTES)
                 raise too_large
             chunks.append(chunk)
         return b"".join(chunks)

@@ -26,6 +26,7 @@ from eac.engine.dataset_schema import schema_for
 from eac.engine.explanation import render_overlay
 from eac.engine.holder import EngineHolder
 from eac.engine.methods import get_method
+from eac.engine.serve.app import DRAIN_BYTES
 from eac.engine.serve.service import Service
 from eac.kernels.rle import decode_masks
 
@@ -164,8 +165,9 @@ def test_uploads_over_the_limit_get_413_by_length_and_while_streaming():
         wait_ready(srv.url)
         big = png + b"\0" * limit
         assert "larger than the limit" in assert_one_line_error(post_image(srv.url, big), 413)
-        # no Content-Length (chunked): cut off while reading
-        body, kind = multipart({}, big)
+        # no Content-Length (chunked): refused while reading; the rest of the body (more than the socket buffers
+        # hold, less than DRAIN_BYTES) is read first, so a client that sends it all before reading sees the 413
+        body, kind = multipart({}, png + b"\0" * (DRAIN_BYTES // 2))
         conn = http.client.HTTPConnection("127.0.0.1", int(srv.url.rsplit(":", 1)[1]), timeout=30)
         conn.request("POST", "/v1/explanations", body=iter([body[i:i + 4096] for i in range(0, len(body), 4096)]),
                      headers={"Content-Type": kind}, encode_chunked=True)
