@@ -41,7 +41,7 @@ from .options import (
     runtime_from_args,
     sam_settings_from_args,
 )
-from .report import summary_lines
+from .report import plot_notice, summary_lines
 
 #: Exit code of a run in which some images failed or had no concepts.
 EXIT_SOME_FAILED = 1
@@ -205,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"results": results, "failures": failures}, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
+    if results:
+        plot_notice()
     done = len(paths) - len({f["image"] for f in failures})
     print(f"eac: {done} of {len(paths)} images explained in {seconds:.1f}s"
           + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
