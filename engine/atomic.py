@@ -159,11 +159,12 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
         (of type ``error``) ``path`` is a file, lies under a file, is not
         writable, or (``replace``) is a folder holding other files; one line.
     """
+    a_what = ("an " if what[:1] in "aeiou" else "a ") + what
     dest = Path(os.path.abspath(Path(path).expanduser()))
     if dest.is_symlink() and dest.is_dir():
         dest = dest.resolve()
     if dest.parent == dest:
-        raise error(f"{dest}: cannot write an {what} as the filesystem root; give a folder below it")
+        raise error(f"{dest}: cannot write {a_what} as the filesystem root; give a folder below it")
     if dest.exists() and not dest.is_dir():
         raise error(f"{dest}: is a file, not a folder; give a folder path for the output")
     nearest = dest.parent if replace else dest
@@ -174,7 +175,7 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise error(f"{dest}: cannot write there, {nearest} is not writable; give another output folder")
     if replace and _holds_foreign_files(dest, marker):
-        raise error(f"{dest}: folder holds files that are not an {what} and saving replaces the folder whole; "
+        raise error(f"{dest}: folder holds files that are not {a_what} and saving replaces the folder whole; "
                     "give a new or empty folder")
     return dest
 

@@ -109,12 +109,39 @@ def _check_target(expl: Explanation, t: int) -> int:
 
 def overlay_panel(expl: Explanation, top_k: int, t: int) -> np.ndarray:
     """One target's panel: the drawn image beside its legend (BGR, not yet bounded)."""
+    rows, scale = _rows(expl, top_k, t)
+    return side_by_side(_draw_concepts(expl, rows), _legend(expl, t, rows, scale))
+
+
+def render_overlay_image(expl: Explanation, top_k: int = DEFAULT_TOP_K, target_index: int = 0) -> np.ndarray:
+    """The overlay's image alone (no legend): the crop at display size, top concepts drawn and numbered.
+
+    Parameters
+    ----------
+    expl : Explanation
+        Must have a crop.
+    top_k : int
+    target_index : int
+
+    Returns
+    -------
+    ndarray of uint8, H×W×3 (BGR)
+        Longer side :data:`~eac.engine.render.layout.IMAGE_SIDE` (for thumbnails).
+    """
+    if expl.crop is None:
+        raise ExplainError("this explanation has no image to draw on")
+    if top_k < 0:
+        raise ExplainError(f"top_k must be 0 or more, got {top_k}")
+    rows, _ = _rows(expl, top_k, _check_target(expl, target_index))
+    return _draw_concepts(expl, rows)
+
+
+def _rows(expl: Explanation, top_k: int, t: int) -> tuple[list[Row], float]:
+    """The legend rows of target t (top k concepts with their colours) and the colour scale."""
     values = expl.values_2d[t] if expl.num_concepts else np.zeros(0)
     scale = colour_scale(values)
     top = expl.top(top_k, t) if expl.num_concepts else []
-    rows = [Row(rank, i, value_colour(float(values[i]), scale)) for rank, i in enumerate(top, start=1)]
-    picture = _draw_concepts(expl, rows)
-    return side_by_side(picture, _legend(expl, t, rows, scale))
+    return [Row(rank, i, value_colour(float(values[i]), scale)) for rank, i in enumerate(top, start=1)], scale
 
 
 def _draw_concepts(expl: Explanation, rows: list[Row]) -> np.ndarray:
