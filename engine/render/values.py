@@ -1,7 +1,8 @@
 """The values figure (``values.png``): each concept's value with its 95 % interval, as horizontal bars.
 
-Bars in ranking order (the top k first, the rest greyed, those beyond
-:data:`MAX_BARS` summed in one bar), coloured on the overlay's scale, error bars
+Bars in ranking order (the top k first, above a dashed line; those beyond
+:data:`MAX_BARS` as one grey line from their lowest to their highest value),
+coloured on the overlay's scale, error bars
 value ± z·stderr (z from the method, 1.96 by default), brackets over tied
 concepts, the efficiency line (Σ values, and for Shapley values what they must
 sum to: f(all concepts) − f(no concept)), and the method and evaluations in the
@@ -132,11 +133,12 @@ def _panel(ax: Any, expl: Explanation, t: int, top_k: int, shown: int) -> None:
     ax.barh(y, shown_values, color=colours, edgecolor=EDGE, linewidth=0.8, xerr=errors,
             error_kw={"ecolor": "black", "capsize": 3, "lw": 1})
     labels = [f"#{rank + 1}  concept {i}" + ("" if finite[rank] else " (n/a)") for rank, i in enumerate(order)]
-    if rest:
-        rest_values = values[rest]
-        total = float(rest_values[np.isfinite(rest_values)].sum())
-        ax.barh(len(order), total, color="white", edgecolor=MUTED, hatch="///", linewidth=0.8)
-        labels.append(f"other {len(rest)} (sum)")
+    rest_values = values[rest][np.isfinite(values[rest])]
+    if rest_values.size:  # their range, on the same axis (a sum would squeeze every bar)
+        lo, hi = float(rest_values.min()), float(rest_values.max())
+        ax.plot([lo, hi], [len(order), len(order)], color=MUTED, linewidth=4, solid_capstyle="butt")
+        ax.text(hi, len(order), f"  {lo:+.2g} to {hi:+.2g}", va="center", fontsize=8, color=MUTED)
+        labels.append(f"other {len(rest)} (range)")
     ax.set_yticks(np.arange(len(labels)), labels)
     for k, tick in enumerate(ax.get_yticklabels()):
         tick.set_color("black" if k < min(top_k, len(order)) else MUTED)

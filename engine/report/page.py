@@ -179,9 +179,6 @@ def _counts(data: PageData) -> str:
     items = [("images", run.images, ""), ("explained", ok_images, ""), ("failed", failed_images, "bad" if
              failed_images else ""), ("rows (image × class)", len(run.rows), ""),
              ("classes", len(data.classes), ""), ("image problems", len(data.problems), "bad" if data.problems else "")]
-    throughput = ((run.summary or {}).get("throughput") or {}).get("images_per_second")
-    if throughput:
-        items.append(("images/s (last run)", f"{throughput:.3g}", ""))
     boxes = "".join(f'<div class="count {css}" id="count-{_e(name.split()[0])}"><b>{_e(value)}</b>{_e(name)}</div>'
                     for name, value, css in items)
     return f'<div class="counts">{boxes}</div>'
