@@ -9,7 +9,9 @@ What lives here (imports numpy, onnxruntime and opencv only):
 - :mod:`~eac.engine.evaluator` — masked evaluations of coalitions of concepts;
 - :mod:`~eac.engine.methods` — the explanation methods, one module each, registered by name;
 - :mod:`~eac.engine.explainer` — :class:`Explainer` / :func:`explain`: one image through one method;
-- :mod:`~eac.engine.explanation` — the result, its files and pictures;
+- :mod:`~eac.engine.explanation` — the result and its files (:mod:`~eac.engine.atomic`: written atomically);
+- :mod:`~eac.engine.render` — pictures of a result: overlay, heat map, values figure, cut-outs;
+- :mod:`~eac.engine.report` — a whole run as one static HTML page (``eac report``);
 - :mod:`~eac.engine.cli` — the ``eac`` command, above everything else.
 
 Typical use::

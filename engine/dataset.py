@@ -65,6 +65,9 @@ import cv2
 import numpy as np
 
 from ..kernels import rle
+from .atomic import TMP_PREFIX  # hidden temporary files (pyarrow.dataset ignores names starting with ".")
+from .atomic import fsync_dir as _fsync_dir
+from .atomic import write_file as _write_atomic
 from .concepts import DEFAULT_MAX_CONCEPTS
 from .dataset_schema import SCHEMA_VERSION
 from .distribution import install_hint
@@ -81,8 +84,6 @@ OVERLAY_DIR = "overlays"
 LOCK_NAME = ".eac-run.lock"
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-#: Hidden names (pyarrow.dataset ignores names starting with "." or "_").
-TMP_PREFIX = ".tmp-"
 #: Tag of a compacted part; its Parquet metadata lists the parts it replaces.
 COMPACT_TAG = "compact"
 MERGED_KEY = b"eac.merged"
@@ -455,7 +456,7 @@ class DatasetWorker:
         return rows
 
     def _overlays(self, expl: Any, path: str, sha: str) -> list[tuple[str, bytes]]:
-        from .explanation import render_overlay
+        from .render.overlay import render_overlay
 
         if expl.crop is None:
             return []
@@ -680,33 +681,6 @@ def _results_of_batch(batch: Any) -> Iterator[ImageResult]:
 def table_path(out: str | os.PathLike) -> Path:
     """The table folder of a run's output folder."""
     return Path(out) / TABLE_NAME
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` into a hidden temporary sibling, fsync, rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def _part_name(run_id: str, tag: str) -> str:

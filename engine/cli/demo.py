@@ -18,7 +18,7 @@ import numpy as np
 
 from ..methods import method_names
 from .options import add_session_args, model_help, non_negative_int, resolve_models, runtime_from_args
-from .report import summary_lines
+from .report import plot_notice, summary_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..explanation import check_output_folder
     from ..images import load_image
     from ..metrics import add_metrics
+    from ..render.values import plot_available
     from ..scenes import SHAPES, make_scene
     from ..sources import SuperpixelSource
 
@@ -83,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     print(title, file=log)
     for line in summary_lines(explanation, annotate=annotate):
         print(line, file=log)
-    print(f"wrote {out}/explanation.json, {out}/overlay.png and the top concepts' cut-outs", file=log)
+    pictures = "overlay.png, heatmap.png" + (", values.png" if plot_available() else "")
+    print(f"wrote {out}/explanation.json, {pictures} and the top concepts' cut-outs", file=log)
+    plot_notice(log)
     if args.json:
         record = {**explanation.to_dict(), "image": title, "output_folder": str(out)}
         json.dump({"results": [record], "failures": []}, sys.stdout, indent=1, allow_nan=False)

@@ -47,7 +47,7 @@ from .options import (
     runtime_from_args,
     sam_settings_from_args,
 )
-from .report import summary_lines
+from .report import plot_notice, summary_lines
 
 #: Exit code of a run in which some images failed or had no concepts.
 EXIT_SOME_FAILED = 1
@@ -268,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"results": results, "failures": failures}, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
+    if results:
+        plot_notice()
     done = len(paths) - len({f["image"] for f in failures})
     where = f"; results in {out}" if out is not None and results else ""
     print(f"eac: {done} of {len(paths)} images explained in {seconds:.1f}s"

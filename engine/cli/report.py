@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 
@@ -49,3 +51,11 @@ def summary_lines(explanation: Explanation, top_k: int = 5,
         lines.append(f"  insertion AUC {metrics['insertion_auc']:.2f} (higher is better), "
                      f"deletion AUC {metrics['deletion_auc']:.2f} (lower is better)")
     return lines
+
+
+def plot_notice(stream: TextIO = sys.stderr) -> None:
+    """One line saying what the ``plot`` extra would add, when matplotlib is missing."""
+    from ..render.values import PLOT_HINT, plot_available
+
+    if not plot_available():
+        print(f"eac: note: {PLOT_HINT}", file=stream)

@@ -93,7 +93,7 @@ def _png(image_bgr: np.ndarray) -> bytes:
 
 def overlay_png(explanation: Any, top_k: int, target_index: int = 0) -> bytes:
     """The overlay ``Explanation.save`` writes as ``overlay.png``, as PNG bytes."""
-    from ..explanation import render_overlay
+    from ..render.overlay import render_overlay
 
     return _png(render_overlay(explanation, top_k=top_k, target_index=target_index))
 

@@ -1,4 +1,5 @@
-"""Explanation.save / load: exact round trip, strict JSON, atomic folders, readable pictures."""
+"""Explanation.save / load: exact round trip, strict JSON, atomic folders, the picture files (their
+content is tested in test_render.py)."""
 
 from __future__ import annotations
 
@@ -14,25 +15,12 @@ import pytest
 from eac.engine import explanation as explanation_module
 from eac.engine.errors import ExplainError
 from eac.engine.explainer import explain
-from eac.engine.explanation import (
-    CUTOUT_PATTERN,
-    JSON_NAME,
-    LEGEND_PAD,
-    MASKS_NAME,
-    MIN_CUTOUT_SIDE,
-    MIN_OVERLAY_HEIGHT,
-    NEGATIVE_COLOUR,
-    POSITIVE_COLOUR,
-    SWATCH,
-    ZERO_COLOUR,
-    Explanation,
-    check_output_folder,
-    cutout,
-    format_value,
-    overlay_scale,
-    render_overlay,
-    value_colour,
-)
+from eac.engine.explanation import JSON_NAME, MASKS_NAME, Explanation, check_output_folder
+from eac.engine.render import files as render_files
+from eac.engine.render.cutout import MIN_CUTOUT_SIDE
+from eac.engine.render.files import CUTOUT_PATTERN
+from eac.engine.render.layout import MARGIN, display_size
+from eac.engine.render.overlay import render_overlay
 
 from tests.explainer_fakes import FakeClassifier, grid_masks, random_image
 
@@ -111,23 +99,15 @@ def test_files_overlay_and_cutouts(expl, tmp_path):
     assert set(data["timings"]) >= {"concepts", "evaluations", "fit", "values"}
     assert data["ranking"][0][0] == int(np.argmax(expl.values[0]))
     overlay = cv2.imread(str(tmp_path / "overlay.png"))
-    factor = overlay_scale(32)
-    side = 32 * factor
-    assert overlay.shape[0] >= MIN_OVERLAY_HEIGHT and overlay.shape[1] > side  # image + legend
-    assert (tmp_path / "overlay_target1.png").is_file()
-    # The best concept is tinted red: its region differs from the plain upscaled crop.
-    plain = cv2.resize(
-        cv2.cvtColor(expl.crop, cv2.COLOR_RGB2BGR), (side, side), interpolation=cv2.INTER_NEAREST
-    )
-    best = (
-        cv2.resize(
-            expl.masks[expl.top(1)[0]].astype(np.uint8),
-            (side, side),
-            interpolation=cv2.INTER_NEAREST,
-        )
-        > 0
-    )
-    assert np.abs(overlay[:side, :side].astype(int) - plain.astype(int))[best].mean() > 10
+    assert overlay.shape[0] > overlay.shape[1] > 0  # two targets: two panels, one above the other
+    assert (tmp_path / "heatmap.png").is_file() and (tmp_path / "values.png").is_file()
+    assert not (tmp_path / "overlay_target1.png").exists()  # every target is a panel of overlay.png
+    # The best concept is tinted red: its region differs from the plain enlarged crop.
+    h, w = display_size(expl.crop.shape[:2])
+    plain = cv2.resize(cv2.cvtColor(expl.crop, cv2.COLOR_RGB2BGR), (w, h), interpolation=cv2.INTER_NEAREST)
+    best = cv2.resize(expl.masks[expl.top(1)[0]].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    shown = overlay[MARGIN : MARGIN + h, MARGIN : MARGIN + w].astype(int)
+    assert np.abs(shown - plain.astype(int))[best].mean() > 10
     for rank in (1, 2, 3):
         cut = cv2.imread(str(tmp_path / f"concept_{rank}.png"), cv2.IMREAD_UNCHANGED)
         mask = expl.masks[expl.top(3)[rank - 1]]
@@ -225,11 +205,12 @@ def test_zero_concepts_json_is_strict(tmp_path):
 def test_resave_replaces_the_folder_whole(expl, tmp_path):
     out = tmp_path / "out"
     expl.save(out, top_k=7)  # two targets, seven cut-outs
-    assert (out / "overlay_target1.png").is_file() and (out / "concept_7.png").is_file()
+    assert (out / "concept_7.png").is_file()
     small = _made_up([0.2, -0.1])
     small.save(out, top_k=7)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [JSON_NAME, MASKS_NAME, "crop.png", "overlay.png", "concept_1.png", "concept_2.png"]
+        [JSON_NAME, MASKS_NAME, "crop.png", "overlay.png", "heatmap.png", "values.png", "concept_1.png",
+         "concept_2.png"]
     )
     assert Explanation.load(out).num_concepts == 2
     assert _hidden_siblings(out) == []  # no temporary or set-aside folders left
@@ -306,7 +287,7 @@ def test_failed_save_leaves_the_old_result_and_no_temporary_folder(tmp_path, mon
     def broken(*args, **kwargs):
         raise ExplainError("drawing failed")
 
-    monkeypatch.setattr(explanation_module, "render_overlay", broken)
+    monkeypatch.setattr(render_files, "render_overlay", broken)
     with pytest.raises(ExplainError, match="drawing failed"):
         _made_up([0.5, 0.6]).save(out)
     with pytest.raises(ExplainError, match="drawing failed"):
@@ -396,100 +377,13 @@ def test_ties_are_normalised_saved_and_drawn(tmp_path):
         _made_up([0.1, 0.2], ties=[[0, 5]])
 
 
-# ---------------------------------------------------------------------- overlay
-def test_overlay_has_a_minimum_size_for_a_small_crop():
-    overlay = render_overlay(_made_up([0.3, -0.2]))
-    assert overlay.shape[0] >= MIN_OVERLAY_HEIGHT
-    assert (
-        overlay_scale(32) * 32 >= MIN_OVERLAY_HEIGHT
-        and overlay_scale(224) == 2
-        and overlay_scale(2000) == 1
-    )
+# ---------------------------------------------------------------------- names that moved
+def test_picture_names_that_moved_to_render_still_resolve_here():
+    from eac.engine import render
 
-
-def _legend_part(overlay):
-    return overlay[:, overlay_scale(32) * 32 :]
-
-
-def _has_swatch(legend, colour):
-    """Whether the legend holds a SWATCH-sized block of exactly this colour."""
-    hits = np.all(legend == np.array(colour, np.uint8), axis=-1)
-    return hits.sum() >= (SWATCH - 1) ** 2
-
-
-@pytest.mark.parametrize("top_k", [5, 12])
-def test_legend_lists_every_shown_concept(top_k):
-    n = 12
-    values = np.linspace(0.6, -0.5, n)  # distinct colours, positive and negative
-    e = _made_up(values, masks=grid_masks(rows=3, cols=4))
-    overlay = render_overlay(e, top_k=top_k)
-    legend = _legend_part(overlay)
-    assert legend.shape[0] == overlay.shape[0] >= MIN_OVERLAY_HEIGHT
-    scale = np.abs(values[:top_k]).max()
-    for i in range(top_k):
-        assert _has_swatch(legend, value_colour(values[i], scale)), f"row #{i + 1} is missing"
-    assert not (
-        legend[-LEGEND_PAD:] != 255
-    ).any()  # nothing drawn into the bottom margin: rows all fit
-
-
-def test_negative_top_concept_is_drawn_strongly_blue():
-    # Every value is negative, so #1 is the least negative; it is still clearly blue, not pale.
-    e = _made_up([-0.3, -0.35, -0.4], crop_value=128)
-    overlay = render_overlay(e, top_k=3)
-    factor = overlay_scale(32)
-    mask = cv2.resize(
-        e.masks[0].astype(np.uint8), (32 * factor, 32 * factor), interpolation=cv2.INTER_NEAREST
-    ).astype(bool)
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    b, g, r = overlay[: 32 * factor, : 32 * factor][inner].astype(int).mean(axis=0)
-    assert b - r > 80 and b > g
-    # A single negative concept is drawn at full strength.
-    single = render_overlay(_made_up([-0.02], crop_value=128), top_k=1)
-    b, g, r = single[MIN_OVERLAY_HEIGHT // 4, MIN_OVERLAY_HEIGHT // 4].astype(
-        int
-    )  # away from its number
-    assert b - r > 120
-
-
-def test_colour_scale_is_diverging_and_symmetric():
-    assert value_colour(1.0, 1.0) == POSITIVE_COLOUR and value_colour(-1.0, 1.0) == NEGATIVE_COLOUR
-    assert value_colour(0.0, 1.0) == ZERO_COLOUR and value_colour(5.0, 1.0) == POSITIVE_COLOUR
-    half_pos, half_neg = np.array(value_colour(0.5, 1.0)), np.array(value_colour(-0.5, 1.0))
-    white = np.array(ZERO_COLOUR)
-    assert np.abs(white - half_pos).sum() == pytest.approx(
-        np.abs(white - np.array(POSITIVE_COLOUR)).sum() / 2, abs=3
-    )
-    assert np.abs(white - half_neg).sum() == pytest.approx(
-        np.abs(white - np.array(NEGATIVE_COLOUR)).sum() / 2, abs=3
-    )
-    assert value_colour(math.nan, 1.0) != ZERO_COLOUR
-
-
-def test_values_are_printed_with_significant_digits():
-    assert format_value(-3.14159e-5) == "-3.14e-05"
-    assert format_value(0.41234, 0.01349) == "+0.412 ± 0.013"
-    assert format_value(0.0, None) == "+0"
-    assert format_value(math.nan) == "n/a" and format_value(0.5, math.nan) == "+0.5"
-    assert "0.0000" not in format_value(-1e-7)
-
-
-def test_cutouts_are_scaled_up_to_a_readable_size():
-    crop = random_image(seed=5)
-    mask = np.zeros((32, 32), bool)
-    mask[3:6, 10:12] = True  # 3×2 pixels
-    cut = cutout(crop, mask)
-    k = math.ceil(MIN_CUTOUT_SIDE / 3)
-    assert cut.shape == (3 * k, 2 * k, 4) and max(cut.shape[:2]) >= MIN_CUTOUT_SIDE
-    assert (cut[:, :, 3] == 255).sum() == mask.sum() * k * k
-    bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
-    np.testing.assert_array_equal(
-        cut[0, 0, :3], bgr[3, 10]
-    )  # nearest neighbour: pixels kept as they are
-    big = np.ones((200, 150), bool)
-    assert cutout(np.zeros((200, 150, 3), np.uint8), big).shape == (
-        200,
-        150,
-        4,
-    )  # large enough already
-    assert cutout(crop, np.zeros((32, 32), bool)).shape == (1, 1, 4)
+    assert explanation_module.render_overlay is render.render_overlay
+    assert explanation_module.cutout is render.cutout and explanation_module.format_value is render.format_value
+    assert explanation_module.value_colour is render.value_colour
+    assert explanation_module.CUTOUT_PATTERN == CUTOUT_PATTERN
+    with pytest.raises(AttributeError):
+        explanation_module.no_such_name  # noqa: B018 - the access is the test

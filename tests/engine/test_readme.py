@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from eac.engine.methods import methods_table, registry
@@ -24,3 +25,11 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says():
     assert extra.split("#")[0].strip() in CI
     assert "python -m pytest" in README and "python -m pytest" in CI
     assert "eac demo" in CI and "ruff check" in CI
+
+
+def test_the_readme_pictures_exist_and_their_command_is_shown():
+    pictures = re.findall(r"(?:\]\(|src=\")(bench/results/figures/[\w.]+\.png)", README)
+    assert len(pictures) >= 4
+    assert all((ROOT / p).is_file() for p in pictures), pictures
+    assert "python -m eac.bench.readme_figures --out bench/results/figures" in README
+    assert (ROOT / "bench" / "readme_figures.py").is_file()

@@ -23,9 +23,9 @@ pytest.importorskip("uvicorn", reason="eac serve needs the serve extra")
 pytest.importorskip("prometheus_client", reason="eac serve needs the serve extra")
 
 from eac.engine.dataset_schema import schema_for
-from eac.engine.explanation import render_overlay
 from eac.engine.holder import EngineHolder
 from eac.engine.methods import get_method
+from eac.engine.render.overlay import render_overlay
 from eac.engine.serve.app import DRAIN_BYTES
 from eac.engine.serve.service import Service
 from eac.kernels.rle import decode_masks
