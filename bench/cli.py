@@ -39,6 +39,12 @@ workloads:
               budget: seconds per image, evaluations, peak memory, Spearman / top-3 vs
               exact Shapley values, insertion/deletion AUC, time over eac's. Needs the
               peer libraries: pip install ".[bench]" (a missing one is skipped, named).
+  sanity      the sanity checks of Adebayo et al. (2018) for every registered method
+              (and captum's gradient methods when installed) on the trained scene
+              classifier and the fidelity scenes: its layers re-initialised cascading
+              from the head down and one at a time, and the same network trained on
+              permuted labels; Spearman of the concept values with the original's and
+              pass/fail per method (`eac sanity` runs the first check on your image).
 
 how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
   explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager

@@ -27,10 +27,10 @@ import traceback  # noqa: E402 - after the BLAS setting above
 from collections.abc import Sequence  # noqa: E402 - after the BLAS setting above
 
 from ..errors import EacError  # noqa: E402 - after the BLAS setting above
-from . import bench, concepts, demo, explain, export  # noqa: E402 - after the BLAS setting above
+from . import bench, concepts, demo, explain, export, sanity  # noqa: E402 - after the BLAS setting above
 
 #: Subcommand modules, in --help order; each has ``register(subparsers)``.
-SUBCOMMANDS = (export, concepts, explain, demo, bench)
+SUBCOMMANDS = (export, concepts, explain, demo, sanity, bench)
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
 
