@@ -10,6 +10,8 @@ What lives here (imports numpy, onnxruntime and opencv only):
 - :mod:`~eac.engine.methods` — the explanation methods, one module each, registered by name;
 - :mod:`~eac.engine.explainer` — :class:`Explainer` / :func:`explain`: one image through one method;
 - :mod:`~eac.engine.explanation` — the result, its files and pictures;
+- :mod:`~eac.engine.randomise`, :mod:`~eac.engine.sanity` — sanity checks: classifier copies with weights
+  re-initialised, and how much each method's explanation changes with them;
 - :mod:`~eac.engine.cli` — the ``eac`` command, above everything else.
 
 Typical use::

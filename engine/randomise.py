@@ -16,11 +16,14 @@ a scale) and normalisations (``BatchNormalization``, ``InstanceNormalization``,
 ``LayerNormalization``, ``GroupNormalization``: scale, shift, running mean and
 variance). For the exported CNNs this is "a conv with its bias and its batch
 norm" (the exporter folds the batch norm into the conv) and "the final linear
-layer". A float initialiser of more than one value that no anchor claims (a
-norm that precedes a conv, a positional embedding) is a layer of its own, named
-after the node that uses it. Single values (epsilons, exponents, scalar scales)
-are constants of the arithmetic, not weights, and are never touched; integer
-tensors (shapes, indices, quantised weights) neither. Layers are ordered as
+layer". A float initialiser of more than one value that no anchor claims but a
+norm, an elementwise op, ``PRelu``, ``Gather``, ``Concat`` or ``Expand`` uses
+after the first anchor (a norm that precedes a conv, a positional embedding, a
+class token) is a layer of its own, named after that node. Not weights, never
+touched: single values (epsilons, exponents, scalar scales), float operands of
+other ops (``Resize`` scales, ``Clip`` bounds), constants used before the first
+anchor (an in-graph mean/std normalisation), integer tensors (shapes, indices,
+quantised weights). Layers are ordered as
 their anchors appear in the graph (ONNX orders nodes topologically): index 0
 is nearest the input, the last is the head.
 
@@ -77,6 +80,10 @@ ANCHOR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ELEMENTWISE_OPS = ("Add", "Sub", "Mul", "Div")
 #: Normalisations whose parameters join the layer whose output they normalise.
 NORM_OPS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization")
+#: Ops whose float initialiser operands no anchor claims still count as learned weights (a layer of their own):
+#: norms and elementwise biases/scales elsewhere, PReLU slopes, embedding tables, class tokens. Float operands
+#: of other ops (Resize scales, Clip bounds, Pad values) are settings of the arithmetic, never touched.
+LONE_WEIGHT_OPS = (*ELEMENTWISE_OPS, *NORM_OPS, "PRelu", "Gather", "Concat", "Expand")
 #: BatchNormalization's input holding the running variance: permuted, not re-drawn (it must stay positive).
 BN_VARIANCE_INPUT = 4
 #: ONNX element types that hold weights (FLOAT, FLOAT16, DOUBLE, BFLOAT16).
@@ -181,7 +188,10 @@ def find_layers(model: Any) -> list[Layer]:
         params += tail
         claimed.update(params)
         found.append((position, _node_name(node), node.op_type, params))
+    first_anchor = min((p for p, *_ in found), default=len(graph.node))
     for position, node in enumerate(graph.node):  # parameters no anchor claimed: layers of their own
+        if node.op_type not in LONE_WEIGHT_OPS or position < first_anchor:
+            continue  # before the first learned layer: preprocessing constants (an in-graph mean/std)
         params = [w for w in (weight_of(i) for i in node.input if i) if w is not None and w not in claimed]
         if params:
             claimed.update(params)

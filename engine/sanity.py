@@ -199,15 +199,19 @@ class StepResult:
     top_k_kept : float
     scale : float
         The largest |value|.
+    abs_similarity : float
+        Spearman's ρ of the |values| with the original's |values| (importance regardless of sign).
     """
 
     values: np.ndarray
     similarity: float
     top_k_kept: float
     scale: float
+    abs_similarity: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"similarity": _num(self.similarity), "top_k_kept": _num(self.top_k_kept), "scale": _num(self.scale),
+        return {"similarity": _num(self.similarity), "abs_similarity": _num(self.abs_similarity),
+                "top_k_kept": _num(self.top_k_kept), "scale": _num(self.scale),
                 "values": [_num(v) for v in self.values]}
 
 
@@ -303,11 +307,13 @@ class SanityReport:
             lines.append(f"  {step.kind:<12} {step.randomised:>6} {_fmt(r.similarity, 3):>9} "
                          f"{_fmt(r.top_k_kept, 2):>11} {_fmt(self.probabilities[i], 3):>9} {r.scale:>11.3g}  "
                          f"{step.label}")
-        for kind in ("cascading", "data"):
-            if self.indices(kind):
-                lines.append(f"  {kind}: {self.verdict(method, kind).upper()} (final Spearman "
-                             f"{_fmt(self.final_similarity(method, kind), 3)}, pass below {self.critical:.2f}; "
-                             f"rerun {_fmt(self.rerun_similarity(method), 3)})")
+        kinds = [kind for kind in ("cascading", "data") if self.indices(kind)]
+        for kind in kinds:
+            lines.append(f"  {kind}: {self.verdict(method, kind).upper()} (final Spearman "
+                         f"{_fmt(self.final_similarity(method, kind), 3)}, pass below {self.critical:.2f}; "
+                         f"rerun {_fmt(self.rerun_similarity(method), 3)})")
+        if not kinds:
+            lines.append("  no verdict: it comes from the cascading randomisation (--mode cascading or both)")
         return lines
 
 
@@ -388,7 +394,8 @@ def compare_models(
             reference = report.original[name]
             report.results[(name, index)] = StepResult(values, similarity(values, reference),
                                                        top_k_kept(values, reference, top_k),
-                                                       float(np.max(np.abs(values))) if values.size else 0.0)
+                                                       float(np.max(np.abs(values))) if values.size else 0.0,
+                                                       similarity(np.abs(values), np.abs(reference)))
 
     record(SanityStep("rerun", f"the original, seed {seed + RERUN_SEED_OFFSET}"), original,
            seed + RERUN_SEED_OFFSET)

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"engine": "eac.engine", "export": "eac.export", "kernels": "eac.kernels", "bench": "eac.bench"}
 #: Third-party imports the runtime (engine, kernels) may make at all, anywhere.
 RUNTIME_THIRD_PARTY = {"numpy", "onnxruntime", "cv2", "onnx", "tqdm"}
-#: Optional extras the runtime may import inside functions only (dataset runs: parquet, ray).
-OPTIONAL_LAZY = {"pyarrow", "ray"}
+#: Optional extras the runtime may import inside functions only (dataset runs: parquet, ray; figures: plot).
+OPTIONAL_LAZY = {"pyarrow", "ray", "matplotlib"}
 
 
 def _module_name(path: Path) -> str:

@@ -180,6 +180,36 @@ def test_weights_stored_as_graph_inputs_norms_and_matmul_heads(tmp_path):
     assert not np.allclose(before, after)
 
 
+def test_preprocessing_constants_and_op_settings_are_not_weights():
+    """In-graph mean/std before the first layer and Resize scales stay; a lone positional embedding is a layer."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "mean": np.array([0.4, 0.5, 0.6], np.float32).reshape(1, 3, 1, 1),
+        "std": np.array([0.2, 0.25, 0.3], np.float32).reshape(1, 3, 1, 1),
+        "w": rng.standard_normal((4, 3, 1, 1)).astype(np.float32),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+        "pos": rng.standard_normal((1, 4, 16, 16)).astype(np.float32),
+        "fc": rng.standard_normal((2, 4)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["s"]),
+        helper.make_node("Div", ["s", "std"], ["n"]),
+        helper.make_node("Conv", ["n", "w"], ["c"]),
+        helper.make_node("Resize", ["c", "", "scales"], ["u"], mode="nearest"),
+        helper.make_node("Add", ["u", "pos"], ["p"]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+                              initializer=[numpy_helper.from_array(v, n) for n, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    layers = find_layers(model)
+    assert [(layer.op_type, layer.parameters) for layer in layers] == [
+        ("Conv", ("w",)), ("Add", ("pos",)), ("Gemm", ("fc",))]
+
+
 def test_imported_folder_head_follows_a_transposed_matmul_head(tmp_path):
     from eac.export.import_onnx import import_onnx
 
