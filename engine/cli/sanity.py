@@ -21,6 +21,7 @@ from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..errors import ConfigError, ExplainError
 from ..images import DEFAULT_MAX_PIXELS
 from ..methods import method_names
+from ..sanity import SIGNIFICANCE
 from .explain import CONCEPT_KINDS, concept_source_from_args, method_options
 from .options import (
     MAX_POINTS_PER_SIDE,
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(cascading from the head down, or one layer at a time) and report how similar each "
                     "method's explanation stays (Spearman of the concept values, top-k kept). A method passes "
                     "when the fully randomised model's explanation is no more similar to the original's than an "
-                    "unrelated ranking (one-sided 5%% critical value of Spearman for N concepts).")
+                    f"unrelated ranking (one-sided {SIGNIFICANCE:.0%} critical value of Spearman for N concepts).")
     p.add_argument("image", help="an image file")
     p.add_argument("--classifier", required=True, help="folder from `eac export classifier` or `eac import-onnx`")
     src = p.add_mutually_exclusive_group()
@@ -174,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"{args.image}: {report.n_concepts} concepts, class {report.target}{label} "
         f"(p={report.probabilities[0]:.3f} on the original), {len(randomiser.layers)} layers, "
         f"{' and '.join(modes)} randomisation (seed {args.randomise_seed})")
-    log(f"pass: final Spearman below {report.critical:.2f}, the one-sided 5% critical value for an unrelated "
-        f"ranking of {report.n_concepts} concepts")
+    log(f"pass: final Spearman below {report.critical:.2f}, the one-sided {SIGNIFICANCE:.0%} critical value for "
+        f"an unrelated ranking of {report.n_concepts} concepts")
     for name in report.methods:
         log("")
         log(f"method {name}")
