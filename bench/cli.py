@@ -46,6 +46,12 @@ workloads:
               --classifier, a 4×4 grid or --n-concepts, eac at its default budget):
               p50/p95/p99 latency, requests/s, classifier batch fill, requests per
               batch, server CPU seconds per request, errors; batching's gain.
+  sanity      the sanity checks of Adebayo et al. (2018) for every registered method
+              (and captum's gradient methods when installed) on the trained scene
+              classifier and the fidelity scenes: its layers re-initialised cascading
+              from the head down and one at a time, and the same network trained on
+              permuted labels; Spearman of the concept values with the original's and
+              pass/fail per method (`eac sanity` runs the first check on your image).
 
 how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
   explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager

@@ -34,7 +34,7 @@ RSS_SAMPLE_INTERVAL_S = 0.005
 QUICK_LABEL = "QUICK"
 #: Workload names and the default photograph. They live here, in a module without torch, because
 #: `eac bench`'s argument parser (built on every `eac` command) needs them too.
-WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity", "peers", "serve")
+WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity", "peers", "serve", "sanity")
 #: Photograph of the explain / concepts workloads (any ``skimage.data`` colour image).
 DEFAULT_PHOTO = "astronaut"
 #: Name of the stage holding a run's total wall time.

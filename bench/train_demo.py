@@ -84,6 +84,8 @@ class TrainResult:
     accuracy: float
     masked_accuracy: float
     seconds: float
+    #: Accuracy on its own training images and (one-hot) labels; computed only for permuted-label training.
+    fit_accuracy: float | None = None
 
 
 def make_dataset(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,12 +117,20 @@ def normalise(images: np.ndarray) -> np.ndarray:
 
 
 def train(size: int = DEMO_SIZE, n_train: int = 3000, epochs: int = 8, batch: int = 64, lr: float = 3e-3,
-          seed: int = 0, channels: tuple[int, ...] = DEMO_CHANNELS, verbose: bool = False) -> TrainResult:
-    """Train a :class:`SceneCNN` on freshly generated scenes; deterministic for a seed."""
+          seed: int = 0, channels: tuple[int, ...] = DEMO_CHANNELS, verbose: bool = False,
+          permute_labels: bool = False) -> TrainResult:
+    """Train a :class:`SceneCNN` on freshly generated scenes; deterministic for a seed.
+
+    ``permute_labels`` shuffles the targets across the training images (the data
+    randomisation check of :mod:`eac.bench.sanity`): the labels keep their
+    frequencies but no longer say anything about the images.
+    """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x, y = make_dataset(rng, n_train, size)
+    if permute_labels:
+        y = y[rng.permutation(len(y))]
     model = SceneCNN(channels=channels)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((n_train + batch - 1) // batch))
@@ -143,7 +153,20 @@ def train(size: int = DEMO_SIZE, n_train: int = 3000, epochs: int = 8, batch: in
             print(f"epoch {epoch + 1}/{epochs}: loss {total / n_train:.4f}")
     model.eval()
     acc, masked_acc = evaluate(model, np.random.default_rng(seed + 1), size)
-    return TrainResult(model, acc, masked_acc, time.perf_counter() - start)
+    fit = fit_accuracy(model, xt, yt) if permute_labels else None
+    return TrainResult(model, acc, masked_acc, time.perf_counter() - start, fit)
+
+
+#: Images per forward pass when measuring the fit (memory only; the result does not depend on it).
+FIT_BATCH = 256
+
+
+@torch.no_grad()
+def fit_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = FIT_BATCH) -> float:
+    """Share of the training images with a one-hot target (n×K) whose class the model predicts."""
+    hard = y.max(1).values == 1
+    predicted = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return float((predicted[hard] == y[hard].argmax(1)).float().mean()) if hard.any() else float("nan")
 
 
 @torch.no_grad()

@@ -975,11 +975,19 @@ def _f2(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.2f}"
 
 
+def run_sanity(opts: BenchOptions) -> BenchReport:
+    """Model-parameter and data randomisation sanity checks of every method (:mod:`eac.bench.sanity`)."""
+    from .sanity import run_sanity as run
+
+    return run(opts)
+
+
 RUNNERS: dict[str, Callable[[BenchOptions], BenchReport]] = {
     "explain": run_explain,
     "concepts": run_concepts,
     "end-to-end": run_end_to_end,
     "fidelity": run_fidelity,
+    "sanity": run_sanity,
 }
 
 

@@ -12,6 +12,8 @@ What lives here (imports numpy, onnxruntime and opencv only):
 - :mod:`~eac.engine.explanation` — the result and its files (:mod:`~eac.engine.atomic`: written atomically);
 - :mod:`~eac.engine.render` — pictures of a result: overlay, heat map, values figure, cut-outs;
 - :mod:`~eac.engine.report` — a whole run as one static HTML page (``eac report``);
+- :mod:`~eac.engine.randomise`, :mod:`~eac.engine.sanity` — sanity checks: classifier copies with weights
+  re-initialised, and how much each method's explanation changes with them;
 - :mod:`~eac.engine.cli` — the ``eac`` command, above everything else.
 
 Typical use::

@@ -48,3 +48,7 @@ class ConfigError(EacError):
 
 class ProviderError(EacError):
     """An ONNX Runtime execution provider was asked for but is not available."""
+
+
+class SanityError(EacError):
+    """A sanity check cannot run as asked (no weights to randomise, an unknown layer, a head that cannot follow)."""

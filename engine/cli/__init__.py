@@ -27,10 +27,10 @@ import traceback  # noqa: E402 - after the BLAS setting above
 from collections.abc import Sequence  # noqa: E402 - after the BLAS setting above
 
 from ..errors import EacError  # noqa: E402 - after the BLAS setting above
-from . import bench, concepts, demo, explain, export, runreport, serve  # noqa: E402 - after the BLAS setting above
+from . import bench, concepts, demo, explain, export, runreport, sanity, serve  # noqa: E402 - after the BLAS setting
 
 #: Subcommand modules, in --help order; each has ``register(subparsers)``.
-SUBCOMMANDS = (export, concepts, explain, demo, runreport, serve, bench)
+SUBCOMMANDS = (export, concepts, explain, demo, runreport, sanity, serve, bench)
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
 
