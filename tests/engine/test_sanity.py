@@ -133,5 +133,5 @@ def test_cli_sanity_report_and_figures(trained_classifier, tmp_path, capsys, mon
     bare = tmp_path / "bare"
     assert main([*argv[:-4], "--out", str(bare), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "pip install '.[plot]' adds the curve" in printed
+    assert "(from a source checkout: pip install '.[plot]') adds the curve" in printed
     assert {p.name for p in bare.iterdir()} == {"sanity.json"}
