@@ -6,10 +6,11 @@ g_j's stratum terms
     θ_k(g)_i = w_k · E_k[ d_g(S) · c_i(S) ],   d_g(S) = g(S) − g(S̄),   c_i(S) = 1[i ∈ S]/k − 1[i ∉ S]/(n − k),
 
 S uniform of size k (w_k = 1, ½ for the middle stratum of an even n). This module fits the surrogates
-(:func:`fit_surrogate`), evaluates all folds' surrogates at once (:func:`evaluate`, :func:`evaluate_pairs`) and
+(:func:`fit_surrogates`), evaluates all folds' surrogates at once (:func:`evaluate`, :func:`evaluate_pairs`) and
 computes those terms in one of three ways:
 
-* :class:`Enumeration` — exactly, from g on all 2^n coalitions (n ≤ :data:`SURROGATE_ENUM_MAX_N`).
+* :class:`Enumeration` — exactly, from g on all 2^n coalitions (n ≤ :data:`WINDOWS_ENUM_MAX_N`, or
+  :data:`SURROGATE_ENUM_MAX_N` with ``"strata"``).
 * :class:`StrataMC` — Monte Carlo with :data:`SURROGATE_MC_PAIRS` independent pairs per stratum, drawn once per
   run. The first version's design (``surrogate_mc="strata"``), kept so that its runs can be reproduced.
 * :class:`WindowsMC` — Monte Carlo of what a *linear* control variate leaves (``surrogate_mc="windows"``, the
@@ -22,8 +23,9 @@ computes those terms in one of three ways:
 
   So θ_k(g) = θ_k(ℓ) + w_k·E_k[(d_g − d_ℓ)·c], with a fitted by least squares of d_g on x over the evaluated
   pairs (independent of the Monte-Carlo sample, so the identity is exact and the estimate unbiased). What is
-  left, d_g − d_ℓ, is 10–100× smaller in variance than d_g on the estimator study's games, so a few hundred
-  rows do what 4096 pairs per stratum did. The rows are *windows* of random permutations: row r draws one
+  left, d_g − d_ℓ, had 1–10 % of d_g's variance in a check at N = 32 (logistic games with pairwise terms,
+  saturating and additive games), so a few hundred rows do what 4096 pairs per stratum did. The rows are
+  *windows* of random permutations: row r draws one
   permutation, and stratum k uses the k concepts at positions o_k … o_k + k − 1 (cyclically), o_k = Σ_{l<k} l
   mod n, so the strata use mostly different positions. Each window is a uniform size-k coalition; a row is one
   unit (its strata summed), rows are independent, and the unit variance includes the strata's correlation.
@@ -53,8 +55,8 @@ WINDOWS_ENUM_MAX_N = 12
 #: ``surrogate_mc="strata"``: Monte-Carlo pairs per stratum (the first version's design).
 SURROGATE_MC_PAIRS = 4096
 #: ``surrogate_mc="windows"``: Monte-Carlo rows (one permutation each, a window per stratum). With the
-#: linear control variate their variance at N = 32 is below that of the 4096 pairs per stratum above
-#: (bench/results/estimators.md, "Surrogate terms").
+#: linear control variate their variance is below that of the 4096 pairs per stratum above
+#: (tests/kernels/test_estimators.py; fidelity beside the first version: bench/results/estimators.md).
 SURROGATE_MC_ROWS = 512
 #: Newton steps of the logistic surrogates when they are not run to convergence (``refit="checks"``): from
 #: the least-squares start their predictions are then within ~1e-6 of the optimum's (median over the fits of
@@ -449,6 +451,7 @@ class Enumeration:
         self.bits = bits[order].astype(np.float64)  # sorted by size
         edges = np.searchsorted(sizes[order], np.arange(n + 2))
         self.slices = [slice(int(edges[s]), int(edges[s + 1])) for s in range(n + 1)]
+        self._last: tuple[Sequence[Model], dict[int, np.ndarray]] | None = None  # models, their per-size terms
 
     def draw(self, strata: Sequence[int], rng: np.random.Generator) -> None:
         """Nothing to draw."""
@@ -457,16 +460,20 @@ class Enumeration:
               pairs: tuple[np.ndarray, np.ndarray] | None = None) -> TermEstimate:
         """Σ_k Σ_j frac[k][j]·θ_k(g_j) over ``strata`` (``pairs`` is not needed: the terms are exact)."""
         n, bits = self.n, self.bits
-        g = evaluate(models, bits)  # J×2^n×T
-        jn, _, t = g.shape
-        flat = np.moveaxis(g, 0, 1).reshape(g.shape[1], jn * t)
-        sizes = sorted({s for k in strata for s in (k, n - k)})
-        per_size = {}
-        for s in sizes:
-            sl = self.slices[s]
-            inside = bits[sl].T @ flat[sl]  # N×(J·T): Σ_{|S|=s, i∈S} g(S)
-            total = flat[sl].sum(axis=0)
-            per_size[s] = ((inside / s - (total[None, :] - inside) / (n - s)) / comb(n, s)).reshape(n, jn, t)
+        if self._last is not None and self._last[0] is models:
+            per_size = self._last[1]  # the same surrogates as at the last check
+        else:
+            g = evaluate(models, bits)  # J×2^n×T
+            jn, _, t = g.shape
+            flat = np.moveaxis(g, 0, 1).reshape(g.shape[1], jn * t)
+            per_size = {}
+            for s in range(1, n):
+                sl = self.slices[s]
+                inside = bits[sl].T @ flat[sl]  # N×(J·T): Σ_{|S|=s, i∈S} g(S)
+                total = flat[sl].sum(axis=0)
+                per_size[s] = ((inside / s - (total[None, :] - inside) / (n - s)) / comb(n, s)).reshape(n, jn, t)
+            self._last = (models, per_size)
+        t = next(iter(per_size.values())).shape[2]
         values = np.zeros((n, t))
         for k in strata:
             theta = per_size[k] if 2 * k == n else per_size[k] + per_size[n - k]  # N×J×T

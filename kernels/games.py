@@ -39,12 +39,13 @@ Games with closed-form Shapley values at any N (:data:`CLOSED_FORM_GAMES`, built
 ``detectors``          a classifier-like saturating game: the concepts form four regions
                        (two parts of an object needed together, a third object, background),
                        each read by a saturating detector of its coverage; the class
-                       probability is σ of their weighted sum, plus a small additive term per
-                       concept. v depends on a coalition only through its count per region,
-                       so the Shapley values are a sum over count vectors (Π(|R_g| + 1) of
-                       them), exact at any N.
+                       probability is σ of their weighted sum (squeezed into [0.05, 0.95]),
+                       plus a small additive term per concept. v depends on a coalition
+                       only through its count per region (and the additive term), so the
+                       Shapley values are a sum over count vectors (Π(|R_g| + 1) of them),
+                       exact at any N.
 
-Values are on the probability scale as above (v₀ = σ(−3) ≈ 0.05, v(N) ≈ 0.95).
+Values stay on the probability scale, 0 ≤ v ≤ 1, as above (v(∅) ≈ 0.05, v(N) ≈ 0.95).
 """
 
 from __future__ import annotations
@@ -307,11 +308,13 @@ OBJECT_SHARE = 0.35
 #: Concepts per region of the detectors game, as fractions of N (the rest is background).
 DETECTOR_REGIONS = (0.15, 0.15, 0.2)
 #: Weights (logit units) of the detectors game: both parts of object 1 together, object 2 alone,
-#: the background's coverage; and the scale of the small additive term per concept.
+#: the background's coverage.
 DETECTOR_AND_WEIGHT = 5.0
 DETECTOR_SINGLE_WEIGHT = 2.5
 DETECTOR_BACKGROUND_WEIGHT = 0.8
-DETECTOR_ADDITIVE_SCALE = 0.01
+#: The detectors game's small additive term per concept (it tells a region's concepts apart): its positive and its
+#: negative weights each sum to this in absolute value, and the sigmoid is squeezed into [m, 1 − m], so 0 ≤ v ≤ 1.
+DETECTOR_ADDITIVE_MASS = 0.05
 #: Coverage at which a region's detector is half on.
 DETECTOR_THRESHOLD = 0.5
 
@@ -348,8 +351,14 @@ class ClosedFormGame:
 
 
 def _unanimity(name: str, n: int, sets: list[tuple[int, ...]], weights: np.ndarray) -> ClosedFormGame:
-    """v(S) = v₀ + Σ_T w_T·1[T ⊆ S], scaled so that v(N) − v(∅) = CLOSED_FORM_SPAN."""
-    weights = weights * (CLOSED_FORM_SPAN / weights.sum())
+    """v(S) = v₀ + Σ_T w_T·1[T ⊆ S]. The negative weights are scaled to sum to −v₀ and the positive ones to
+    CLOSED_FORM_SPAN + v₀, so v(N) − v(∅) = CLOSED_FORM_SPAN and 0 ≤ v(S) ≤ 2·v₀ + CLOSED_FORM_SPAN < 1."""
+    weights = np.asarray(weights, dtype=np.float64)
+    neg = weights < 0
+    weights = weights.copy()
+    if neg.any():
+        weights[neg] *= CLOSED_FORM_EMPTY / -weights[neg].sum()
+    weights[~neg] *= (CLOSED_FORM_SPAN + CLOSED_FORM_EMPTY * neg.any()) / weights[~neg].sum()
     members = [np.array(t, dtype=np.int64) for t in sets]
 
     def value(b: np.ndarray) -> np.ndarray:
@@ -369,7 +378,9 @@ def _polynomial_game(name: str, n: int, rng: np.random.Generator) -> ClosedFormG
     additive = rng.gamma(1.0, 1.0, size=n) * rng.choice([1.0, 1.0, 1.0, -0.4], size=n)
     sets: list[tuple[int, ...]] = [(i,) for i in range(n)]
     inter: list[tuple[int, ...]] = list(_distinct_groups(rng, n, 2, max(2, n // 3)))
-    inter_w = [rng.uniform(1.0, 3.0, size=len(inter)) * rng.choice([1.0, -0.5], size=len(inter))]
+    signs = rng.choice([1.0, -0.5], size=len(inter))
+    signs[0] = 1.0  # at least one synergy
+    inter_w = [rng.uniform(1.0, 3.0, size=len(inter)) * signs]
     if name == "unanimity":
         triples = _distinct_groups(rng, n, 3, max(1, n // 5))
         inter += triples
@@ -384,7 +395,7 @@ def _polynomial_game(name: str, n: int, rng: np.random.Generator) -> ClosedFormG
         k = len(iw) - len(obj_w)
         iw[k:] *= OBJECT_SHARE * iw[:k].sum() / ((1.0 - OBJECT_SHARE) * iw[k:].sum())
     # Interactions carry INTERACTION_SHARE of the total (positive) mass.
-    iw *= INTERACTION_SHARE * additive.sum() / ((1.0 - INTERACTION_SHARE) * iw.sum())
+    iw *= INTERACTION_SHARE * additive[additive > 0].sum() / ((1.0 - INTERACTION_SHARE) * iw[iw > 0].sum())
     return _unanimity(name, n, sets + inter, np.concatenate([additive, iw]))
 
 
@@ -419,7 +430,10 @@ def _detectors_game(n: int, rng: np.random.Generator) -> ClosedFormGame:
     order = rng.permutation(n)
     bounds = np.cumsum([0, *sizes])
     regions = [order[bounds[g]:bounds[g + 1]] for g in range(len(sizes))]
-    additive = DETECTOR_ADDITIVE_SCALE * rng.normal(size=n)
+    additive = rng.normal(size=n)
+    additive[additive > 0] *= DETECTOR_ADDITIVE_MASS / max(additive[additive > 0].sum(), 1e-12)
+    additive[additive < 0] *= DETECTOR_ADDITIVE_MASS / max(-additive[additive < 0].sum(), 1e-12)
+    squeeze = 1.0 - 2.0 * DETECTOR_ADDITIVE_MASS
 
     def logit(cov: list[np.ndarray]) -> np.ndarray:
         det = [_sigmoid(SATURATION_SLOPE * (c - DETECTOR_THRESHOLD)) for c in cov]
@@ -428,10 +442,10 @@ def _detectors_game(n: int, rng: np.random.Generator) -> ClosedFormGame:
 
     def value(b: np.ndarray) -> np.ndarray:
         cov = [b[:, r].mean(axis=1) for r in regions]
-        return _sigmoid(logit(cov)) + b @ additive
+        return DETECTOR_ADDITIVE_MASS + squeeze * _sigmoid(logit(cov)) + b @ additive
 
     grids = np.meshgrid(*[np.arange(s + 1) / s for s in sizes], indexing="ij")
-    table = _sigmoid(logit(grids))
+    table = squeeze * _sigmoid(logit(grids))
     per_region = _count_shapley(sizes, table)
     exact = additive.copy()
     for g, r in enumerate(regions):

@@ -5,6 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from eac.engine.methods import methods_table, registry
+from eac.engine.methods.eac import FULL_CROP_RUNS, schedule_table
+from eac.kernels.estimators import (
+    DEFAULT_REL_TOL,
+    DEFAULT_TOP_K,
+    MIN_STRATUM_DRAWS,
+    SCHEDULE_MIN_SHARE,
+    default_options,
+    minimum_evaluations,
+    schedule_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -24,3 +34,17 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says():
     assert extra.split("#")[0].strip() in CI
     assert "python -m pytest" in README and "python -m pytest" in CI
     assert "eac demo" in CI and "ruff check" in CI
+
+
+def test_readme_states_eacs_schedule_as_the_code_runs_it():
+    """The schedule sentence and table are the code's, the numbers in the prose are its constants, and a run at
+    the cap reports the cap plus the full-crop run (issue 21: the README said 512 where runs reported 513)."""
+    assert schedule_summary() in README
+    assert schedule_table() in README
+    assert f"top-{DEFAULT_TOP_K} ranking resolved" in README
+    assert f"within {DEFAULT_REL_TOL * 100:.0f} % of the largest value" in README
+    assert {0.75: "¾·E"}[SCHEDULE_MIN_SHARE] in README
+    assert f"2 + {2 * MIN_STRATUM_DRAWS}·⌊N/2⌋" in README and minimum_evaluations(32) == 2 + 2 * MIN_STRATUM_DRAWS * 16
+    cap12 = default_options(12)["max_evaluations"]
+    assert f"| 12 | {cap12} | {default_options(12)['min_evaluations']} |" in README
+    assert f"| {cap12 + FULL_CROP_RUNS} |" in README

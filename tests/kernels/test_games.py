@@ -91,6 +91,8 @@ def test_closed_form_values_match_brute_force(name):
     n = 7
     game = make_closed_form_game(name, n, seed=2)
     np.testing.assert_allclose(game.exact(), brute_shapley(game, n), atol=1e-12)
+    table = game(all_coalitions(n))
+    assert table.min() >= 0.0 and table.max() <= 1.0
 
 
 @pytest.mark.parametrize("name", CLOSED_FORM_GAMES)
