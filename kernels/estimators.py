@@ -397,30 +397,30 @@ class _Run:
         ks = [k for k, m in counts.items() if m > 0]
         if not ks:
             return
-        # One call for every stratum's keys (the same stream as one call per stratum, in order).
-        keys = self.rng.random((sum(counts[k] for k in ks), self.n))
-        sides, start = [], 0
-        for k in ks:
-            block = keys[start:start + counts[k]]
-            start += counts[k]
-            sides.append(block <= np.partition(block, k - 1, axis=1)[:, k - 1:k])
-        allrows = np.concatenate([np.concatenate([s, ~s]) for s in sides])
+        # One call for every stratum's keys (the same stream as one call per stratum, in order); a row's
+        # coalition is its k smallest keys.
+        sizes = np.repeat(ks, [counts[k] for k in ks])
+        keys = self.rng.random((len(sizes), self.n))
+        kth = np.sort(keys, axis=1)[np.arange(len(sizes)), sizes - 1]
+        side = keys <= kth[:, None]
+        owner = np.cumsum([0] + [counts[k] for k in ks])
+        allrows = np.concatenate([np.concatenate([side[owner[g]:owner[g + 1]], ~side[owner[g]:owner[g + 1]]])
+                                  for g in range(len(ks))])
         idx = self.store.ensure(allrows)
-        pos = 0
-        for k, s in zip(ks, sides, strict=True):
-            m = len(s)
-            si, sbi = idx[pos:pos + m], idx[pos + m:pos + 2 * m]
-            pos += 2 * m
-            fold = np.empty(m, dtype=np.int64)
-            # a pair's key: its side that holds concept 0
-            for r, key in enumerate(_keys(np.where(s[:, :1], s, ~s))):
-                f = self.pair_fold.get(key)
-                if f is None:
-                    f = self.next_fold[k] % self.folds
-                    self.next_fold[k] += 1
-                    self.pair_fold[key] = f
-                fold[r] = f
-            self.draws[k].add(si, sbi, fold)
+        # a pair's key: its side that holds concept 0; new pairs are dealt to the folds in turn, per stratum
+        pair_keys = _keys(np.where(side[:, :1], side, ~side))
+        fold = np.empty(len(sizes), dtype=np.int64)
+        for r, (key, k) in enumerate(zip(pair_keys, sizes.tolist(), strict=True)):
+            f = self.pair_fold.get(key)
+            if f is None:
+                f = self.next_fold[k] % self.folds
+                self.next_fold[k] += 1
+                self.pair_fold[key] = f
+            fold[r] = f
+        for g, k in enumerate(ks):
+            m = owner[g + 1] - owner[g]
+            si, sbi = idx[2 * owner[g]:2 * owner[g] + m], idx[2 * owner[g] + m:2 * owner[g + 1]]
+            self.draws[k].add(si, sbi, fold[owner[g]:owner[g + 1]])
 
     def drawn(self, k: int) -> int:
         return len(self.draws[k])
