@@ -122,6 +122,7 @@ SCHEDULES: dict[str, Callable[[int], dict]] = {
     "cap 24·N ≥ 512, min ¾ cap, rounds cap/8": lambda n: _scaled(max(512, 24 * n), 0.75),
     "cap 32·N ≥ 512, min ¾ cap, rounds cap/8": lambda n: _scaled(max(512, 32 * n), 0.75),
     "cap 32·N ≥ 512, min ½ cap, rounds cap/8": lambda n: _scaled(max(512, 32 * n), 0.5),
+    "cap 32·N ≥ 512, min 384, rounds cap/8": lambda n: {**_scaled(max(512, 32 * n), 0.5), "min_evaluations": 384},
     "default": default_options,
 }
 

@@ -305,7 +305,10 @@ def fit_logistic_batch(
     for _ in range(max_iter):
         if not len(active):
             break
-        xa, za, pa, wa, ta = x1[active], z[active], p[active], w[active], theta[active]
+        if len(active) == nb:  # no fit has stopped yet: no copies
+            xa, za, pa, wa, ta = x1, z, p, w, theta
+        else:
+            xa, za, pa, wa, ta = x1[active], z[active], p[active], w[active], theta[active]
         q = 1.0 / (1.0 + np.exp(-za))
         grad = (np.swapaxes(xa, 1, 2) @ (wa * (q - pa))[..., None])[..., 0] + reg * ta
         root = xa * np.sqrt(wa * q * (1.0 - q))[..., None]

@@ -33,12 +33,12 @@ from ...kernels.estimators import (
     DEFAULT_Z,
     MIN_STRATUM_DRAWS,
     REFITS,
-    SCHEDULE_MIN_SHARE,
     SURROGATE_MC,
     SURROGATES,
     default_options,
     minimum_evaluations,
     residual_shapley,
+    schedule_minimum,
     schedule_summary,
 )
 from ...kernels.surrogate import softmax
@@ -144,8 +144,8 @@ class Eac(Method):
             cap = least
         if o["min_evaluations"] is not None:
             minimum = int(o["min_evaluations"])
-        elif o["max_evaluations"] is not None:  # --evaluations: the stopping rule from the schedule's share on
-            minimum = int(SCHEDULE_MIN_SHARE * cap)
+        elif o["max_evaluations"] is not None:  # --evaluations: the schedule's minimum for that cap
+            minimum = schedule_minimum(cap)
         else:
             minimum = schedule["min_evaluations"]
         rounds = schedule["round_size"] if o["round_size"] is None else int(o["round_size"])

@@ -10,7 +10,7 @@ from eac.kernels.estimators import (
     DEFAULT_REL_TOL,
     DEFAULT_TOP_K,
     MIN_STRATUM_DRAWS,
-    SCHEDULE_MIN_SHARE,
+    SCHEDULE_MIN_FLOOR,
     default_options,
     minimum_evaluations,
     schedule_summary,
@@ -43,7 +43,7 @@ def test_readme_states_eacs_schedule_as_the_code_runs_it():
     assert schedule_table() in README
     assert f"top-{DEFAULT_TOP_K} ranking resolved" in README
     assert f"within {DEFAULT_REL_TOL * 100:.0f} % of the largest value" in README
-    assert {0.75: "¾·E"}[SCHEDULE_MIN_SHARE] in README
+    assert f"consulted from max({SCHEDULE_MIN_FLOOR}, ½·E) on" in README
     assert f"2 + {2 * MIN_STRATUM_DRAWS}·⌊N/2⌋" in README and minimum_evaluations(32) == 2 + 2 * MIN_STRATUM_DRAWS * 16
     cap12 = default_options(12)["max_evaluations"]
     assert f"| 12 | {cap12} | {default_options(12)['min_evaluations']} |" in README
