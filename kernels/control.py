@@ -546,9 +546,9 @@ class WindowsMC:
             return
         n = self.n
         perm = rng.random((self.rows, n)).argsort(axis=1)
-        pos = np.empty_like(perm)
-        pos[np.arange(self.rows)[:, None], perm] = np.arange(n)[None, :]
-        ks = np.arange(1, n // 2 + 1)
+        pos = np.empty(perm.shape, dtype=np.int32)
+        pos[np.arange(self.rows)[:, None], perm] = np.arange(n, dtype=np.int32)[None, :]
+        ks = np.arange(1, n // 2 + 1, dtype=np.int32)
         offsets = (ks * (ks - 1) // 2) % n
         self.windows = (pos[None, :, :] - offsets[:, None, None]) % n < ks[:, None, None]
 

@@ -608,14 +608,15 @@ def _allocate(run: _Run, pairs: int) -> tuple[list[int], dict[int, int]]:
     """Split ``pairs`` new pairs: strata to enumerate, then draws per sampled stratum (Neyman)."""
     sigma = run.sigma()
     active = dict(sigma)
+    drawn = {k: run.drawn(k) for k in active}
     budget = pairs
     to_enum: list[int] = []
     while active:
-        total_draws = sum(run.drawn(k) for k in active) + budget
+        total_draws = sum(drawn[k] for k in active) + budget
         norm = sum(active.values())
         target = {k: total_draws * s / norm for k, s in active.items()}
         cand = [k for k in active if target[k] >= ENUMERATE_FRACTION * run.pairs_in[k]
-                and run.pairs_in[k] - run.drawn(k) <= budget]
+                and run.pairs_in[k] - drawn[k] <= budget]
         if not cand:
             break
         k = max(cand, key=lambda q: target[q] / run.pairs_in[q])
@@ -624,11 +625,11 @@ def _allocate(run: _Run, pairs: int) -> tuple[list[int], dict[int, int]]:
         del active[k]
     counts: dict[int, int] = {}
     if active and budget > 0:
-        total_draws = sum(run.drawn(k) for k in active) + budget
+        total_draws = sum(drawn[k] for k in active) + budget
         norm = sum(active.values())
-        deficit = {k: max(total_draws * s / norm - run.drawn(k), 0.0) for k, s in active.items()}
+        deficit = {k: max(total_draws * s / norm - drawn[k], 0.0) for k, s in active.items()}
         for k in active:  # every sampled stratum keeps a minimal sample for its variance
-            deficit[k] = max(deficit[k], MIN_STRATUM_DRAWS - run.drawn(k))
+            deficit[k] = max(deficit[k], MIN_STRATUM_DRAWS - drawn[k])
         tot = sum(deficit.values())
         if tot > 0:
             raw = {k: budget * dv / tot for k, dv in deficit.items()}
