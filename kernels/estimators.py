@@ -23,9 +23,9 @@ stratum:
 
     E_k[d_f c] = E_k[d_g c] + E_k[(d_f − d_g) c]
 
-with E_k[d_g c] computed exactly (all 2^n coalitions of g, n ≤ :data:`SURROGATE_ENUM_MAX_N`)
-or by a large Monte-Carlo sample of g (no classifier calls; its error is added to the
-standard error), and the second term the sample mean of the residual units. g is
+with E_k[d_g c] computed exactly (all 2^n coalitions of g, n ≤ 12) or by Monte Carlo of what a
+linear control variate of g leaves (no classifier calls; its error is added to the standard
+error; :mod:`eac.kernels.control`), and the second term the sample mean of the residual units. g is
 **cross-fitted**: sampled pairs are dealt to K folds and the pairs of fold j are corrected
 by g_{−j}, fitted on every other evaluated coalition, so g never corrects a coalition it
 was fitted on and each corrected unit has the conditional mean of the exact term.
@@ -42,12 +42,17 @@ Properties (each shown by ``tests/kernels/test_estimators.py``):
   they are sampled. Each concept's within-stratum variance is floored by a pooled estimate
   (mean squared residual × E[c_i²]) so a concept that is rarely inside the sampled
   coalitions cannot show a spuriously small variance.
-* **Stopping on what users look at**: after ``min_evaluations`` the sampler stops when the
+* **Stopping on what users look at**: from ``min_evaluations`` on the sampler stops when the
   top-k ranking is resolved (every adjacent difference among the top k + 1, estimated from
   the shared paired units, exceeds z standard errors: ``"resolved"``), when every value's
   interval half-width is below ``rel_tol`` × the largest |value| (``"precise"``), or at
   ``max_evaluations`` (``"budget"``). With 2^n ≤ ``max_evaluations`` the function is
-  enumerated and the values are exact (``"enumerated"``).
+  enumerated and the values are exact (``"enumerated"``). The default schedule (cap, minimum,
+  round size) depends on n: :func:`default_options`.
+* **Cheap beside the evaluations**: the surrogates of all folds are fitted in one batched Newton
+  and refitted only when the stopping rule is consulted (``refit="checks"``); the stopping rule
+  and the allocation work on all strata at once (bench/results/estimator_time.md).
+  ``surrogate_mc="strata", refit="rounds"`` reproduce the first version's values.
 
 Surrogates (:data:`SURROGATES`): ``"logistic"`` σ(α·b + β) fitted by binary cross-entropy
 (:func:`eac.kernels.surrogate.fit_logistic`); ``"pie"`` softmax(Fc·(W·b + c) + bias)[y]
