@@ -23,9 +23,9 @@ stratum:
 
     E_k[d_f c] = E_k[d_g c] + E_k[(d_f − d_g) c]
 
-with E_k[d_g c] computed exactly (all 2^n coalitions of g, n ≤ :data:`SURROGATE_ENUM_MAX_N`)
-or by a large Monte-Carlo sample of g (no classifier calls; its error is added to the
-standard error), and the second term the sample mean of the residual units. g is
+with E_k[d_g c] computed exactly (all 2^n coalitions of g, n ≤ 12) or by Monte Carlo of what a
+linear control variate of g leaves (no classifier calls; its error is added to the standard
+error; :mod:`eac.kernels.control`), and the second term the sample mean of the residual units. g is
 **cross-fitted**: sampled pairs are dealt to K folds and the pairs of fold j are corrected
 by g_{−j}, fitted on every other evaluated coalition, so g never corrects a coalition it
 was fitted on and each corrected unit has the conditional mean of the exact term.
@@ -42,12 +42,17 @@ Properties (each shown by ``tests/kernels/test_estimators.py``):
   they are sampled. Each concept's within-stratum variance is floored by a pooled estimate
   (mean squared residual × E[c_i²]) so a concept that is rarely inside the sampled
   coalitions cannot show a spuriously small variance.
-* **Stopping on what users look at**: after ``min_evaluations`` the sampler stops when the
+* **Stopping on what users look at**: from ``min_evaluations`` on the sampler stops when the
   top-k ranking is resolved (every adjacent difference among the top k + 1, estimated from
   the shared paired units, exceeds z standard errors: ``"resolved"``), when every value's
   interval half-width is below ``rel_tol`` × the largest |value| (``"precise"``), or at
   ``max_evaluations`` (``"budget"``). With 2^n ≤ ``max_evaluations`` the function is
-  enumerated and the values are exact (``"enumerated"``).
+  enumerated and the values are exact (``"enumerated"``). The default schedule (cap, minimum,
+  round size) depends on n: :func:`default_options`.
+* **Cheap beside the evaluations**: the surrogates of all folds are fitted in one batched Newton
+  and refitted only when the stopping rule is consulted (``refit="checks"``); the stopping rule
+  and the allocation work on all strata at once (bench/results/estimator_time.md).
+  ``surrogate_mc="strata", refit="rounds"`` reproduce the first version's values.
 
 Surrogates (:data:`SURROGATES`): ``"logistic"`` σ(α·b + β) fitted by binary cross-entropy
 (:func:`eac.kernels.surrogate.fit_logistic`); ``"pie"`` softmax(Fc·(W·b + c) + bias)[y]
@@ -77,52 +82,71 @@ from dataclasses import dataclass, field
 from math import comb
 
 import numpy as np
-from eac.kernels.shapley import (
-    MAX_ENUMERATION_N,
-    all_coalitions,
-    exact_shapley,
-    kernel_coalitions,
-    softmax_value_fn,
-    tabulate,
+from eac.kernels.control import (
+    REFITS,
+    SURROGATE_ENUM_MAX_N,
+    SURROGATE_MC,
+    SURROGATES,
+    WINDOWS_ENUM_MAX_N,
+    Enumeration,
+    Model,
+    StrataMC,
+    SurrogateFits,
+    TermEstimate,
+    WindowsMC,
+    as_matrix,
+    c_matrix,
+    evaluate,
+    fit_logistic_surrogate,
+    fit_surrogates,
+    stratum_weight,
 )
-from eac.kernels.surrogate import fit_linear_logits, fit_logistic
+from eac.kernels.shapley import MAX_ENUMERATION_N, all_coalitions, exact_shapley, kernel_coalitions, tabulate
 
-#: Names accepted by ``residual_shapley(surrogate=...)``.
-SURROGATES = ("logistic", "pie", "pairwise", "linear", "none")
 #: Default surrogate, chosen by ``python -m eac.bench.study_estimators``
 #: (bench/results/estimators.md).
 DEFAULT_SURROGATE = "pairwise"
-#: Default budget (value_fn rows, including ∅ and N); see bench/results/estimators.md.
-DEFAULT_MIN_EVALUATIONS = 384
-DEFAULT_MAX_EVALUATIONS = 512
-#: Rows per round (one value_fn call per round, plus the ∅/N anchors in the first).
-DEFAULT_ROUND_SIZE = 64
-#: Stopping: the top-3 ranking resolved, or every 95 % half-width ≤ 10 % of the top value.
+#: Default way to estimate the surrogate's stratum terms above 16 concepts, and when to refit the fold
+#: surrogates (bench/results/estimators.md: same fidelity as the first version's "strata"/"rounds").
+DEFAULT_SURROGATE_MC = "windows"
+DEFAULT_REFIT = "checks"
+#: The default schedule (value_fn rows, ∅ and N included; bench/results/estimators.md, "Schedules"): at most
+#: max(SCHEDULE_FLOOR, SCHEDULE_PER_CONCEPT·N) coalitions, in rounds (one value_fn call each) of 1/SCHEDULE_ROUNDS
+#: of that cap; the stopping rule is consulted from max(SCHEDULE_MIN_FLOOR, SCHEDULE_MIN_SHARE·cap) on. Up to 16
+#: concepts this is the first version's 384–512 in rounds of 64, where the fidelity targets are met. A fixed budget
+#: leaves fewer pairs per size stratum as N grows, so its error grows with N: the cap grows with N beyond (the
+#: study at N = 24–32: Spearman 0.95–0.96 at 512, 0.97 at 32·N; the issue's photographs at N ≈ 32: 0.907 at 513
+#: evaluations, 0.940 at 1024). The minimum grows more slowly: at N = 24–32 consulting the rule from ½ of the cap
+#: on stopped as well as from ¾ (same fidelity, fewer evaluations), while below 384 early stops cost fidelity at
+#: N = 12–16.
+SCHEDULE_FLOOR = 512
+SCHEDULE_PER_CONCEPT = 32
+SCHEDULE_MIN_FLOOR = 384
+SCHEDULE_MIN_SHARE = 0.5
+SCHEDULE_ROUNDS = 8
+#: Stopping: the top-3 ranking resolved, or every 95 % half-width ≤ 5 % of the top value.
 DEFAULT_TOP_K = 3
 DEFAULT_REL_TOL = 0.05
 #: Normal quantile of the reported intervals (95 %).
 DEFAULT_Z = 1.96
 #: Cross-fitting folds: g_{−j} is fitted on (K−1)/K of the sampled pairs.
 DEFAULT_FOLDS = 4
-#: Largest n for which the surrogate's stratum terms are computed over all 2^n coalitions
-#: (2^16 rows: a few ms per surrogate); above, by Monte Carlo.
-SURROGATE_ENUM_MAX_N = 16
-#: Monte-Carlo pairs per stratum for the surrogate's stratum terms when n > SURROGATE_ENUM_MAX_N.
-SURROGATE_MC_PAIRS = 4096
 #: Fewest draws per sampled stratum (a variance needs ≥ 2; 4 keeps it from being a coin flip).
 MIN_STRATUM_DRAWS = 4
 #: A stratum is evaluated completely once its planned draws reach this fraction of its pairs
 #: (with replacement, m = P/2 draws already hit ~40 % of the pairs; enumerating is exact).
 ENUMERATE_FRACTION = 0.5
-#: Pairs b_i·b_j the ``pairwise`` surrogate adds (at most; also ≤ n).
-PAIRWISE_TERMS = 16
-#: Ridge of the ``linear`` surrogate's normal equations, relative to their mean diagonal.
-LINEAR_RIDGE = 1e-6
 #: Rounds in a row without a new distinct coalition after which sampling gives up (the
 #: sampled strata are exhausted to within what repeated draws can still find).
 MAX_STALLED_ROUNDS = 3
 #: Values closer than this (relative to the largest |value|) count as tied when enumerated.
 EXACT_TIE_RTOL = 1e-9
+#: ``refit="checks"``: the surrogates are refitted at a check once the evaluations have grown by this share since
+#: their last fit (a refit on a few more rows changes them little; each g_{−j} stays independent of the pairs it
+#: corrects either way).
+REFIT_GROWTH = 0.25
+#: Added to a stratum's Neyman weight (a stratum whose units do not vary still gets draws).
+SIGMA_EPS = 1e-12
 
 ValueFn = Callable[[np.ndarray], object]
 
@@ -146,8 +170,11 @@ class ShapleyEstimate:
         difference is not significant at the interval level (its interval contains 0).
     info : dict
         ``surrogate``, ``r2_heldout`` (per target), ``rounds``, ``history`` (per round:
-        evaluations, max stderr, resolved, precise), ``efficiency_gap`` (per target),
-        ``enumerated_strata``, ``draws`` (per sampled stratum), ``folds``.
+        evaluations, and where the stopping rule was consulted max stderr, resolved, precise;
+        ``None`` before ``min_evaluations``), ``efficiency_gap`` (per target),
+        ``enumerated_strata``, ``draws`` (per sampled stratum), ``folds``, ``surrogate_mc``, ``refit``,
+        ``fit_seconds`` (wall time fitting the surrogates and computing their stratum terms), ``seconds`` and
+        ``cpu_seconds`` (wall and CPU time of those two phases: ``fit``, ``terms``).
     """
 
     values: np.ndarray
@@ -159,20 +186,6 @@ class ShapleyEstimate:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _as_matrix(out: np.ndarray) -> np.ndarray:
-    out = np.asarray(out, dtype=np.float64)
-    return out[:, None] if out.ndim == 1 else out
-
-
-def _c_matrix(s: np.ndarray, n: int, k: int) -> np.ndarray:
-    """c(S) = 1[i∈S]/k − 1[i∉S]/(n−k) for the rows of a m×n bool matrix."""
-    return np.where(s, 1.0 / k, -1.0 / (n - k))
-
-
-def _stratum_weight(n: int, k: int) -> float:
-    return 0.5 if 2 * k == n else 1.0
 
 
 def _stratum_pairs(n: int, k: int) -> int:
@@ -188,11 +201,6 @@ def _enumerate_stratum(n: int, k: int) -> np.ndarray:
     out = np.zeros((len(idx), n), dtype=bool)
     out[np.arange(len(idx))[:, None], idx] = True
     return out
-
-
-def _draw_stratum(n: int, k: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    """m uniform size-k coalitions (with replacement), m×n bool."""
-    return rng.random((m, n)).argsort(axis=1).argsort(axis=1) < k
 
 
 def _tie_groups(order: np.ndarray, tied_next: np.ndarray) -> list[list[int]]:
@@ -222,12 +230,26 @@ def _exact_ties(values: np.ndarray) -> list[list[list[int]]]:
 # --------------------------------------------------------------------------- evaluation store
 
 
+#: Coalitions of up to this many concepts are keyed by one 64-bit integer (faster than bytes).
+INT_KEY_MAX_N = 64
+
+
+def _keys(coalitions: np.ndarray) -> list:
+    """A hashable key per row of a M×N bool matrix (an int for N ≤ 64, else bytes)."""
+    packed = np.packbits(coalitions, axis=1)
+    if coalitions.shape[1] <= INT_KEY_MAX_N:
+        padded = np.zeros((len(packed), 8), np.uint8)
+        padded[:, :packed.shape[1]] = packed
+        return padded.view(np.uint64).ravel().tolist()
+    return [p.tobytes() for p in packed]
+
+
 class _Store:
     """Distinct evaluated coalitions, their values (M×T) and optional features (M×D)."""
 
     def __init__(self, value_fn: ValueFn, n: int, want_features: bool):
         self.value_fn, self.n, self.want_features = value_fn, n, want_features
-        self.index: dict[bytes, int] = {}
+        self.index: dict[int | bytes, int] = {}
         self.rows: list[np.ndarray] = []
         self.vals: list[np.ndarray] = []
         self.feats: list[np.ndarray] = []
@@ -238,33 +260,35 @@ class _Store:
 
     def ensure(self, coalitions: np.ndarray) -> np.ndarray:
         """Row indices of the coalitions, evaluating the new distinct ones in one call."""
-        packed = np.packbits(coalitions, axis=1)
-        keys = [p.tobytes() for p in packed]
-        new: dict[bytes, int] = {}
-        for key, row in zip(keys, coalitions, strict=True):
+        keys = _keys(coalitions)
+        new: dict[int | bytes, int] = {}
+        fresh = []
+        for r, key in enumerate(keys):
             if key not in self.index and key not in new:
                 new[key] = len(self.index) + len(new)
-                self.rows.append(row)
+                fresh.append(r)
         if new:
-            batch = np.array(self.rows[-len(new):])
+            batch = np.ascontiguousarray(coalitions[fresh])
             out = self.value_fn(batch)
             if self.want_features:
                 if not (isinstance(out, tuple) and len(out) == 2):
                     raise ValueError("surrogate 'pie' needs value_fn to return "
                                      "(values M×T, features M×D)")
-                vals, feats = _as_matrix(out[0]), np.asarray(out[1], dtype=np.float64)
+                vals, feats = as_matrix(out[0]), np.asarray(out[1], dtype=np.float64)
                 if feats.shape[0] != len(batch):
                     raise ValueError(f"value_fn returned {feats.shape[0]} feature rows "
                                      f"for {len(batch)} coalitions")
-                self.feats.append(feats)
             else:
-                vals = _as_matrix(out[0] if isinstance(out, tuple) else out)
+                vals = as_matrix(out[0] if isinstance(out, tuple) else out)
             if vals.shape[0] != len(batch):
                 raise ValueError(f"value_fn returned {vals.shape[0]} rows "
                                  f"for {len(batch)} coalitions")
             if self.vals and vals.shape[1] != self.vals[0].shape[1]:
                 raise ValueError("value_fn changed its number of targets between calls")
+            self.rows.append(batch)
             self.vals.append(vals)
+            if self.want_features:
+                self.feats.append(feats)
             self.index.update(new)
             self._x = self._v = self._f = None
         return np.array([self.index[k] for k in keys], dtype=np.int64)
@@ -272,7 +296,7 @@ class _Store:
     @property
     def x(self) -> np.ndarray:
         if self._x is None:
-            self._x = np.array(self.rows, dtype=bool)
+            self._x = np.concatenate(self.rows, axis=0).astype(bool, copy=False)
         return self._x
 
     @property
@@ -288,142 +312,77 @@ class _Store:
         return self._f
 
 
-# --------------------------------------------------------------------------- surrogates
-
-
-Model = Callable[[np.ndarray], np.ndarray]  # M×N bool → M×T
-
-
-def _fit_logistic_model(x: np.ndarray, y: np.ndarray,
-                        extra: list[tuple[int, int]] | None = None) -> Model:
-    """σ(α·b + Σ_{(i,j) ∈ extra} γ_ij·b_i·b_j + β) per target, fitted by BCE."""
-    n = x.shape[1]
-    ii = np.array([i for i, _ in extra or []], dtype=np.int64)
-    jj = np.array([j for _, j in extra or []], dtype=np.int64)
-    xd = np.asarray(x, dtype=np.float64)
-    if extra:
-        xd = np.concatenate([xd, xd[:, ii] * xd[:, jj]], axis=1)
-    params = [fit_logistic(xd, y[:, t]) for t in range(y.shape[1])]
-    alpha = np.stack([p[:n] for p, _ in params], axis=1)  # N×T
-    beta = np.array([b for _, b in params])
-    quad = np.zeros((len(params), n, n))  # T×N×N, upper triangle holds γ
-    for t, (p, _) in enumerate(params):
-        quad[t, ii, jj] = p[n:]
-
-    def model(b: np.ndarray) -> np.ndarray:
-        b = np.asarray(b, dtype=np.float64)
-        z = b @ alpha + beta
-        if extra:
-            for t in range(z.shape[1]):
-                z[:, t] += ((b @ quad[t]) * b).sum(axis=1)
-        return 1.0 / (1.0 + np.exp(-z))
-
-    return model
-
-
-def _top_pairs(x: np.ndarray, y: np.ndarray, base: Model, count: int) -> list[tuple[int, int]]:
-    """The pairs (i, j) whose products b_i·b_j correlate most with the residual of ``base``."""
-    xf = x.astype(np.float64)
-    resid = (y - base(x)).sum(axis=1)
-    n = x.shape[1]
-    iu, ju = np.triu_indices(n, 1)
-    prod = xf[:, iu] * xf[:, ju]  # M×P
-    prod = prod - prod.mean(axis=0)
-    norm = np.sqrt((prod**2).sum(axis=0)) + 1e-12
-    score = np.abs(prod.T @ (resid - resid.mean())) / norm
-    best = np.argsort(-score)[:count]
-    return [(int(iu[p]), int(ju[p])) for p in best]
-
-
-def _fit_model(kind: str, x: np.ndarray, y: np.ndarray, feats: np.ndarray | None,
-               head: tuple | None) -> Model:
-    """Fit surrogate ``kind`` on coalitions x (M×N bool) with values y (M×T)."""
-    if kind == "logistic":
-        return _fit_logistic_model(x, y)
-    if kind == "pairwise":
-        base = _fit_logistic_model(x, y)
-        count = min(PAIRWISE_TERMS, x.shape[1] * (x.shape[1] - 1) // 2)
-        return _fit_logistic_model(x, y, _top_pairs(x, y, base, count))
-    if kind == "pie":
-        weight, bias, classes = head
-        w, c = fit_linear_logits(x, feats)  # features ≈ W·b + c  (D×N, D)
-        a = np.asarray(weight, dtype=np.float64) @ w
-        const = np.asarray(weight, dtype=np.float64) @ c + np.asarray(bias, dtype=np.float64)
-        return softmax_value_fn(a, const, classes)
-    if kind == "linear":
-        return _fit_linear_odd(x, y)
-    raise ValueError(f"unknown surrogate {kind!r}")
-
-
-def _fit_linear_odd(x: np.ndarray, y: np.ndarray) -> Model:
-    """g(S) = ½·a·(2b − 1) + mean(y): least squares of f(S) − f(S̄) on 2b − 1 over pairs."""
-    n = x.shape[1]
-    keys = {p.tobytes(): r for r, p in enumerate(np.packbits(x, axis=1))}
-    comp = np.packbits(~x, axis=1)
-    partner = np.array([keys.get(p.tobytes(), -1) for p in comp])
-    rows = np.nonzero(partner >= 0)[0]
-    xs = 2.0 * x[rows].astype(np.float64) - 1.0
-    d = y[rows] - y[partner[rows]]
-    gram = xs.T @ xs
-    reg = LINEAR_RIDGE * max(float(np.trace(gram)) / n, 1.0)
-    a = np.linalg.solve(gram + reg * np.eye(n), xs.T @ d)  # N×T
-    offset = y.mean(axis=0)
-
-    def model(b: np.ndarray) -> np.ndarray:
-        return 0.5 * ((2.0 * b.astype(np.float64) - 1.0) @ a) + offset
-
-    return model
-
-
-def _stratum_terms_exact(model: Model, n: int, strata: list[int], bits: np.ndarray,
-                         slices: list[slice]) -> dict[int, np.ndarray]:
-    """θ_k(g) = w_k·E_k[d_g c] for the listed strata, from g on all 2^n coalitions: k → N×T.
-
-    ``bits`` (2^n×n float64) lists every coalition sorted by size; ``slices[s]`` selects size s.
-    """
-    g = _as_matrix(model(bits))  # 2^n×T
-    out = {}
-    for k in strata:
-        theta = np.zeros((n, g.shape[1]))
-        for s in {k, n - k}:
-            sl = slices[s]
-            inside = bits[sl].T @ g[sl]  # N×T: Σ_{|S|=s, i∈S} g(S)
-            total = g[sl].sum(axis=0)
-            theta += (inside / s - (total[None, :] - inside) / (n - s)) / comb(n, s)
-        out[k] = theta
-    return out
-
-
 # --------------------------------------------------------------------------- main estimator
+
+
+class _Clock:
+    """Wall and CPU seconds per phase (``fit``: the fold surrogates; ``terms``: their stratum terms)."""
+
+    def __init__(self) -> None:
+        self.wall = {"fit": 0.0, "terms": 0.0}
+        self.cpu = {"fit": 0.0, "terms": 0.0}
+        self._phase: str | None = None
+        self._start = (0.0, 0.0)
+
+    def start(self, phase: str) -> None:
+        self._phase, self._start = phase, (time.perf_counter(), time.process_time())
+
+    def stop(self) -> None:
+        wall, cpu = self._start
+        self.wall[self._phase] += time.perf_counter() - wall
+        self.cpu[self._phase] += time.process_time() - cpu
+
+
+class _Draws:
+    """The sampled pairs of one stratum: row indices of S and S̄ in the store, and each pair's fold."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._joined: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, si: np.ndarray, sbi: np.ndarray, fold: np.ndarray) -> None:
+        self.parts.append((si, sbi, fold))
+        self.count += len(si)
+        self._joined = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._joined is None:
+            self._joined = tuple(np.concatenate([p[i] for p in self.parts]) for i in range(3))
+        return self._joined
 
 
 class _Run:
     """State of one residual_shapley run (strata, draws, folds, fitted surrogates)."""
 
     def __init__(self, store: _Store, n: int, rng: np.random.Generator, surrogate: str,
-                 head: tuple | None, folds: int, z: float):
+                 head: tuple | None, folds: int, surrogate_mc: str, converge: bool):
         self.store, self.n, self.rng, self.surrogate, self.head = store, n, rng, surrogate, head
-        self.folds, self.z = folds, z
+        self.folds, self.converge = folds, converge
         self.strata = list(range(1, n // 2 + 1))
         self.pairs_in = {k: _stratum_pairs(n, k) for k in self.strata}
         self.enumerated: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k → (S rows, S̄ rows)
-        self.draws: dict[int, dict[str, list]] = {k: {"s": [], "sb": [], "fold": []}
-                                                  for k in self.strata}
-        self.pair_fold: dict[bytes, int] = {}
+        self.draws: dict[int, _Draws] = {k: _Draws() for k in self.strata}
+        self.pair_fold: dict[int | bytes, int] = {}
         self.next_fold = {k: 0 for k in self.strata}
         self.anchor = store.ensure(np.array([np.zeros(n, bool), np.ones(n, bool)]))
-        self.bits = self.slices = None
-        if surrogate != "none" and n <= SURROGATE_ENUM_MAX_N:
-            bits = all_coalitions(n)
-            sizes = bits.sum(axis=1)
-            order = np.argsort(sizes, kind="stable")
-            self.bits = bits[order].astype(np.float64)
-            edges = np.searchsorted(sizes[order], np.arange(n + 2))
-            self.slices = [slice(int(edges[s]), int(edges[s + 1])) for s in range(n + 1)]
-        self.units: dict[int, np.ndarray] = {}
-        self.mc_units: dict[int, np.ndarray] = {}
-        self.mc_draws: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k → (S rows, c(S)) of g's Monte Carlo
-        self.fit_seconds = 0.0  # wall time spent fitting the fold surrogates (and their stratum terms)
+        self.terms_source: Enumeration | StrataMC | WindowsMC | None = None
+        if surrogate != "none":
+            if n <= (SURROGATE_ENUM_MAX_N if surrogate_mc == "strata" else WINDOWS_ENUM_MAX_N):
+                self.terms_source = Enumeration(n)
+            else:
+                self.terms_source = StrataMC(n) if surrogate_mc == "strata" else WindowsMC(n)
+        self.fits: SurrogateFits | None = None
+        self.models: list[Model] = []
+        self.preds: np.ndarray | None = None  # J×M×T: every fold surrogate on every evaluated coalition
+        self.fitted_on = 0  # store rows when the surrogates were last fitted
+        self.units: _Units | None = None
+        self.frac: dict[int, np.ndarray] = {}  # k → share of its pairs per fold
+        self.terms: TermEstimate | None = None
+        self.clock = _Clock()
         self.r2: np.ndarray | None = None
 
     # ------------------------------------------------------------------ sampling
@@ -441,61 +400,113 @@ class _Run:
             m = len(s)
             self.enumerated[k] = (idx[pos:pos + m], idx[pos + m:pos + 2 * m])
             pos += 2 * m
-            self.draws[k] = {"s": [], "sb": [], "fold": []}
+            self.draws[k] = _Draws()
 
     def draw(self, counts: dict[int, int]) -> None:
-        sides, ks = [], []
-        for k, m in counts.items():
-            if m > 0:
-                sides.append(_draw_stratum(self.n, k, m, self.rng))
-                ks.append(k)
-        if not sides:
+        ks = [k for k, m in counts.items() if m > 0]
+        if not ks:
             return
-        allrows = np.concatenate([np.concatenate([s, ~s]) for s in sides])
+        # One call for every stratum's keys (the same stream as one call per stratum, in order); a row's
+        # coalition is its k smallest keys.
+        sizes = np.repeat(ks, [counts[k] for k in ks])
+        keys = self.rng.random((len(sizes), self.n))
+        kth = np.sort(keys, axis=1)[np.arange(len(sizes)), sizes - 1]
+        side = keys <= kth[:, None]
+        owner = np.cumsum([0] + [counts[k] for k in ks])
+        allrows = np.concatenate([np.concatenate([side[owner[g]:owner[g + 1]], ~side[owner[g]:owner[g + 1]]])
+                                  for g in range(len(ks))])
         idx = self.store.ensure(allrows)
-        pos = 0
-        for k, s in zip(ks, sides, strict=True):
-            m = len(s)
-            si, sbi = idx[pos:pos + m], idx[pos + m:pos + 2 * m]
-            pos += 2 * m
-            rec = self.draws[k]
-            for a, b, row, comp in zip(si, sbi, s, ~s, strict=True):
-                key = min(np.packbits(row).tobytes(), np.packbits(comp).tobytes())
-                fold = self.pair_fold.get(key)
-                if fold is None:
-                    fold = self.next_fold[k] % self.folds
-                    self.next_fold[k] += 1
-                    self.pair_fold[key] = fold
-                rec["s"].append(a)
-                rec["sb"].append(b)
-                rec["fold"].append(fold)
+        # a pair's key: its side that holds concept 0; new pairs are dealt to the folds in turn, per stratum
+        pair_keys = _keys(np.where(side[:, :1], side, ~side))
+        fold = np.empty(len(sizes), dtype=np.int64)
+        for r, (key, k) in enumerate(zip(pair_keys, sizes.tolist(), strict=True)):
+            f = self.pair_fold.get(key)
+            if f is None:
+                f = self.next_fold[k] % self.folds
+                self.next_fold[k] += 1
+                self.pair_fold[key] = f
+            fold[r] = f
+        for g, k in enumerate(ks):
+            m = owner[g + 1] - owner[g]
+            si, sbi = idx[2 * owner[g]:2 * owner[g] + m], idx[2 * owner[g] + m:2 * owner[g + 1]]
+            self.draws[k].add(si, sbi, fold[owner[g]:owner[g + 1]])
 
     def drawn(self, k: int) -> int:
-        return len(self.draws[k]["s"])
+        return len(self.draws[k])
 
-    # ------------------------------------------------------------------ estimation
-    def _fit_folds(self) -> tuple[list[Model], dict[int, list[np.ndarray]]]:
-        """Fold models g_{−j} and their stratum terms θ_k(g_{−j}) for the sampled strata."""
+    def grown(self) -> bool:
+        """Whether the evaluations have grown by REFIT_GROWTH since the surrogates were last fitted."""
+        return len(self.store) >= (1.0 + REFIT_GROWTH) * self.fitted_on
+
+    def with_draws(self) -> list[int]:
+        return [k for k in self.sampled() if self.drawn(k) > 0]
+
+    # ------------------------------------------------------------------ surrogates and units
+    def fit(self, refit: bool) -> None:
+        """Every sampled pair's residual unit; with ``refit`` (or before any fit) the fold surrogates g_{−j} are
+        first fitted on the current evaluations, else the last fit's surrogates correct the new pairs too (each
+        g_{−j} is still independent of the pairs it corrects)."""
         store, n = self.store, self.n
-        held = [np.zeros(len(store), bool) for _ in range(self.folds)]
-        for k in self.sampled():
-            rec = self.draws[k]
-            for a, b, j in zip(rec["s"], rec["sb"], rec["fold"], strict=True):
-                held[j][a] = held[j][b] = True
-        models, thetas = [], {k: [] for k in self.sampled()}
         x, v, f = store.x, store.v, store.f
-        for j in range(self.folds):
-            train = ~held[j]
-            feats = None if f is None else f[train]
-            model = _fit_model(self.surrogate, x[train], v[train], feats, self.head)
-            models.append(model)
-            if self.bits is not None:
-                terms = _stratum_terms_exact(model, n, self.sampled(), self.bits, self.slices)
+        sampled = self.with_draws()
+        self.frac = {}
+        for k in sampled:
+            fold = self.draws[k].arrays()[2]
+            self.frac[k] = np.bincount(fold, minlength=self.folds) / len(fold)
+        preds = None
+        if self.surrogate != "none":
+            self.clock.start("fit")
+            if refit or not self.models:
+                held = np.zeros((self.folds, len(store)), bool)
                 for k in self.sampled():
-                    thetas[k].append(terms[k])
-        return models, thetas
+                    if self.drawn(k):
+                        si, sbi, fold = self.draws[k].arrays()
+                        held[fold, si] = True
+                        held[fold, sbi] = True
+                self.fits = fit_surrogates(self.surrogate, x, v, ~held, f, self.head, self.converge, self.fits)
+                self.models, self.fitted_on = self.fits.models, len(store)
+                if self.terms_source is not None:
+                    self.terms_source.draw(self.sampled(), self.rng)
+            preds = evaluate(self.models, x)  # J×M×T
+            self.terms = None
+            self.clock.stop()
+        self.preds = preds
+        self.units = None
+        if not sampled:
+            self.r2 = None
+            return
+        parts = [self.draws[k].arrays() for k in sampled]
+        si, sbi, fold = (np.concatenate([q[i] for q in parts]) for i in range(3))
+        group = np.repeat(np.arange(len(sampled)), [len(q[0]) for q in parts])
+        d = v[si] - v[sbi]
+        resid = d if preds is None else d - (preds[fold, si] - preds[fold, sbi])
+        self.units = _Units(n, sampled, group, x[si], resid)
+        if preds is None:
+            self.r2 = None
+        else:
+            ks = np.array(sampled, dtype=np.float64)[group]
+            scale = self.units.w[group] ** 2 * n / (ks * (n - ks)) / self.units.m[group]
+            num, den = scale @ resid**2, scale @ d**2
+            self.r2 = np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
+
+    def _terms(self) -> TermEstimate | None:
+        """The surrogates' stratum terms for the sampled strata (computed once per fit)."""
+        if self.terms is None and self.models and self.terms_source is not None:
+            self.clock.start("terms")
+            sampled = self.with_draws()
+            pairs = None
+            if isinstance(self.terms_source, WindowsMC):
+                si = np.concatenate([self.draws[k].arrays()[0] for k in sampled]
+                                    + [self.enumerated[k][0] for k in self.enumerated])
+                sbi = np.concatenate([self.draws[k].arrays()[1] for k in sampled]
+                                     + [self.enumerated[k][1] for k in self.enumerated])
+                pairs = (self.store.x[si], self.preds[:, si] - self.preds[:, sbi])
+            self.terms = self.terms_source.terms(self.models, self.frac, sampled, pairs)
+            self.clock.stop()
+        return self.terms
 
     def estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values and standard errors from the current fit, N×T each."""
         store, n = self.store, self.n
         v = store.v
         t = v.shape[1]
@@ -503,101 +514,98 @@ class _Run:
         values = np.broadcast_to((f1 - f0) / n, (n, t)).copy()
         var = np.zeros((n, t))
         for k, (si, sbi) in self.enumerated.items():
-            c = _c_matrix(store.x[si], n, k)
+            c = c_matrix(store.x[si], n, k)
             d = v[si] - v[sbi]
-            values += _stratum_weight(n, k) * np.einsum("mi,mt->it", c, d) / len(si)
-        sampled = [k for k in self.sampled() if self.drawn(k) > 0]
-        start = time.perf_counter()
-        models, thetas = ([], {}) if self.surrogate == "none" else self._fit_folds()
-        self.fit_seconds += time.perf_counter() - start
-        preds = [_as_matrix(mod(store.x)) for mod in models]
-        self.units, self.mc_units = {}, {}
-        num = np.zeros(t)
-        den = np.zeros(t)
-        for k in sampled:
-            rec = self.draws[k]
-            si, sbi, fold = (np.array(rec[key]) for key in ("s", "sb", "fold"))
-            m = len(si)
-            w = _stratum_weight(n, k)
-            c = _c_matrix(store.x[si], n, k)
-            d = v[si] - v[sbi]
-            resid = d.copy()
-            frac = np.bincount(fold, minlength=self.folds) / m
-            if models:
-                dg = np.zeros_like(d)
-                for j in range(self.folds):
-                    sel = fold == j
-                    dg[sel] = preds[j][si[sel]] - preds[j][sbi[sel]]
-                resid = d - dg
-                weight = w * w * n / (k * (n - k)) / m
-                num += weight * ((d - dg) ** 2).sum(axis=0)
-                den += weight * (d**2).sum(axis=0)
-                if self.bits is not None:
-                    values += sum(frac[j] * thetas[k][j] for j in range(self.folds))
-                else:
-                    self.mc_units[k] = self._mc_stratum(k, models, frac)
-                    values += self.mc_units[k].mean(axis=0)
-                    var += self.mc_units[k].var(axis=0, ddof=1) / len(self.mc_units[k])
-            y = w * c[:, :, None] * resid[:, None, :]  # m×N×T
-            self.units[k] = (c, resid, w)
-            values += y.mean(axis=0)
-            var += self._unit_var(y, w * w * (resid**2).mean(axis=0) / (k * (n - k))) / m
-        safe = np.where(den > 0, den, 1.0)
-        self.r2 = np.where(den > 0, 1.0 - num / safe, np.nan) if models else None
+            values += stratum_weight(n, k) * (c.T @ d) / len(si)
+        if self.units is not None:
+            mean, unit_var = self.units.moments()
+            values += mean
+            var += unit_var
+        terms = self._terms()
+        if terms is not None:
+            values += terms.values
+            var += terms.var
         return values, np.sqrt(var)
 
-    @staticmethod
-    def _unit_var(y: np.ndarray, pooled_second: np.ndarray) -> np.ndarray:
-        """Per-concept variance of units y (m×N×T), floored by the pooled second moment (T)."""
-        m = y.shape[0]
-        mean = y.mean(axis=0)
-        if m < 2:
-            return np.full(mean.shape, np.inf)
-        sample = y.var(axis=0, ddof=1)
-        floor = np.maximum(pooled_second[None, :] - mean**2, 0.0) * m / (m - 1)
-        return np.maximum(sample, floor)
-
-    def _mc_stratum(self, k: int, models: list[Model], frac: np.ndarray) -> np.ndarray:
-        """Monte-Carlo units of Σ_j frac_j·θ_k(g_j): SURROGATE_MC_PAIRS×N×T."""
-        n = self.n
-        cached = self.mc_draws.get(k)
-        if cached is None:  # one Monte-Carlo sample per stratum, reused every round (its error is in the variance)
-            drawn = _draw_stratum(n, k, SURROGATE_MC_PAIRS, self.rng)
-            cached = self.mc_draws[k] = (drawn, _c_matrix(drawn, n, k))
-        s, c = cached
-        dg = sum(fr * (_as_matrix(mod(s)) - _as_matrix(mod(~s)))
-                 for fr, mod in zip(frac, models, strict=True) if fr > 0)
-        return _stratum_weight(n, k) * c[:, :, None] * dg[:, None, :]
-
-    def diff_stderr(self, i: int, j: int, t: int) -> float:
-        """Standard error of φ̂_i − φ̂_j (target t) from the shared paired units."""
-        n = self.n
-        var = 0.0
-        for k, (c, resid, w) in self.units.items():
-            m = c.shape[0]
-            if m < 2:
-                return float("inf")
-            diff = w * (c[:, i] - c[:, j]) * resid[:, t]
-            # pooled floor: w²·E[r²]·E[(c_i − c_j)²], E[(c_i − c_j)²] = 2n / ((n − 1)·k·(n − k))
-            second = w * w * float((resid[:, t] ** 2).mean()) * 2.0 * n / ((n - 1) * k * (n - k))
-            floor = max(second - float(diff.mean()) ** 2, 0.0) * m / (m - 1)
-            var += max(float(diff.var(ddof=1)), floor) / m
-        for y in self.mc_units.values():
-            var += float((y[:, i, t] - y[:, j, t]).var(ddof=1)) / y.shape[0]
-        return float(np.sqrt(var))
+    def diff_stderr(self, a: np.ndarray, b: np.ndarray, t: int) -> np.ndarray:
+        """Standard errors of φ̂_a − φ̂_b (target t, concept index arrays a, b) from the shared paired units."""
+        var = np.zeros(len(a)) if self.units is None else self.units.diff_var(a, b, t)
+        terms = self._terms()
+        if terms is not None:
+            var = var + terms.diff_var(a, b, t)
+        return np.sqrt(var)
 
     def sigma(self) -> dict[int, float]:
         """Per sampled stratum: √(Σ_{i,t} unit variance), the Neyman allocation weight."""
         n = self.n
+        spread = {} if self.units is None else self.units.spread()
+        return {k: spread.get(k, stratum_weight(n, k) * np.sqrt(n / (k * (n - k))))  # prior: |d| ≈ 1
+                for k in self.sampled()}
+
+
+class _Units:
+    """The residual units of the sampled pairs, all strata at once.
+
+    Pair p of stratum k contributes the unit y_p = w_k·c(S_p)·r_p (N×T, r_p its residual d_f − d_g);
+    a stratum's mean unit estimates its correction term, and its within-stratum variance over the m_k pairs,
+    floored by the pooled second moment w_k²·E[r²]·E[c_i²] (so that a concept rarely inside the sampled
+    coalitions cannot show a spuriously small variance), divided by m_k, is its share of the variance.
+    """
+
+    def __init__(self, n: int, strata: list[int], group: np.ndarray, s: np.ndarray, resid: np.ndarray):
+        self.n, self.strata, self.group, self.resid = n, strata, group, resid
+        ks = np.array(strata, dtype=np.float64)
+        self.k = ks
+        self.w = np.array([stratum_weight(n, k) for k in strata])
+        self.m = np.bincount(group, minlength=len(strata)).astype(np.float64)
+        kp = ks[group][:, None]
+        self.wc = self.w[group][:, None] * np.where(s, 1.0 / kp, -1.0 / (n - kp))  # P×N: w_k·c(S_p)
+        self.onehot = (group[:, None] == np.arange(len(strata))[None, :]).astype(np.float64)  # P×K
+        self.mean_r2 = (self.onehot.T @ resid**2) / self.m[:, None]  # K×T: E_k[r²]
+
+    def _group_var(self, u: np.ndarray, floor_second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per stratum mean and floored variance of the unit columns u (P×C): K×C each."""
+        m = self.m[:, None]
+        total = self.onehot.T @ u
+        mean = total / m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sample = np.maximum(self.onehot.T @ u**2 - total * mean, 0.0) / (m - 1)
+            floor = np.maximum(floor_second - mean**2, 0.0) * m / (m - 1)
+        return mean, np.where(m >= 2, np.maximum(sample, floor), np.inf)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Σ_k mean unit and Σ_k variance/m_k, N×T each."""
+        n, t = self.n, self.resid.shape[1]
+        mean_out, var_out = np.zeros((n, t)), np.zeros((n, t))
+        pooled = self.w[:, None] ** 2 * self.mean_r2 / (self.k * (n - self.k))[:, None]  # K×T
+        for tt in range(t):
+            mean, var = self._group_var(self.wc * self.resid[:, tt:tt + 1], pooled[:, tt:tt + 1])
+            mean_out[:, tt] = mean.sum(axis=0)
+            var_out[:, tt] = (var / self.m[:, None]).sum(axis=0)
+        return mean_out, var_out
+
+    def diff_var(self, a: np.ndarray, b: np.ndarray, t: int) -> np.ndarray:
+        """Variance of the estimated φ_a − φ_b (target t) from the units."""
+        n, k = self.n, self.k
+        diff = (self.wc[:, a] - self.wc[:, b]) * self.resid[:, t:t + 1]
+        # pooled floor: w²·E[r²]·E[(c_i − c_j)²], E[(c_i − c_j)²] = 2n / ((n − 1)·k·(n − k))
+        second = self.w**2 * self.mean_r2[:, t] * 2.0 * n / ((n - 1) * k * (n - k))
+        _, var = self._group_var(diff, second[:, None])
+        return (var / self.m[:, None]).sum(axis=0)
+
+    def spread(self) -> dict[int, float]:
+        """Per stratum with ≥ 2 pairs: √(Σ_{i,t} sample variance of its units)."""
         out = {}
-        for k in self.sampled():
-            unit = self.units.get(k)
-            if unit is None or unit[0].shape[0] < 2:
-                out[k] = _stratum_weight(n, k) * np.sqrt(n / (k * (n - k)))  # prior: |d| ≈ 1
-            else:
-                c, resid, w = unit
-                y = w * c[:, :, None] * resid[:, None, :]
-                out[k] = float(np.sqrt(y.var(axis=0, ddof=1).sum())) + 1e-12
+        m = self.m[:, None]
+        total_var = np.zeros(len(self.strata))
+        for tt in range(self.resid.shape[1]):
+            u = self.wc * self.resid[:, tt:tt + 1]
+            total = self.onehot.T @ u
+            with np.errstate(divide="ignore", invalid="ignore"):
+                total_var += (np.maximum(self.onehot.T @ u**2 - total**2 / m, 0.0) / (m - 1)).sum(axis=1)
+        for g, k in enumerate(self.strata):
+            if self.m[g] >= 2:
+                out[k] = float(np.sqrt(total_var[g])) + SIGMA_EPS
         return out
 
 
@@ -605,14 +613,15 @@ def _allocate(run: _Run, pairs: int) -> tuple[list[int], dict[int, int]]:
     """Split ``pairs`` new pairs: strata to enumerate, then draws per sampled stratum (Neyman)."""
     sigma = run.sigma()
     active = dict(sigma)
+    drawn = {k: run.drawn(k) for k in active}
     budget = pairs
     to_enum: list[int] = []
     while active:
-        total_draws = sum(run.drawn(k) for k in active) + budget
+        total_draws = sum(drawn[k] for k in active) + budget
         norm = sum(active.values())
         target = {k: total_draws * s / norm for k, s in active.items()}
         cand = [k for k in active if target[k] >= ENUMERATE_FRACTION * run.pairs_in[k]
-                and run.pairs_in[k] - run.drawn(k) <= budget]
+                and run.pairs_in[k] - drawn[k] <= budget]
         if not cand:
             break
         k = max(cand, key=lambda q: target[q] / run.pairs_in[q])
@@ -621,11 +630,11 @@ def _allocate(run: _Run, pairs: int) -> tuple[list[int], dict[int, int]]:
         del active[k]
     counts: dict[int, int] = {}
     if active and budget > 0:
-        total_draws = sum(run.drawn(k) for k in active) + budget
+        total_draws = sum(drawn[k] for k in active) + budget
         norm = sum(active.values())
-        deficit = {k: max(total_draws * s / norm - run.drawn(k), 0.0) for k, s in active.items()}
+        deficit = {k: max(total_draws * s / norm - drawn[k], 0.0) for k, s in active.items()}
         for k in active:  # every sampled stratum keeps a minimal sample for its variance
-            deficit[k] = max(deficit[k], MIN_STRATUM_DRAWS - run.drawn(k))
+            deficit[k] = max(deficit[k], MIN_STRATUM_DRAWS - drawn[k])
         tot = sum(deficit.values())
         if tot > 0:
             raw = {k: budget * dv / tot for k, dv in deficit.items()}
@@ -644,17 +653,33 @@ def _check_stop(run: _Run, values: np.ndarray, stderr: np.ndarray, top_k: int, r
     k = min(top_k, n - 1)
     for tt in range(t):
         order = np.argsort(-values[:, tt], kind="stable")
-        tied = np.zeros(n - 1, bool)
-        for r in range(n - 1):
-            i, j = order[r], order[r + 1]
-            se = run.diff_stderr(int(i), int(j), tt)
-            tied[r] = values[i, tt] - values[j, tt] <= z * se
+        se = run.diff_stderr(order[:-1], order[1:], tt)
+        tied = values[order[:-1], tt] - values[order[1:], tt] <= z * se
         if tied[:k].any():
             resolved = False
         ties.append(_tie_groups(order, tied))
     scale = np.abs(values).max(axis=0)
     precise = bool(np.all(z * stderr.max(axis=0) <= rel_tol * scale))
     return resolved, precise, ties
+
+
+def default_options(n: int) -> dict:
+    """The default schedule for n concepts: ``min_evaluations``, ``max_evaluations``, ``round_size``."""
+    cap = max(SCHEDULE_FLOOR, SCHEDULE_PER_CONCEPT * n)
+    return {"min_evaluations": schedule_minimum(cap), "max_evaluations": cap, "round_size": cap // SCHEDULE_ROUNDS}
+
+
+def schedule_minimum(cap: int) -> int:
+    """Coalitions from which the stopping rule is consulted under a cap: max(384, ½·cap), at most the cap."""
+    return min(cap, max(SCHEDULE_MIN_FLOOR, int(SCHEDULE_MIN_SHARE * cap)))
+
+
+def schedule_summary() -> str:
+    """The default schedule in words (the README and the method table quote it)."""
+    share = {0.5: "½", 0.75: "¾"}.get(SCHEDULE_MIN_SHARE, f"{SCHEDULE_MIN_SHARE:g}×")
+    return (f"at most max({SCHEDULE_FLOOR}, {SCHEDULE_PER_CONCEPT}·N) coalitions for N concepts, in rounds of "
+            f"1/{SCHEDULE_ROUNDS} of that cap; from max({SCHEDULE_MIN_FLOOR}, {share}·cap) coalitions on, it stops "
+            "once the stopping rule is met")
 
 
 def minimum_evaluations(n: int) -> int:
@@ -670,13 +695,15 @@ def residual_shapley(
     *,
     surrogate: str = DEFAULT_SURROGATE,
     head: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    min_evaluations: int = DEFAULT_MIN_EVALUATIONS,
-    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-    round_size: int = DEFAULT_ROUND_SIZE,
+    min_evaluations: int | None = None,
+    max_evaluations: int | None = None,
+    round_size: int | None = None,
     top_k: int = DEFAULT_TOP_K,
     rel_tol: float = DEFAULT_REL_TOL,
     z: float = DEFAULT_Z,
     folds: int = DEFAULT_FOLDS,
+    surrogate_mc: str = DEFAULT_SURROGATE_MC,
+    refit: str = DEFAULT_REFIT,
 ) -> ShapleyEstimate:
     """Shapley values of ``value_fn`` with a cross-fitted surrogate as control variate.
 
@@ -695,12 +722,14 @@ def residual_shapley(
         One of :data:`SURROGATES`.
     head : tuple (weight K×D, bias K, classes T), optional
         The classifier's last layer and the explained classes; required for ``"pie"``.
-    min_evaluations, max_evaluations : int
+    min_evaluations, max_evaluations : int, optional
         The stopping rule is consulted only from ``min(min_evaluations, max_evaluations)``
         on; ``max_evaluations`` caps the distinct coalitions evaluated (∅ and N included). If 2^n ≤
-        ``max_evaluations`` the function is enumerated and the values are exact.
-    round_size : int
-        New coalitions per round (one ``value_fn`` call each).
+        ``max_evaluations`` the function is enumerated and the values are exact. Default: the schedule for n
+        (:func:`default_options`); a cap given alone gets the schedule's minimum for it
+        (:func:`schedule_minimum`).
+    round_size : int, optional
+        New coalitions per round (one ``value_fn`` call each); default: the schedule's.
     top_k : int
         Stop as ``"resolved"`` once the top ``top_k`` ranking is separated by the intervals.
     rel_tol : float
@@ -709,6 +738,17 @@ def residual_shapley(
         Normal quantile of the intervals used for stopping and ties (1.96: 95 %).
     folds : int
         Cross-fitting folds (≥ 2).
+    surrogate_mc : str
+        How the surrogate's stratum terms are estimated above 16 concepts (one of :data:`SURROGATE_MC`):
+        ``"windows"`` (Monte Carlo of what a linear control variate leaves, on permutation windows) or
+        ``"strata"`` (independent pairs per stratum, the first version: reproduces its values).
+    refit : str
+        When and how the fold surrogates are refitted (one of :data:`REFITS`): ``"checks"`` — after the pilot
+        round, then when the stopping rule is consulted and the evaluations have grown by :data:`REFIT_GROWTH`
+        since the last fit (other rounds correct their new pairs with the last fit), a few Newton steps each
+        from the previous fit (:mod:`eac.kernels.control`); ``"rounds"`` — every round, Newton to convergence
+        (the first version). ``surrogate_mc="strata", refit="rounds"`` reproduce the first
+        version's values to rounding.
 
     Returns
     -------
@@ -719,10 +759,21 @@ def residual_shapley(
         raise ValueError(f"n must be ≥ 1, got {n}")
     if surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
+    if surrogate_mc not in SURROGATE_MC:
+        raise ValueError(f"surrogate_mc must be one of {', '.join(SURROGATE_MC)}, got {surrogate_mc!r}")
+    if refit not in REFITS:
+        raise ValueError(f"refit must be one of {', '.join(REFITS)}, got {refit!r}")
     if surrogate == "pie" and head is None:
         raise ValueError("surrogate 'pie' needs head=(weight K×D, bias K, classes T)")
     if folds < 2:
         raise ValueError(f"folds must be ≥ 2, got {folds}")
+    schedule = default_options(n)
+    if max_evaluations is None:
+        max_evaluations = schedule["max_evaluations"]
+    elif min_evaluations is None:  # a cap alone: the stopping rule from the schedule's minimum for it on
+        min_evaluations = schedule_minimum(max_evaluations)
+    min_evaluations = schedule["min_evaluations"] if min_evaluations is None else min_evaluations
+    round_size = schedule["round_size"] if round_size is None else round_size
     if round_size < 2:
         raise ValueError(f"round_size must be ≥ 2, got {round_size}")
     min_evaluations = min(min_evaluations, max_evaluations)
@@ -744,12 +795,13 @@ def residual_shapley(
         raise ValueError(f"max_evaluations must be ≥ {least} for n = {n} ({MIN_STRATUM_DRAWS} "
                          f"pairs per size stratum plus ∅ and N), got {max_evaluations}")
     store = _Store(value_fn, n, surrogate == "pie")
-    run = _Run(store, n, rng, surrogate, head, folds, z)
-    history = []
+    run = _Run(store, n, rng, surrogate, head, folds, surrogate_mc, converge=refit == "rounds")
+    history: list[dict] = []
     stalled = 0
     stop = "budget"
     ties: list = []
     values = stderr = None
+    current = False  # whether values/stderr/ties are those of the latest fit
     while True:
         room = (max_evaluations - len(store)) // 2
         pairs = min(room, max(1, (round_size - (0 if history else 2)) // 2))
@@ -768,16 +820,28 @@ def residual_shapley(
             counts = {k: m for k, m in counts.items() if k not in run.enumerated}
         before = len(store)
         run.draw(counts)
-        values, stderr = run.estimate()
-        resolved, precise, ties = _check_stop(run, values, stderr, top_k, rel_tol, z)
-        history.append({"evaluations": len(store), "max_stderr": float(stderr.max()),
-                        "resolved": resolved, "precise": precise})
-        if len(store) >= min_evaluations and (resolved or precise):
-            stop = "resolved" if resolved else "precise"
-            break
+        check = len(store) >= min_evaluations  # the stopping rule is consulted: values, intervals, ties
+        run.fit(refit=refit == "rounds" or (check and run.grown()))
+        entry: dict = {"evaluations": len(store), "max_stderr": None, "resolved": None, "precise": None}
+        current = False
+        if check:
+            values, stderr = run.estimate()
+            resolved, precise, ties = _check_stop(run, values, stderr, top_k, rel_tol, z)
+            current = True
+            entry.update(max_stderr=float(stderr.max()), resolved=resolved, precise=precise)
+            if resolved or precise:
+                history.append(entry)
+                stop = "resolved" if resolved else "precise"
+                break
+        history.append(entry)
         stalled = stalled + 1 if len(store) == before else 0
         if stalled >= MAX_STALLED_ROUNDS:  # draws keep hitting evaluated pairs: nothing left to buy
             break
+    if not current:
+        if refit == "rounds" or run.grown():
+            run.fit(refit=True)
+        values, stderr = run.estimate()
+        _, _, ties = _check_stop(run, values, stderr, top_k, rel_tol, z)
     v = store.v
     gap = np.abs(values.sum(axis=0) - (v[run.anchor[1]] - v[run.anchor[0]]))
     info = {
@@ -789,7 +853,11 @@ def residual_shapley(
         "enumerated_strata": sorted(run.enumerated),
         "draws": {k: run.drawn(k) for k in run.sampled()},
         "folds": folds,
-        "fit_seconds": run.fit_seconds,
+        "surrogate_mc": None if run.terms_source is None or isinstance(run.terms_source, Enumeration) else surrogate_mc,
+        "refit": refit,
+        "fit_seconds": sum(run.clock.wall.values()),
+        "seconds": dict(run.clock.wall),
+        "cpu_seconds": dict(run.clock.cpu),
     }
     return ShapleyEstimate(values, stderr, len(store), stop, ties, info)
 
@@ -815,12 +883,12 @@ def kernel_shap(value_fn: ValueFn, n: int, budget: int, rng: np.random.Generator
     """
     if budget < 4:
         raise ValueError(f"kernel_shap needs a budget ≥ 4, got {budget}")
-    ends = _as_matrix(value_fn(np.array([np.zeros(n, bool), np.ones(n, bool)])))
+    ends = as_matrix(value_fn(np.array([np.zeros(n, bool), np.ones(n, bool)])))
     v0, v1 = ends[0], ends[1]
     if n == 1:
         return (v1 - v0)[None, :]
     zc = kernel_coalitions(budget - 2, n, rng, paired=True)
-    y = _as_matrix(value_fn(zc))
+    y = as_matrix(value_fn(zc))
     zf = zc.astype(np.float64)
     rhs = y - v0 - zf[:, -1:] * (v1 - v0)
     design = zf[:, :-1] - zf[:, -1:]
@@ -842,7 +910,7 @@ def surrogate_only_shapley(value_fn: ValueFn, n: int, budget: int,
     """
     x = np.concatenate([np.array([np.zeros(n, bool), np.ones(n, bool)]),
                         kernel_coalitions(max(budget - 2, 2), n, rng, paired=True)])
-    model = _fit_logistic_model(x, _as_matrix(value_fn(x)))
+    model = fit_logistic_surrogate(x, as_matrix(value_fn(x)))
     if n <= SURROGATE_ENUM_MAX_N:
         return exact_shapley(tabulate(lambda b: model(b > 0.5), n), n)
     from eac.kernels.shapley import permutation_shapley
@@ -854,5 +922,5 @@ def surrogate_only_shapley(value_fn: ValueFn, n: int, budget: int,
 def leave_one_out(value_fn: ValueFn, n: int) -> np.ndarray:
     """Leave-one-out (feature ablation): f(N) − f(N ∖ i), N×T (n + 1 rows)."""
     rows = np.concatenate([np.ones((1, n), bool), ~np.eye(n, dtype=bool)])
-    v = _as_matrix(value_fn(rows))
+    v = as_matrix(value_fn(rows))
     return v[0][None, :] - v[1:]

@@ -27,12 +27,32 @@ Games (:data:`GAME_NAMES`, built by :func:`make_game`):
 
 Exact values come from enumerating all 2^N coalitions (:meth:`Game.exact`, N ≤
 :data:`MAX_GAME_N`) with :func:`eac.kernels.shapley.exact_shapley`.
+
+Games with closed-form Shapley values at any N (:data:`CLOSED_FORM_GAMES`, built by
+:func:`make_closed_form_game`; no enumeration, so the estimator study reaches N = 24–64):
+
+``additive_pairwise``  v(S) = v₀ + Σ_i a_i·b_i + Σ_{i<j} γ_ij·b_i·b_j (a few strong pairs):
+                       φ_i = a_i + ½·Σ_j γ_ij.
+``unanimity``          a sum of unanimity games v(S) = v₀ + Σ_T w_T·1[T ⊆ S] over singletons,
+                       pairs, triples and a few "objects" of 4–6 concepts that count only
+                       when complete: φ_i = Σ_{T ∋ i} w_T/|T|.
+``detectors``          a classifier-like saturating game: the concepts form four regions
+                       (two parts of an object needed together, a third object, background),
+                       each read by a saturating detector of its coverage; the class
+                       probability is σ of their weighted sum (squeezed into [0.05, 0.95]),
+                       plus a small additive term per concept. v depends on a coalition
+                       only through its count per region (and the additive term), so the
+                       Shapley values are a sum over count vectors (Π(|R_g| + 1) of them),
+                       exact at any N.
+
+Values stay on the probability scale, 0 ≤ v ≤ 1, as above (v(∅) ≈ 0.05, v(N) ≈ 0.95).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import comb, lgamma
 
 import numpy as np
 from eac.kernels.shapley import exact_shapley, tabulate
@@ -271,3 +291,188 @@ def make_game(name: str, n: int, seed: int = 0, classes: tuple[int, ...] = (0,))
                          f"{game.head_weight.shape[0]}, got {classes}")
     game.classes = cls
     return game
+
+
+# --------------------------------------------------------------------------- closed-form games
+
+
+#: Names accepted by :func:`make_closed_form_game`.
+CLOSED_FORM_GAMES = ("additive_pairwise", "unanimity", "detectors")
+#: v(∅) and v(N) of the closed-form games: σ(EMPTY_LOGIT) and about σ(FULL_LOGIT), like the games above.
+CLOSED_FORM_EMPTY = float(1.0 / (1.0 + np.exp(-EMPTY_LOGIT)))
+CLOSED_FORM_SPAN = float(1.0 / (1.0 + np.exp(-FULL_LOGIT))) - CLOSED_FORM_EMPTY
+#: Share of v(N) − v(∅) carried by interactions (pairs and larger sets) in the polynomial games.
+INTERACTION_SHARE = 0.6
+#: Share of the interaction mass carried by the 4–6-concept "objects" of the unanimity game.
+OBJECT_SHARE = 0.35
+#: Concepts per region of the detectors game, as fractions of N (the rest is background).
+DETECTOR_REGIONS = (0.15, 0.15, 0.2)
+#: Weights (logit units) of the detectors game: both parts of object 1 together, object 2 alone,
+#: the background's coverage.
+DETECTOR_AND_WEIGHT = 5.0
+DETECTOR_SINGLE_WEIGHT = 2.5
+DETECTOR_BACKGROUND_WEIGHT = 0.8
+#: The detectors game's small additive term per concept (it tells a region's concepts apart): its positive and its
+#: negative weights each sum to this in absolute value, and the sigmoid is squeezed into [m, 1 − m], so 0 ≤ v ≤ 1.
+DETECTOR_ADDITIVE_MASS = 0.05
+#: Coverage at which a region's detector is half on.
+DETECTOR_THRESHOLD = 0.5
+
+
+@dataclass
+class ClosedFormGame:
+    """A set function over N concepts with exact Shapley values in closed form (any N).
+
+    Attributes
+    ----------
+    name : str
+    n : int
+    value : callable
+        M×N coalitions (bool or 0/1, float64) → M values.
+    exact_values : ndarray, N
+        The exact Shapley values.
+    classes : ndarray of int, T
+        Always ``[0]`` (one explained "class"); values are returned M×1.
+    """
+
+    name: str
+    n: int
+    value: Callable[[np.ndarray], np.ndarray]
+    exact_values: np.ndarray
+    classes: np.ndarray = field(default_factory=lambda: np.array([0]))
+
+    def __call__(self, coalitions: np.ndarray) -> np.ndarray:
+        """M×N coalitions → M×1 values (float64)."""
+        return self.value(_bits(coalitions, self.n))[:, None]
+
+    def exact(self) -> np.ndarray:
+        """Exact Shapley values, N×1."""
+        return self.exact_values[:, None]
+
+
+def _unanimity(name: str, n: int, sets: list[tuple[int, ...]], weights: np.ndarray) -> ClosedFormGame:
+    """v(S) = v₀ + Σ_T w_T·1[T ⊆ S]. The negative weights are scaled to sum to −v₀ and the positive ones to
+    CLOSED_FORM_SPAN + v₀, so v(N) − v(∅) = CLOSED_FORM_SPAN and 0 ≤ v(S) ≤ 2·v₀ + CLOSED_FORM_SPAN < 1."""
+    weights = np.asarray(weights, dtype=np.float64)
+    neg = weights < 0
+    weights = weights.copy()
+    if neg.any():
+        weights[neg] *= CLOSED_FORM_EMPTY / -weights[neg].sum()
+    weights[~neg] *= (CLOSED_FORM_SPAN + CLOSED_FORM_EMPTY * neg.any()) / weights[~neg].sum()
+    members = [np.array(t, dtype=np.int64) for t in sets]
+
+    def value(b: np.ndarray) -> np.ndarray:
+        out = np.full(b.shape[0], CLOSED_FORM_EMPTY)
+        for t, w in zip(members, weights, strict=True):
+            out += w * b[:, t].prod(axis=1)
+        return out
+
+    exact = np.zeros(n)
+    for t, w in zip(members, weights, strict=True):
+        exact[t] += w / len(t)
+    return ClosedFormGame(name, n, value, exact)
+
+
+def _polynomial_game(name: str, n: int, rng: np.random.Generator) -> ClosedFormGame:
+    # Additive evidence: a few strong concepts, a tail of weak ones, some negative.
+    additive = rng.gamma(1.0, 1.0, size=n) * rng.choice([1.0, 1.0, 1.0, -0.4], size=n)
+    sets: list[tuple[int, ...]] = [(i,) for i in range(n)]
+    inter: list[tuple[int, ...]] = list(_distinct_groups(rng, n, 2, max(2, n // 3)))
+    signs = rng.choice([1.0, -0.5], size=len(inter))
+    signs[0] = 1.0  # at least one synergy
+    inter_w = [rng.uniform(1.0, 3.0, size=len(inter)) * signs]
+    if name == "unanimity":
+        triples = _distinct_groups(rng, n, 3, max(1, n // 5))
+        inter += triples
+        inter_w.append(rng.uniform(1.0, 3.0, size=len(triples)))
+        objects = [tuple(sorted(rng.choice(n, size=int(rng.integers(4, 7)), replace=False).tolist()))
+                   for _ in range(max(1, n // 10))]
+        inter += objects
+        obj_w = rng.uniform(1.0, 2.0, size=len(objects))
+        inter_w.append(obj_w)
+    iw = np.concatenate(inter_w)
+    if name == "unanimity":  # the objects carry OBJECT_SHARE of the interaction mass
+        k = len(iw) - len(obj_w)
+        iw[k:] *= OBJECT_SHARE * iw[:k].sum() / ((1.0 - OBJECT_SHARE) * iw[k:].sum())
+    # Interactions carry INTERACTION_SHARE of the total (positive) mass.
+    iw *= INTERACTION_SHARE * additive[additive > 0].sum() / ((1.0 - INTERACTION_SHARE) * iw[iw > 0].sum())
+    return _unanimity(name, n, sets + inter, np.concatenate([additive, iw]))
+
+
+def _count_shapley(sizes: list[int], table: np.ndarray) -> np.ndarray:
+    """Shapley value of one concept of each region for v(S) = F(counts of S per region).
+
+    ``table`` holds F on the grid of count vectors (shape Π(|R_g| + 1)). For concept i of region g,
+    φ_i = Σ_c #{S ∌ i with counts c}·|S|!(n − |S| − 1)!/n!·(F(c + e_g) − F(c)). Returns one value per region.
+    """
+    n = sum(sizes)
+    grids = np.meshgrid(*[np.arange(s + 1) for s in sizes], indexing="ij")
+    total = sum(grids)
+    weight_by_size = np.array([np.exp(lgamma(s + 1) + lgamma(n - s) - lgamma(n + 1)) for s in range(n)])
+    out = []
+    for g, size in enumerate(sizes):
+        others = [s - (h == g) for h, s in enumerate(sizes)]
+        count = np.ones(table.shape)
+        for h, grid in enumerate(grids):
+            count *= np.array([comb(others[h], c) for c in range(sizes[h] + 1)])[grid]  # 0 where c > others
+        lower = [slice(None)] * len(sizes)
+        upper = [slice(None)] * len(sizes)
+        lower[g], upper[g] = slice(0, size), slice(1, size + 1)
+        marg = table[tuple(upper)] - table[tuple(lower)]
+        w = weight_by_size[np.minimum(total[tuple(lower)], n - 1)]
+        out.append(float((count[tuple(lower)] * w * marg).sum()))
+    return np.array(out)
+
+
+def _detectors_game(n: int, rng: np.random.Generator) -> ClosedFormGame:
+    sizes = [max(2, round(f * n)) for f in DETECTOR_REGIONS]
+    sizes.append(n - sum(sizes))
+    order = rng.permutation(n)
+    bounds = np.cumsum([0, *sizes])
+    regions = [order[bounds[g]:bounds[g + 1]] for g in range(len(sizes))]
+    additive = rng.normal(size=n)
+    additive[additive > 0] *= DETECTOR_ADDITIVE_MASS / max(additive[additive > 0].sum(), 1e-12)
+    additive[additive < 0] *= DETECTOR_ADDITIVE_MASS / max(-additive[additive < 0].sum(), 1e-12)
+    squeeze = 1.0 - 2.0 * DETECTOR_ADDITIVE_MASS
+
+    def logit(cov: list[np.ndarray]) -> np.ndarray:
+        det = [_sigmoid(SATURATION_SLOPE * (c - DETECTOR_THRESHOLD)) for c in cov]
+        return (EMPTY_LOGIT + DETECTOR_AND_WEIGHT * det[0] * det[1] + DETECTOR_SINGLE_WEIGHT * det[2]
+                + DETECTOR_BACKGROUND_WEIGHT * cov[3])
+
+    def value(b: np.ndarray) -> np.ndarray:
+        cov = [b[:, r].mean(axis=1) for r in regions]
+        return DETECTOR_ADDITIVE_MASS + squeeze * _sigmoid(logit(cov)) + b @ additive
+
+    grids = np.meshgrid(*[np.arange(s + 1) / s for s in sizes], indexing="ij")
+    table = squeeze * _sigmoid(logit(grids))
+    per_region = _count_shapley(sizes, table)
+    exact = additive.copy()
+    for g, r in enumerate(regions):
+        exact[r] += per_region[g]
+    return ClosedFormGame("detectors", n, value, exact)
+
+
+def make_closed_form_game(name: str, n: int, seed: int = 0) -> ClosedFormGame:
+    """Build a game of :data:`CLOSED_FORM_GAMES` over n ≥ :data:`MIN_GAME_N` concepts (no upper limit).
+
+    Parameters
+    ----------
+    name : str
+    n : int
+    seed : int
+        Seeds the game's weights and sets (the game is deterministic afterwards).
+
+    Returns
+    -------
+    ClosedFormGame
+        Callable M×N → M×1, with :meth:`ClosedFormGame.exact`.
+    """
+    if name not in CLOSED_FORM_GAMES:
+        raise ValueError(f"unknown closed-form game {name!r}; choose one of {', '.join(CLOSED_FORM_GAMES)}")
+    if n < MIN_GAME_N:
+        raise ValueError(f"games are built for n ≥ {MIN_GAME_N}, got n = {n}")
+    rng = np.random.default_rng(seed)
+    if name == "detectors":
+        return _detectors_game(n, rng)
+    return _polynomial_game(name, n, rng)

@@ -56,6 +56,10 @@ LOGISTIC_PROB_EPS = 1e-7
 LOGISTIC_RIDGE = 1e-3
 LOGISTIC_MAX_ITER = 100
 LOGISTIC_TOL = 1e-10
+#: Added to the Hessian's diagonal (β has no ridge): keeps the Newton system solvable.
+LOGISTIC_DAMPING = 1e-9
+#: Backtracking gives up (the fit has converged to rounding) below this fraction of a Newton step.
+LOGISTIC_MIN_STEP = 1e-4
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -204,9 +208,9 @@ def fit_linear_logits(
     return beta[:n].T.copy(), beta[n].copy()
 
 
-def _bce_soft(z: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
-    """Weighted BCE of σ(z) against soft labels p, computed stably from the logits z."""
-    return float(w @ (np.logaddexp(0.0, z) - p * z))
+def _bce_soft(z: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted BCE of σ(z) against soft labels p, computed stably from the logits z (sum over the last axis)."""
+    return ((np.logaddexp(0.0, z) - p * z) * w).sum(axis=-1)
 
 
 def fit_logistic(
@@ -236,36 +240,101 @@ def fit_logistic(
     alpha : ndarray of float64, N
     beta : float
     """
+    prob = np.asarray(prob, dtype=np.float64)
+    alpha, beta = fit_logistic_batch(np.asarray(coalitions)[None], prob[None],
+                                     None if weights is None else np.asarray(weights, dtype=np.float64)[None],
+                                     ridge=ridge, max_iter=max_iter, tol=tol)
+    return alpha[0], float(beta[0])
+
+
+def fit_logistic_batch(
+    coalitions: np.ndarray,
+    prob: np.ndarray,
+    weights: np.ndarray | None = None,
+    ridge: float = LOGISTIC_RIDGE,
+    max_iter: int = LOGISTIC_MAX_ITER,
+    tol: float = LOGISTIC_TOL,
+    init: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """B independent fits p'_b(x) = σ(α_b·x + β_b) by minimising weighted BCE (Newton), all at once.
+
+    Each fit follows :func:`fit_logistic`'s path: least squares on the log-odds as the start, Newton steps
+    with backtracking (halving down to :data:`LOGISTIC_MIN_STEP` of a step), stop once a step is below
+    ``tol`` or no backtracked step lowers the loss. Fits that have stopped leave the batch.
+
+    Parameters
+    ----------
+    coalitions : ndarray, B×M×N
+        Each fit's design (0/1 or real); a row with weight 0 does not enter that fit.
+    prob : ndarray, B×M
+    weights : ndarray, B×M, optional
+        Row weights (default 1).
+    ridge, max_iter, tol :
+        As in :func:`fit_logistic`.
+    init : ndarray, B×(N+1), optional
+        Starting points (α, β), e.g. earlier fits on most of the same rows (the problems are strictly convex:
+        the optimum does not depend on it); default: least squares on the log-odds.
+
+    Returns
+    -------
+    alpha : ndarray of float64, B×N
+    beta : ndarray of float64, B
+    """
     x = np.asarray(coalitions, dtype=np.float64)
-    m, n = x.shape
-    x1 = np.concatenate([x, np.ones((m, 1))], axis=1)
+    nb, m, n = x.shape
+    x1 = np.empty((nb, m, n + 1))
+    x1[..., :n] = x
+    x1[..., n] = 1.0
     p = np.clip(np.asarray(prob, dtype=np.float64), LOGISTIC_PROB_EPS, 1.0 - LOGISTIC_PROB_EPS)
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = np.ones((nb, m)) if weights is None else np.asarray(weights, dtype=np.float64)
     reg = np.full(n + 1, ridge)
     reg[-1] = 0.0
-    # Start from least squares on the log-odds (exact when the data are logistic-linear).
-    xw = x1 * w[:, None]
-    theta = np.linalg.solve(xw.T @ x1 + np.diag(reg + 1e-9), xw.T @ np.log(p / (1.0 - p)))
-
-    def loss(t: np.ndarray) -> float:
-        return _bce_soft(x1 @ t, p, w) + 0.5 * float(reg @ t**2)
-
-    current = loss(theta)
+    damp = np.diag(reg + LOGISTIC_DAMPING)
+    if init is None:  # least squares on the log-odds (exact when the data are logistic-linear)
+        xwt = np.swapaxes(x1 * w[..., None], 1, 2)
+        theta = np.linalg.solve(xwt @ x1 + damp, (xwt @ np.log(p / (1.0 - p))[..., None]))[..., 0]
+    else:
+        theta = np.array(init, dtype=np.float64)
+    # The logits x1·θ are carried along (a trial point's are z − s·(x1·step)), so a line-search trial
+    # costs O(M) instead of a product with x1.
+    z = (x1 @ theta[..., None])[..., 0]
+    current = _bce_soft(z, p, w) + 0.5 * (theta**2 @ reg)
+    halvings = int(np.ceil(np.log2(1.0 / LOGISTIC_MIN_STEP)))
+    scales = 0.5 ** np.arange(halvings)  # 1, ½, … while above LOGISTIC_MIN_STEP
+    active = np.arange(nb)
     for _ in range(max_iter):
-        q = 1.0 / (1.0 + np.exp(-(x1 @ theta)))
-        grad = x1.T @ (w * (q - p)) + reg * theta
-        hess = (x1 * (w * q * (1.0 - q))[:, None]).T @ x1 + np.diag(reg + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        scale = 1.0
-        while scale > 1e-4:
-            trial = theta - scale * step
-            value = loss(trial)
-            if value <= current:
-                break
-            scale *= 0.5
+        if not len(active):
+            break
+        if len(active) == nb:  # no fit has stopped yet: no copies
+            xa, za, pa, wa, ta = x1, z, p, w, theta
         else:
-            break
-        theta, current = trial, value
-        if np.abs(scale * step).max() < tol:
-            break
-    return theta[:n].copy(), float(theta[n])
+            xa, za, pa, wa, ta = x1[active], z[active], p[active], w[active], theta[active]
+        q = 1.0 / (1.0 + np.exp(-za))
+        grad = (np.swapaxes(xa, 1, 2) @ (wa * (q - pa))[..., None])[..., 0] + reg * ta
+        root = xa * np.sqrt(wa * q * (1.0 - q))[..., None]
+        step = np.linalg.solve(np.swapaxes(root, 1, 2) @ root + damp, grad[..., None])  # Hessian: rank-M product
+        z_step = (xa @ step)[..., 0]
+        step = step[..., 0]
+        # A full step first; the backtracked ones only for the fits that rejected it (all halvings at once).
+        value = _bce_soft(za - z_step, pa, wa) + 0.5 * ((ta - step) ** 2 @ reg)
+        chosen = np.where(value <= current[active], 0, -1)
+        redo = np.nonzero(chosen < 0)[0]
+        if len(redo) and halvings > 1:
+            s = scales[1:]
+            z_try = za[redo, None, :] - s[None, :, None] * z_step[redo, None, :]
+            t_try = ta[redo, None, :] - s[None, :, None] * step[redo, None, :]
+            v_try = _bce_soft(z_try, pa[redo, None, :], wa[redo, None, :]) + 0.5 * (t_try**2 @ reg)
+            ok = v_try <= current[active[redo], None]
+            first = np.argmax(ok, axis=1)
+            found = ok[np.arange(len(redo)), first]
+            chosen[redo] = np.where(found, first + 1, -1)
+            value[redo] = np.where(found, v_try[np.arange(len(redo)), first], value[redo])
+        moved = chosen >= 0
+        scale = scales[np.maximum(chosen, 0)]
+        upd = active[moved]
+        theta[upd] = ta[moved] - scale[moved, None] * step[moved]
+        z[upd] = za[moved] - scale[moved, None] * z_step[moved]
+        current[upd] = value[moved]
+        small = np.abs(scale[:, None] * step).max(axis=1) < tol
+        active = active[moved & ~small]  # no lower point found, or converged: the fit is done
+    return theta[:, :n].copy(), theta[:, n].copy()

@@ -25,17 +25,21 @@ import numpy as np
 
 from ...kernels.estimators import (
     DEFAULT_FOLDS,
-    DEFAULT_MAX_EVALUATIONS,
-    DEFAULT_MIN_EVALUATIONS,
+    DEFAULT_REFIT,
     DEFAULT_REL_TOL,
-    DEFAULT_ROUND_SIZE,
     DEFAULT_SURROGATE,
+    DEFAULT_SURROGATE_MC,
     DEFAULT_TOP_K,
     DEFAULT_Z,
     MIN_STRATUM_DRAWS,
+    REFITS,
+    SURROGATE_MC,
     SURROGATES,
+    default_options,
     minimum_evaluations,
     residual_shapley,
+    schedule_minimum,
+    schedule_summary,
 )
 from ...kernels.surrogate import softmax
 from ..errors import ExplainError
@@ -43,6 +47,26 @@ from .base import Method, MethodInput, MethodResult
 
 #: The classifier's full-crop run is counted by the evaluator but is not one of the estimator's coalitions.
 FULL_CROP_RUNS = 1
+#: Options of the schedule: None takes the default for the image's number of concepts (kernels.estimators).
+SCHEDULE_OPTIONS = ("min_evaluations", "max_evaluations", "round_size")
+
+
+#: Concept counts of the README's schedule table.
+SCHEDULE_TABLE_SIZES = (8, 10, 12, 16, 24, 32, 48, 64)
+
+
+def schedule_table(sizes: tuple[int, ...] = SCHEDULE_TABLE_SIZES) -> str:
+    """The default schedule per number of concepts, as the README shows it (markdown)."""
+    rows = ["| concepts N | coalitions at most | stopping rule consulted from | round size | classifier runs reported "
+            "at most |", "| --- | --- | --- | --- | --- |"]
+    for n in sizes:
+        o = default_options(n)
+        if 2**n <= o["max_evaluations"]:
+            rows.append(f"| {n} | 2^{n} = {2**n}, all (exact values) | – | – | {2**n + FULL_CROP_RUNS} |")
+        else:
+            rows.append(f"| {n} | {o['max_evaluations']} | {o['min_evaluations']} | {o['round_size']} | "
+                        f"{o['max_evaluations'] + FULL_CROP_RUNS} |")
+    return "\n".join(rows)
 
 
 class Eac(Method):
@@ -51,21 +75,23 @@ class Eac(Method):
     summary = ("Shapley values of the classifier, estimated from paired coalitions with a cross-fitted surrogate "
                "as control variate: exact efficiency, standard errors that cover the whole estimate, stops when "
                "the top concepts are resolved")
-    cost = (f"{DEFAULT_MIN_EVALUATIONS}–{DEFAULT_MAX_EVALUATIONS} (--evaluations raises the cap); 2^N when that "
-            "fits (exact)")
+    cost = (f"{schedule_summary()} (--evaluations sets the cap), plus {FULL_CROP_RUNS} run on the full crop; "
+            "2^N when that fits (exact)")
     defaults = {
-        "min_evaluations": DEFAULT_MIN_EVALUATIONS,
-        "max_evaluations": DEFAULT_MAX_EVALUATIONS,
-        "round_size": DEFAULT_ROUND_SIZE,
+        "min_evaluations": None,
+        "max_evaluations": None,
+        "round_size": None,
         "surrogate": DEFAULT_SURROGATE,
         "top_k": DEFAULT_TOP_K,
         "rel_tol": DEFAULT_REL_TOL,
         "z": DEFAULT_Z,
         "folds": DEFAULT_FOLDS,
+        "surrogate_mc": DEFAULT_SURROGATE_MC,
+        "refit": DEFAULT_REFIT,
     }
     budget_option = "max_evaluations"
     min_budget = 4
-    positive_options = ("min_evaluations", "max_evaluations", "round_size", "top_k", "folds")
+    positive_options = ("top_k", "folds")
 
     @property
     def needs_features(self) -> bool:  # type: ignore[override]
@@ -79,18 +105,21 @@ class Eac(Method):
         o = self.options
         if o["surrogate"] not in SURROGATES:
             raise ExplainError(f"eac surrogate must be one of {', '.join(SURROGATES)}, got {o['surrogate']!r}")
-        if o["min_evaluations"] > o["max_evaluations"]:
+        if o["surrogate_mc"] not in SURROGATE_MC:
+            raise ExplainError(f"eac surrogate_mc must be one of {', '.join(SURROGATE_MC)}, got {o['surrogate_mc']!r}")
+        if o["refit"] not in REFITS:
+            raise ExplainError(f"eac refit must be one of {', '.join(REFITS)}, got {o['refit']!r}")
+        bad = [k for k in SCHEDULE_OPTIONS if o[k] is not None
+               and (not isinstance(o[k], (int, np.integer)) or isinstance(o[k], bool) or o[k] < 1)]
+        if bad:
+            raise ExplainError(f"option(s) {', '.join(bad)} of 'eac' must be positive integers")
+        if o["min_evaluations"] is not None and o["max_evaluations"] is not None \
+                and o["min_evaluations"] > o["max_evaluations"]:
             raise ExplainError("eac: min_evaluations is larger than max_evaluations")
-        if o["round_size"] < 2 or o["folds"] < 2:
+        if (o["round_size"] is not None and o["round_size"] < 2) or o["folds"] < 2:
             raise ExplainError("eac: round_size and folds must be at least 2")
         if not (o["z"] > 0 and o["rel_tol"] >= 0):
             raise ExplainError("eac: z must be positive and rel_tol non-negative")
-
-    @classmethod
-    def budget(cls, evaluations: int) -> dict:
-        options = super().budget(evaluations)
-        options["min_evaluations"] = min(evaluations, DEFAULT_MIN_EVALUATIONS)
-        return options
 
     def run(self, inp: MethodInput) -> MethodResult:
         o = self.options
@@ -103,15 +132,24 @@ class Eac(Method):
             values = softmax(out.logits)[:, targets]
             return (values, out.features) if pie else values
 
-        cap = int(o["max_evaluations"])
+        schedule = default_options(n)
+        cap = schedule["max_evaluations"] if o["max_evaluations"] is None else int(o["max_evaluations"])
         info: dict = {}
         least = minimum_evaluations(n)
         if cap < least and 2**n > cap:
-            if cap != self.defaults["max_evaluations"]:
+            if o["max_evaluations"] is not None:
                 raise ExplainError(f"eac needs at least {least} evaluations for {n} concepts "
                                    f"({MIN_STRATUM_DRAWS} coalition pairs per size); raise --evaluations to {least}")
             info["budget_raised_to"] = least  # the default budget, too small for this many concepts
             cap = least
+        if o["min_evaluations"] is not None:
+            minimum = int(o["min_evaluations"])
+        elif o["max_evaluations"] is not None:  # --evaluations: the schedule's minimum for that cap
+            minimum = schedule_minimum(cap)
+        else:
+            minimum = schedule["min_evaluations"]
+        rounds = schedule["round_size"] if o["round_size"] is None else int(o["round_size"])
+        minimum = min(minimum, cap)
         head = None
         if pie:
             weight, bias = inp.classifier.head
@@ -119,9 +157,9 @@ class Eac(Method):
         fit_start = inp.evaluator.seconds
         with inp.timed("values"):
             est = residual_shapley(value_fn, n, inp.rng, surrogate=o["surrogate"], head=head,
-                                   min_evaluations=min(int(o["min_evaluations"]), cap), max_evaluations=cap,
-                                   round_size=int(o["round_size"]), top_k=int(o["top_k"]),
-                                   rel_tol=float(o["rel_tol"]), z=float(o["z"]), folds=int(o["folds"]))
+                                   min_evaluations=minimum, max_evaluations=cap, round_size=rounds,
+                                   top_k=int(o["top_k"]), rel_tol=float(o["rel_tol"]), z=float(o["z"]),
+                                   folds=int(o["folds"]), surrogate_mc=o["surrogate_mc"], refit=o["refit"])
         # The estimator's wall time includes the classifier runs it asked for (the evaluations stage) and the
         # surrogate fits (the fit stage); the rest is the values stage.
         fit_seconds = float(est.info.get("fit_seconds", 0.0))
@@ -134,6 +172,7 @@ class Eac(Method):
             "rounds": est.info.get("rounds"),
             "efficiency_gap": est.info.get("efficiency_gap"),
             "coalitions": est.evaluations,
+            "schedule": {"min_evaluations": minimum, "max_evaluations": cap, "round_size": rounds},
             "interval_z": float(o["z"]),
         })
         if est.stop_reason == "enumerated":

@@ -268,7 +268,7 @@ def test_bad_methods_options_and_masks(scene):
     with pytest.raises(ExplainError, match="exact_max_n"):
         Explainer(clf, method="eac-surrogate", exact_max_n=40)
     with pytest.raises(ExplainError, match="larger"):
-        Explainer(clf, method="eac", min_evaluations=1024)
+        Explainer(clf, method="eac", min_evaluations=1024, max_evaluations=512)
     with pytest.raises(ExplainError, match="surrogate"):
         Explainer(clf, method="eac", surrogate="quadratic")
     with pytest.raises(ConceptError, match="N×32×32"):

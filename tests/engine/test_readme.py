@@ -6,6 +6,16 @@ import re
 from pathlib import Path
 
 from eac.engine.methods import methods_table, registry
+from eac.engine.methods.eac import FULL_CROP_RUNS, schedule_table
+from eac.kernels.estimators import (
+    DEFAULT_REL_TOL,
+    DEFAULT_TOP_K,
+    MIN_STRATUM_DRAWS,
+    SCHEDULE_MIN_FLOOR,
+    default_options,
+    minimum_evaluations,
+    schedule_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -33,3 +43,17 @@ def test_the_readme_pictures_exist_and_their_command_is_shown():
     assert all((ROOT / p).is_file() for p in pictures), pictures
     assert "python -m eac.bench.readme_figures --out bench/results/figures" in README
     assert (ROOT / "bench" / "readme_figures.py").is_file()
+
+
+def test_readme_states_eacs_schedule_as_the_code_runs_it():
+    """The schedule sentence and table are the code's, the numbers in the prose are its constants, and a run at
+    the cap reports the cap plus the full-crop run (issue 21: the README said 512 where runs reported 513)."""
+    assert schedule_summary() in README
+    assert schedule_table() in README
+    assert f"top-{DEFAULT_TOP_K} ranking resolved" in README
+    assert f"within {DEFAULT_REL_TOL * 100:.0f} % of the largest value" in README
+    assert f"consulted from max({SCHEDULE_MIN_FLOOR}, ½·E) on" in README
+    assert f"2 + {2 * MIN_STRATUM_DRAWS}·⌊N/2⌋" in README and minimum_evaluations(32) == 2 + 2 * MIN_STRATUM_DRAWS * 16
+    cap12 = default_options(12)["max_evaluations"]
+    assert f"| 12 | {cap12} | {default_options(12)['min_evaluations']} |" in README
+    assert f"| {cap12 + FULL_CROP_RUNS} |" in README

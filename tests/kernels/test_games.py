@@ -7,7 +7,7 @@ from math import factorial
 
 import numpy as np
 import pytest
-from eac.kernels.games import GAME_NAMES, make_game
+from eac.kernels.games import CLOSED_FORM_GAMES, GAME_NAMES, make_closed_form_game, make_game
 from eac.kernels.shapley import all_coalitions
 
 
@@ -81,3 +81,30 @@ def test_bad_arguments_raise_value_error():
         make_game("texture", 10, classes=(5,))
     with pytest.raises(ValueError, match="M×10"):
         make_game("texture", 10)(np.zeros((3, 9), bool))
+
+
+# --------------------------------------------------------------------------- closed-form games
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM_GAMES)
+def test_closed_form_values_match_brute_force(name):
+    n = 7
+    game = make_closed_form_game(name, n, seed=2)
+    np.testing.assert_allclose(game.exact(), brute_shapley(game, n), atol=1e-12)
+    table = game(all_coalitions(n))
+    assert table.min() >= 0.0 and table.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM_GAMES)
+def test_closed_form_games_at_n_32_are_efficient_interacting_and_reproducible(name):
+    n = 32
+    game = make_closed_form_game(name, n, seed=5)
+    ends = game(np.array([np.zeros(n, bool), np.ones(n, bool)]))[:, 0]
+    assert game.exact().sum() == pytest.approx(ends[1] - ends[0], abs=1e-12)
+    assert ends[0] < 0.1 < 0.8 < ends[1]
+    # not additive: the Shapley values are not the marginal contributions to the empty coalition
+    singles = game(np.eye(n, dtype=bool))[:, 0] - ends[0]
+    assert np.abs(singles - game.exact()[:, 0]).max() > 0.02
+    np.testing.assert_array_equal(game.exact(), make_closed_form_game(name, n, seed=5).exact())
+    with pytest.raises(ValueError, match="closed-form"):
+        make_closed_form_game("triples", n)
