@@ -42,6 +42,8 @@ PARITY_SCENES = 3
 MIN_RECALL = 0.80
 MAX_DUPLICATE_FRACTION = 0.25
 MIN_MEAN_BEST_IOU = 0.97
+#: Measured on the 3 parity scenes: 6/6, 3/3 and 3/3 masks kept, mean best IoU 1.000 both ways, largest
+#: differences 4.8e-7 in predicted IoU and 0.0082 in stability score.
 #: Predicted IoU of matched masks: the same decoder (ONNX Runtime vs PyTorch) on the same prompt.
 IOU_PREDICTION_ATOL = 2e-3
 #: Stability score of matched masks: the engine counts pixels of the 64×64 low-resolution logits,
@@ -102,6 +104,7 @@ def _matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return iou.argmax(axis=1), iou.max(axis=1)
 
 
+@pytest.mark.slow  # about 100 CPU seconds: segment-anything upsamples all 3072 candidates of each scene
 def test_same_masks_as_segment_anything_with_default_filters(scenes, parity_concepts):
     torch = pytest.importorskip("torch")
     from eac.bench import tvshim
