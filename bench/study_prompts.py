@@ -50,8 +50,8 @@ SCHEDULES: tuple[tuple[str, dict[str, Any]], ...] = (
 #: A schedule may replace the reference grid as the default only if its recall is at most this far below.
 DEFAULT_RECALL_MARGIN = 0.01
 #: Held-out scenes: object scenes and the demo's scenes (seed 0 of their streams).
-DEFAULT_SCENES = 80
-DEFAULT_DEMO_SCENES = 30
+DEFAULT_SCENES = 24
+DEFAULT_DEMO_SCENES = 10
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
 
