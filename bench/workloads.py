@@ -60,6 +60,7 @@ from .reference import (
     SamReferenceSettings,
     TorchClassifier,
 )
+from .scene_sam_bench import scene_sam_rows
 
 DEFAULT_N_CONCEPTS = 32
 #: SLIC compactness of the bench's concept masks.
@@ -736,7 +737,12 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     run_settings = {"photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "sam": sam.description,
                     "sam_folder": str(sam.folder), "generator": settings.to_dict(), "load_seconds": sam.load_seconds}
     sides = {"engine": engine, **extra_sides, "reference": reference}
-    return _report(opts, sides, provider, run_settings, extra, [_generators_table(sides, notes), table])
+    tables = [_generators_table(sides, notes), table]
+    scene = scene_sam_rows(opts)  # the trained scene SAM: real post-processing under the default filters
+    extra["scene_sam"] = scene.extra
+    if scene.table is not None:
+        tables.append(scene.table)
+    return _report(opts, {**sides, **scene.sides}, provider, run_settings, extra, tables)
 
 
 def run_end_to_end(opts: BenchOptions) -> BenchReport:

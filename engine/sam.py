@@ -16,6 +16,13 @@ segment-anything's ``SamAutomaticMaskGenerator`` does (EAC uses ``crop_n_layers=
 6. optionally (``crop_n_layers`` > 0) repeat 1-4 on overlapping crops, drop
    masks touching an inner crop edge, and merge with NMS preferring small crops.
 
+Step 2 decodes every grid point (``prompt_schedule="grid"``, the reference). With
+``prompt_schedule="coarse-to-fine"`` the same grid is decoded in levels (every 4th
+row and column, then every 2nd, then the rest; :mod:`eac.kernels.prompts`) and a
+point of a later level is skipped when it lies inside a mask already kept with
+predicted IoU ≥ ``skip_iou_thresh`` (eroded by :data:`SKIP_EROSION_PX`): such
+points mostly give copies of that mask, which NMS would remove.
+
 Where the reference upsamples every candidate to 1024×1024 and then to the
 image size, this generator works at low resolution: stability scores are
 computed on the 256×256 logits (their valid, unpadded part), and only the
@@ -40,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import masks as mk
+from ..kernels import prompts as pr
 from ..kernels.masks import MaskData
 from .concepts import Concepts, Frame
 from .errors import ConceptError, InputShapeError, ModelFolderError
@@ -69,6 +77,9 @@ DECODER_MEM_ARENA = True
 #: split changes nothing but speed and memory.
 CPU_DECODER_BATCH = 4
 CPU_PROVIDER = "CPUExecutionProvider"
+#: ``prompt_schedule="coarse-to-fine"``: a kept mask covers a grid point only this many output pixels inside
+#: its edge (a point on the boundary between two regions is still decoded).
+SKIP_EROSION_PX = 1
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,13 @@ class SamSettings:
     decoder_batch : int or None
         Prompts per ONNX Runtime decoder call (None: :data:`CPU_DECODER_BATCH` on the CPU
         provider, ``points_per_batch`` on others). Changes speed and memory only.
+    prompt_schedule : {"grid", "coarse-to-fine"}
+        ``"grid"`` decodes every grid point (segment-anything's generator);
+        ``"coarse-to-fine"`` decodes the grid in levels and skips points inside masks
+        already kept with predicted IoU ≥ ``skip_iou_thresh`` (fewer decoder runs).
+    skip_iou_thresh : float
+        Predicted IoU a kept mask needs to make the points inside it redundant
+        (``"coarse-to-fine"`` only).
     """
 
     points_per_side: int = 32
@@ -117,8 +135,15 @@ class SamSettings:
     crop_overlap_ratio: float = 512 / 1500
     crop_n_points_downscale_factor: int = 1
     decoder_batch: int | None = None
+    prompt_schedule: str = "grid"
+    skip_iou_thresh: float = pr.DEFAULT_SKIP_IOU
 
     def check(self) -> None:
+        if self.prompt_schedule not in pr.PROMPT_SCHEDULES:
+            raise ConceptError(f"unknown prompt schedule {self.prompt_schedule!r}; "
+                               f"choose one of {', '.join(pr.PROMPT_SCHEDULES)}")
+        if not 0.0 <= self.skip_iou_thresh <= 1.0:
+            raise ConceptError(f"skip_iou_thresh must lie in [0, 1], got {self.skip_iou_thresh}")
         if self.points_per_side < 1:
             raise ConceptError(f"points_per_side must be at least 1, got {self.points_per_side}")
         if self.points_per_batch < 1:
@@ -195,6 +220,7 @@ class SamConceptGenerator:
         if got != self.decoder_inputs:
             raise ModelFolderError(f"decoder.onnx inputs are {got}, the manifest says {self.decoder_inputs}; "
                                    "re-run the export")
+        _check_sizes(manifest, encoder, decoder)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, session_options: Runtime | SessionOptions | None = None,
@@ -341,7 +367,7 @@ class SamConceptGenerator:
         s = self.settings
         h, w = crop.shape[:2]
         timings = {"preprocess": 0.0, "encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
-        counts = {"candidates": 0, "after_filters": 0, "after_nms": 0}
+        counts = {"candidates": 0, "after_filters": 0, "after_nms": 0, "prompts": 0, "prompts_skipped": 0}
         boxes, layers = mk.crop_boxes((h, w), s.crop_n_layers, s.crop_overlap_ratio)
         parts = [self._process_crop(crop, box, int(layer), timings, counts)
                  for box, layer in zip(boxes, layers, strict=True)]
@@ -413,32 +439,33 @@ class SamConceptGenerator:
         prompts = (grid * np.array([prompt_hw[1] / w, prompt_hw[0] / h])).astype(np.float32)
 
         kept: list[MaskData] = []
-        for start in range(0, len(prompts), s.points_per_batch):
-            batch = prompts[start:start + s.points_per_batch]
-            clock = time.perf_counter()
-            low_res, iou = self.decode(embeddings, batch)
-            timings["decoder"] += time.perf_counter() - clock
+        levels = pr.schedule_levels(max(per_side, 1), s.prompt_schedule)
+        covered = np.zeros((h, w), bool)  # inside a confidently kept mask (coarse-to-fine only)
+        for level in levels:
+            if len(levels) > 1 and covered.any():
+                skip = pr.covered_points(covered, grid[level])
+                counts["prompts_skipped"] += int(skip.sum())
+                level = level[~skip]
+            counts["prompts"] += len(level)
+            confident: list[np.ndarray] = []
+            for start in range(0, len(level), s.points_per_batch):
+                index = level[start:start + s.points_per_batch]
+                clock = time.perf_counter()
+                low_res, iou = self.decode(embeddings, prompts[index])
+                timings["decoder"] += time.perf_counter() - clock
 
-            clock = time.perf_counter()
-            n_masks = low_res.shape[1]
-            candidates = MaskData(logits=low_res.reshape(-1, low_res.shape[2], low_res.shape[3]),
-                                  iou=iou.reshape(-1),
-                                  points=np.repeat(grid[start:start + len(batch)], n_masks, axis=0))
-            counts["candidates"] += len(candidates)
-            if s.pred_iou_thresh > FILTER_DISABLED_AT:
-                candidates = candidates.filter(candidates["iou"] > s.pred_iou_thresh)
-            candidates["stability"] = mk.stability_scores(
-                candidates["logits"][:, :valid_rows, :valid_cols], self.mask_threshold, s.stability_score_offset)
-            if s.stability_score_thresh > FILTER_DISABLED_AT:
-                candidates = candidates.filter(candidates["stability"] >= s.stability_score_thresh)
-            if len(candidates):
-                masks = mk.logits_to_frame(candidates["logits"], (h, w), valid_hw) > self.mask_threshold
-                ok = masks.reshape(len(masks), -1).any(axis=1)  # empty masks are no concepts
-                if not full:
-                    ok &= ~mk.boxes_near_crop_edge(mk.masks_to_boxes(masks), box, (img_h, img_w))
-                kept.append(MaskData(masks=masks[ok], iou=candidates["iou"][ok],
-                                     stability=candidates["stability"][ok], points=candidates["points"][ok]))
-            timings["postprocess"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                part = self._filter_batch(low_res, iou, grid[index], (h, w), valid_hw, (valid_rows, valid_cols),
+                                          None if full else box, (img_h, img_w), counts)
+                if part is not None:
+                    kept.append(part)
+                    if len(levels) > 1:
+                        confident.append(part["masks"][part["iou"] >= s.skip_iou_thresh])
+                timings["postprocess"] += time.perf_counter() - clock
+            if confident:
+                clock = time.perf_counter()
+                covered |= pr.covered_map(np.concatenate(confident), (h, w), SKIP_EROSION_PX)
+                timings["postprocess"] += time.perf_counter() - clock
 
         clock = time.perf_counter()
         empty = _empty_mask_data((h, w))
@@ -455,6 +482,81 @@ class SamConceptGenerator:
             data["points"] = data["points"] + np.array([x0, y0], np.float64)
         timings["postprocess"] += time.perf_counter() - clock
         return data
+
+    def _filter_batch(self, low_res: np.ndarray, iou: np.ndarray, points: np.ndarray, hw: tuple[int, int],
+                      valid_hw: tuple[float, float], valid_rc: tuple[int, int], crop_box: np.ndarray | None,
+                      image_hw: tuple[int, int], counts: dict[str, int]) -> MaskData | None:
+        """The candidates of one decoder batch that pass the filters, as masks in the sub-image frame.
+
+        Parameters
+        ----------
+        low_res : ndarray of float32, B×3×L×L
+        iou : ndarray of float32, B×3
+        points : ndarray, B×2
+            The prompts (x, y) in the sub-image frame.
+        hw : (int, int)
+            Sub-image size.
+        valid_hw, valid_rc
+            The resized image's extent in the low-res grid (float, and whole rows/columns).
+        crop_box : ndarray or None
+            The crop box when the sub-image is a crop (masks near its inner edges are dropped).
+        image_hw : (int, int)
+            Whole image size.
+
+        Returns
+        -------
+        MaskData or None
+            ``masks`` K×h×w bool, ``iou``, ``stability``, ``points``; None when nothing passed.
+        """
+        s = self.settings
+        n_masks = low_res.shape[1]
+        candidates = MaskData(logits=low_res.reshape(-1, low_res.shape[2], low_res.shape[3]),
+                              iou=iou.reshape(-1), points=np.repeat(points, n_masks, axis=0))
+        counts["candidates"] += len(candidates)
+        if s.pred_iou_thresh > FILTER_DISABLED_AT:
+            candidates = candidates.filter(candidates["iou"] > s.pred_iou_thresh)
+        valid_rows, valid_cols = valid_rc
+        candidates["stability"] = mk.stability_scores(
+            candidates["logits"][:, :valid_rows, :valid_cols], self.mask_threshold, s.stability_score_offset)
+        if s.stability_score_thresh > FILTER_DISABLED_AT:
+            candidates = candidates.filter(candidates["stability"] >= s.stability_score_thresh)
+        if not len(candidates):
+            return None
+        masks = mk.logits_to_frame(candidates["logits"], hw, valid_hw) > self.mask_threshold
+        ok = masks.reshape(len(masks), -1).any(axis=1)  # empty masks are no concepts
+        if crop_box is not None:
+            ok &= ~mk.boxes_near_crop_edge(mk.masks_to_boxes(masks), crop_box, image_hw)
+        return MaskData(masks=masks[ok], iou=candidates["iou"][ok], stability=candidates["stability"][ok],
+                        points=candidates["points"][ok])
+
+
+def _static_side(shape: list[Any]) -> int | None:
+    """The side of a square ``[..., S, S]`` graph shape when both are fixed numbers, else None."""
+    if len(shape) < 2 or not all(isinstance(v, int) for v in shape[-2:]) or shape[-1] != shape[-2]:
+        return None
+    return int(shape[-1])
+
+
+def _check_sizes(manifest: SamManifest, encoder, decoder) -> None:
+    """The graphs' fixed image and mask sizes must be the manifest's (a manifest naming another model size fails here).
+
+    Raises
+    ------
+    ModelFolderError
+        ``encoder.onnx`` takes another input size, or ``decoder.onnx`` returns masks of
+        another low-resolution size, than the manifest says.
+    """
+    side = _static_side(list(encoder.get_inputs()[0].shape))
+    if side is not None and side != manifest.encoder.input_size:
+        raise ModelFolderError(
+            f"encoder.onnx takes {side}×{side} images but the manifest (model type {manifest.model_type}) says "
+            f"input_size {manifest.encoder.input_size}: the manifest belongs to another SAM size; re-run the export")
+    low = _static_side(list(decoder.get_outputs()[0].shape))
+    if low is not None and low != manifest.decoder.low_res_size:
+        raise ModelFolderError(
+            f"decoder.onnx returns {low}×{low} masks but the manifest (model type {manifest.model_type}) says "
+            f"low_res_size {manifest.decoder.low_res_size}: the manifest belongs to another SAM size; "
+            "re-run the export")
 
 
 def _empty_mask_data(hw: tuple[int, int]) -> dict[str, np.ndarray]:

@@ -187,12 +187,17 @@ def _architecture_info(sam, image_size: int, channels: int) -> dict[str, Any]:
     if described is not None and hasattr(described, "describe"):
         return {**described.describe(), "prompt_embed_dim": channels}
     arch = sam.image_encoder
-    return {
+    info = {
         "encoder_embed_dim": int(arch.patch_embed.proj.out_channels),
         "encoder_depth": len(arch.blocks),
         "prompt_embed_dim": channels,
         "image_size": image_size,
     }
+    proj = getattr(getattr(arch, "patch_embed", None), "proj", None)
+    if proj is not None and hasattr(proj, "kernel_size"):  # segment-anything's ViT: its patch and grid sizes
+        info["patch_size"] = int(proj.kernel_size[0])
+        info["embedding_size"] = image_size // info["patch_size"]
+    return info
 
 
 def _validate(sam, folder: Path, fp16: bool, embedding_hw: tuple[int, int], image_size: int,
@@ -622,7 +627,7 @@ def export_sam(
     Parameters
     ----------
     model_type : {"vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l1", "efficientvit_l2", \
-"efficientvit_xl0", "efficientvit_xl1"}
+"efficientvit_xl0", "efficientvit_xl1", "scene"}
         Architecture (see :data:`eac.export.sam_loader.SAM_ARCHITECTURES` and
         :data:`eac.export.efficientvit_sam.EFFICIENTVIT_ARCHITECTURES`).
     out : path-like

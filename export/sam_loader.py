@@ -175,14 +175,37 @@ class SamArchitecture:
             "encoder_global_attn_indexes": list(self.encoder_global_attn_indexes),
             "prompt_embed_dim": self.prompt_embed_dim,
             "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "embedding_size": self.embedding_size,
+            "window_size": self.window_size,
+            "decoder_mlp_dim": self.decoder_mlp_dim,
         }
 
 
-#: Official SAM variants (segment_anything/build_sam.py).
+#: The small SAM trained here on generated scenes (``python -m eac.bench.train_sam``; shipped as
+#: ``eac/engine/data/demo_sam``): the demo's 128×128 scenes at their own resolution (no upscaling), 8-pixel
+#: patches (a 16×16 embedding grid, 64×64 low-resolution masks), a 128-wide 4-block ViT with two
+#: global-attention blocks, and SAM's prompt encoder and two-way decoder at width 128 (≈ 1.8 M parameters).
+SCENE_SAM = SamArchitecture(
+    encoder_embed_dim=128,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1, 3),
+    prompt_embed_dim=128,
+    image_size=128,
+    patch_size=8,
+    window_size=8,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
+)
+
+#: SAM variants by ``--model-type``: the official ones (segment_anything/build_sam.py) and ``scene``.
 SAM_ARCHITECTURES: dict[str, SamArchitecture] = {
     "vit_b": SamArchitecture(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamArchitecture(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamArchitecture(1280, 32, 16, (7, 15, 23, 31)),
+    "scene": SCENE_SAM,
 }
 
 

@@ -2,6 +2,9 @@
 
 It explains a generated scene (:mod:`eac.engine.scenes`) with the small scene
 classifier shipped inside the package (:func:`eac.engine.demo.demo_classifier_path`).
+Concepts come from the small SAM shipped beside it (:func:`eac.engine.demo.demo_sam_path`,
+trained on generated scenes), with segment-anything's default filters; ``--concepts
+superpixels`` uses SLIC superpixels instead and ``--sam DIR`` another SAM folder.
 The class of a scene is the shape of its red object, so the right top concept is
 known: the demo prints how much of each top concept lies on the red shape.
 """
@@ -20,12 +23,16 @@ from ..methods import method_names
 from .options import add_session_args, model_help, non_negative_int, resolve_models, runtime_from_args
 from .report import plot_notice, summary_lines
 
+#: ``--concepts``: SAM's automatic masks (the default) or SLIC superpixels.
+CONCEPT_SOURCES = ("sam", "superpixels")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="explain a generated scene with the classifier shipped in the package")
     p.add_argument("--out", default="eac-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--sam", default=None,
-                   help=model_help("sam", "use this SAM folder for concepts instead of superpixels"))
+    p.add_argument("--concepts", choices=CONCEPT_SOURCES, default=CONCEPT_SOURCES[0],
+                   help="sam: the SAM shipped in the package (or --sam DIR); superpixels: SLIC superpixels")
+    p.add_argument("--sam", default=None, help=model_help("sam", "use this SAM folder instead of the shipped one"))
     p.add_argument("--method", default="eac", choices=method_names())
     p.add_argument("--seed", type=non_negative_int, default=0, help="which generated scene")
     p.add_argument("--image", default=None, help="explain this image instead of a generated scene")
@@ -36,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
-    from ..demo import DEMO_SEGMENTS, demo_classifier_path
+    from ..demo import DEMO_SEGMENTS, demo_classifier_path, demo_sam_path
+    from ..errors import ConfigError
     from ..explainer import Explainer
     from ..explanation import check_output_folder
     from ..images import load_image
@@ -45,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from ..scenes import SHAPES, make_scene
     from ..sources import SuperpixelSource
 
+    if args.sam and args.concepts == "superpixels":
+        raise ConfigError("--sam names a SAM folder, but --concepts superpixels uses none; drop one of them")
     resolve_models(args)
     out = Path(args.out)
     check_output_folder(out)
@@ -59,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
         scene = make_scene(np.random.default_rng(args.seed), size)
         image, key_mask = scene.image, scene.key_mask
         title = f"generated scene {args.seed}: a red {SHAPES[scene.label]} among distractors"
-    if args.sam:
+    if args.concepts == "sam":
         from ..sam import SamConceptGenerator
 
-        source = SamConceptGenerator.from_folder(args.sam, session_options=runtime)
+        source = SamConceptGenerator.from_folder(args.sam or demo_sam_path(), session_options=runtime)
     else:
         source = SuperpixelSource(DEMO_SEGMENTS)
     explanation = Explainer(classifier, method=args.method, seed=args.seed).explain(image, source)

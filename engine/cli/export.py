@@ -10,7 +10,7 @@ from ..errors import EacError
 from .options import add_preprocess_args, positive_int
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l1", "efficientvit_l2",
-                   "efficientvit_xl0", "efficientvit_xl1")
+                   "efficientvit_xl0", "efficientvit_xl1", "scene")
 
 
 class MissingExtraError(EacError):
@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = export_sub.add_parser("sam", help="export SAM's image encoder and a batched prompt decoder")
     p.add_argument("--model-type", required=True, choices=SAM_MODEL_TYPES,
-                   help="segment-anything ViT-B/L/H, or EfficientViT-SAM L0-XL1 (needs: pip install --no-deps "
-                        "efficientsam==1.0.0)")
+                   help="segment-anything ViT-B/L/H, EfficientViT-SAM L0-XL1 (needs: pip install --no-deps "
+                        "efficientsam==1.0.0), or scene: the small SAM trained on generated scenes "
+                        "(bench/scene_sam/checkpoint.pth, python -m eac.bench.train_sam)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="official checkpoint (segment-anything .pth, EfficientViT-SAM .pt)")
     src.add_argument("--download", action="store_true",

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from ...kernels.prompts import DEFAULT_SKIP_IOU, PROMPT_SCHEDULES
 from ..manifest import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from ..shipped import resolve_model_folder, shipped_names
 
@@ -124,6 +125,12 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
                    help="remove masks (and holes) smaller than this, in pixels")
     g.add_argument("--crop-n-layers", type=int_at_least(0), default=0,
                    help="extra layers of overlapping crops (0: the image only, as EAC uses)")
+    g.add_argument("--prompt-schedule", choices=PROMPT_SCHEDULES, default=PROMPT_SCHEDULES[0],
+                   help="grid: decode every grid point (the reference); coarse-to-fine: decode every 4th, then "
+                        "every 2nd row/column, then the rest, skipping points inside masks already kept with "
+                        "predicted IoU >= --skip-iou-thresh (bench/results/prompts.md)")
+    g.add_argument("--skip-iou-thresh", type=unit, default=DEFAULT_SKIP_IOU,
+                   help="coarse-to-fine: predicted IoU a kept mask needs to skip the points inside it")
 
 
 def sam_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,6 +143,8 @@ def sam_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "box_nms_thresh": args.box_nms_thresh,
         "min_mask_region_area": args.min_area,
         "crop_n_layers": args.crop_n_layers,
+        "prompt_schedule": args.prompt_schedule,
+        "skip_iou_thresh": args.skip_iou_thresh,
     }
 
 

@@ -1,0 +1,125 @@
+"""How well a set of concepts matches a generated scene's known objects.
+
+Used by the trained SAM's tests, the prompt-schedule study and the training
+record. A scene's objects are its visible object masks; the background (pixels of
+no object) is not an object. For a concept set (N×H×W bool masks) this module
+computes:
+
+* **recall**: an object is recovered when some concept has IoU ≥ ``RECALL_IOU``
+  with it;
+* **near-duplicates**: concepts with IoU ≥ ``DUPLICATE_IOU`` with another concept
+  (they split an object's credit between them);
+* **leftovers**: what each concept that recovers no object is
+  (:data:`LEFTOVER_KINDS`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: An object counts as recovered by a concept of at least this IoU (the issue's target).
+RECALL_IOU = 0.85
+#: Two concepts of at least this IoU are near-duplicates.
+DUPLICATE_IOU = 0.9
+#: Leftover classification: a concept is "on" a region when this fraction of its pixels lie in it ...
+ON_REGION_FRACTION = 0.9
+#: ... an "imprecise object" when its best IoU with an object is at least this (but below RECALL_IOU) ...
+IMPRECISE_IOU = 0.5
+#: ... and it "merges" objects when it holds this fraction of each of two or more objects.
+MERGE_FRACTION = 0.5
+#: What a concept that recovers no object can be, in the order they are tested.
+LEFTOVER_KINDS = ("imprecise object", "background", "background piece", "object part", "merged objects", "mixed")
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every mask of ``a`` (N×H×W) with every mask of ``b`` (M×H×W) → N×M (empty pairs: 0)."""
+    fa = a.reshape(len(a), -1).astype(np.float32)
+    fb = b.reshape(len(b), -1).astype(np.float32)
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def leftover_kind(concept: np.ndarray, objects: np.ndarray, best_object_iou: float) -> str:
+    """Classify a concept (H×W bool) that recovers no object; see :data:`LEFTOVER_KINDS`."""
+    area = max(int(concept.sum()), 1)
+    background = ~objects.any(axis=0)
+    if best_object_iou >= IMPRECISE_IOU:
+        return "imprecise object"
+    if iou_matrix(concept[None], background[None])[0, 0] >= RECALL_IOU:
+        return "background"
+    if (concept & background).sum() >= ON_REGION_FRACTION * area:
+        return "background piece"
+    inside = (objects & concept[None]).reshape(len(objects), -1).sum(1)
+    if inside.max(initial=0) >= ON_REGION_FRACTION * area:
+        return "object part"
+    held = inside / np.maximum(objects.reshape(len(objects), -1).sum(1), 1)
+    if (held >= MERGE_FRACTION).sum() >= 2:
+        return "merged objects"
+    return "mixed"
+
+
+@dataclass
+class SceneScore:
+    """Concepts against one scene's objects."""
+
+    objects: int
+    recovered: int
+    concepts: int
+    duplicates: int
+    leftovers: Counter = field(default_factory=Counter)
+    best_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def score_scene(concepts: np.ndarray, objects: np.ndarray) -> SceneScore:
+    """Score one scene.
+
+    Parameters
+    ----------
+    concepts : ndarray of bool, N×H×W
+    objects : ndarray of bool, M×H×W
+
+    Returns
+    -------
+    SceneScore
+        ``best_iou`` holds each object's best IoU with a concept (M).
+    """
+    n = len(concepts)
+    if n == 0:
+        return SceneScore(len(objects), 0, 0, 0, Counter(), np.zeros(len(objects)))
+    to_objects = iou_matrix(concepts, objects)
+    best = to_objects.max(axis=0)
+    pairwise = iou_matrix(concepts, concepts)
+    np.fill_diagonal(pairwise, 0.0)
+    duplicates = int((pairwise.max(axis=1) >= DUPLICATE_IOU).sum()) if n > 1 else 0
+    leftovers: Counter = Counter()
+    for i in np.flatnonzero(to_objects.max(axis=1) < RECALL_IOU):
+        leftovers[leftover_kind(concepts[i], objects, float(to_objects[i].max()))] += 1
+    return SceneScore(len(objects), int((best >= RECALL_IOU).sum()), n, duplicates, leftovers, best)
+
+
+def summarise(scores: list[SceneScore]) -> dict[str, object]:
+    """Totals over scenes: recall, concepts per scene, near-duplicate fraction, leftover kinds per scene."""
+    objects = sum(s.objects for s in scores)
+    concepts = sum(s.concepts for s in scores)
+    leftovers: Counter = Counter()
+    for s in scores:
+        leftovers.update(s.leftovers)
+    n = max(len(scores), 1)
+    return {
+        "scenes": len(scores),
+        "objects": objects,
+        "recall": sum(s.recovered for s in scores) / max(objects, 1),
+        "concepts_per_scene": concepts / n,
+        "objects_per_scene": objects / n,
+        "duplicate_fraction": sum(s.duplicates for s in scores) / max(concepts, 1),
+        "leftovers_per_scene": {k: leftovers[k] / n for k in LEFTOVER_KINDS},
+        "mean_best_iou": float(np.mean(np.concatenate([s.best_iou for s in scores]))) if objects else float("nan"),
+    }
+
+
+__all__ = ["DUPLICATE_IOU", "LEFTOVER_KINDS", "RECALL_IOU", "SceneScore", "iou_matrix", "leftover_kind",
+           "score_scene", "summarise"]
