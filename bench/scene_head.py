@@ -1,0 +1,245 @@
+"""Bench classifiers whose prediction depends on the image: the final layer fitted on generated scenes.
+
+No ImageNet weights can be downloaded here, and with random weights a classifier's class
+probabilities barely move when concepts are masked: every value is near zero, nothing is ever
+resolved, and ``eac`` always runs to its evaluation cap — the worst case, not the usual one.
+This module keeps a bench network's random trunk (so the compute is unchanged: ResNet-50
+4.1 GMAC per image) and fits its final layer on the penultimate features of generated scenes
+(:mod:`eac.engine.scenes`) to answer one question a random trunk's pooled features can answer:
+*is the scene's red object visible?* (class 0 ``"red object"``, class 1 ``"no red object"``).
+
+The training images look like EAC's masked evaluations: :data:`MASKED_FRACTION` of them keep a
+random subset of the scene's concepts (objects and background tiles, each kept with probability
+:data:`KEEP_PROBABILITY`) and black out the rest; the label says whether the red object survived.
+Each image goes through the classifier's own crop (resize 256, centre 224), as the explained
+image does. Features come from ONNX Runtime on the random-weight export; the layer is fitted
+with torch (logistic regression on standardised features, the standardisation folded back into
+the weights), then the network is exported again with that layer — from a module factory and a
+checkpoint, so the PyTorch reference rebuilds the very same network. Accuracy on held-out
+scenes is recorded beside the folder and printed in the bench's settings.
+
+Explaining a generated scene with such a classifier, the concepts over the red object carry the
+prediction and the rest carry little: values are concentrated the way a trained classifier's
+are, so ``eac``'s stopping rule can act as it would on a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import mobilenet, models
+
+#: Class names of the fitted layer, in class-index order.
+LABELS = ("red object", "no red object")
+#: Fraction of training images shown masked, and the chance each concept survives in one.
+MASKED_FRACTION = 0.5
+KEEP_PROBABILITY = 0.5
+#: Background tiles per side of the masked training images' concepts (drawn from this range).
+MIN_BACKGROUND_CELLS, MAX_BACKGROUND_CELLS = 1, 3
+#: Scenes the layer is fitted on, and the share of them held out to measure its accuracy.
+FIT_SCENES = 1200
+HELD_OUT_FRACTION = 0.2
+#: Seed of the training scenes (recorded in the folder's record).
+SCENE_SEED = 7
+#: Logistic regression: full-batch Adam steps, learning rate and L2 weight decay (strong enough
+#: that 1000-odd scenes do not overfit 2048 standardised features).
+FIT_STEPS = 400
+FIT_LR = 1e-2
+FIT_WEIGHT_DECAY = 1e-2
+#: Guards the standardisation against constant features.
+STD_FLOOR = 1e-6
+#: Images per ONNX Runtime call while computing features.
+FEATURE_BATCH = 32
+RECORD_NAME = "scene_head.json"
+
+
+def resnet50_scenes_factory() -> nn.Module:
+    """Factory of the ResNet-50 layout with a 2-class head (weights come from the checkpoint)."""
+    return models.ResNet(models.RESNET50_LAYERS, len(LABELS))
+
+
+def tiny_resnet_scenes_factory() -> nn.Module:
+    """Factory of the tiny ResNet layout with a 2-class head."""
+    return models.ResNet(models.TINY_LAYERS, len(LABELS), width=models.TINY_WIDTH)
+
+
+def mobilenet_scenes_factory() -> nn.Module:
+    """Factory of the MobileNetV3-Large layout with a 2-class head."""
+    return mobilenet.MobileNetV3(len(LABELS))
+
+
+def tiny_mobilenet_scenes_factory() -> nn.Module:
+    """Factory of the narrow MobileNetV3 layout with a 2-class head."""
+    return mobilenet.MobileNetV3(len(LABELS), width=models.TINY_MOBILE_WIDTH)
+
+
+#: Bench architecture → factory of its 2-class layout (``module:function``, recorded in the manifest).
+FACTORIES = {
+    "resnet50": "eac.bench.scene_head:resnet50_scenes_factory",
+    "tiny": "eac.bench.scene_head:tiny_resnet_scenes_factory",
+    "mobilenet_v3_large": "eac.bench.scene_head:mobilenet_scenes_factory",
+    "tiny_mobile": "eac.bench.scene_head:tiny_mobilenet_scenes_factory",
+}
+
+
+@dataclass
+class SceneHead:
+    """A bench classifier with its final layer fitted on scenes.
+
+    Attributes
+    ----------
+    folder : Path
+        The exported classifier folder (2 classes, :data:`LABELS`).
+    record : dict
+        How it was fitted: architecture, scenes, held-out accuracy, class balance, seeds.
+    """
+
+    folder: Path
+    record: dict[str, Any]
+
+    @property
+    def description(self) -> str:
+        r = self.record
+        return (f"bench {r['arch']}: random trunk (seed {r['trunk_seed']}), final layer fitted on {r['scenes']} "
+                f"generated scenes to tell whether the red object is visible (held-out accuracy "
+                f"{r['held_out_accuracy']:.2f}, majority class {r['majority_fraction']:.2f})")
+
+
+def training_images(count: int, crop_hw: tuple[int, int], resize: int | None,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` scenes through the classifier's crop, half of them masked, and their labels.
+
+    Returns
+    -------
+    images : ndarray of uint8, count×h×w×3
+    labels : ndarray of int64, count
+        0 when the red object is visible, 1 when it was masked out.
+    """
+    from ..engine.images import apply_frame, resize_crop_frame
+    from ..engine.scenes import make_scene, scene_concepts
+
+    side = max(crop_hw)
+    images = np.empty((count, *crop_hw, 3), np.uint8)
+    labels = np.zeros(count, np.int64)
+    for i in range(count):
+        scene = make_scene(rng, side)
+        image = scene.image
+        if rng.random() < MASKED_FRACTION:
+            cells = int(rng.integers(MIN_BACKGROUND_CELLS, MAX_BACKGROUND_CELLS + 1))
+            concepts = scene_concepts(scene, background_cells=cells)
+            keep = rng.random(len(concepts)) < KEEP_PROBABILITY
+            union = np.any(concepts.masks[keep], axis=0) if keep.any() else np.zeros(image.shape[:2], bool)
+            image = np.where(union[..., None], image, 0).astype(np.uint8)
+            labels[i] = 0 if keep[0] else 1
+        images[i] = apply_frame(image, resize_crop_frame(image.shape[:2], resize, crop_hw))
+    return images, labels
+
+
+def fit_layer(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression of ``labels`` (M) on ``features`` (M×D): weight K×D and bias K on raw features.
+
+    The features are centred and divided by one scale (their overall standard deviation) for the
+    fit; the returned layer applies that itself (``W' = W / σ``, ``b' = b − W' μ``), so it replaces
+    the network's final layer as is. One scale for all features, not one per feature: per-feature
+    scaling would blow up the weights of nearly constant features, and a head with huge weights
+    saturates the softmax of any surrogate built on it (the reference's PIE), which a trained
+    classifier's head does not.
+    """
+    mean = features.mean(0)
+    std = max(float(features.std()), STD_FLOOR)
+    x = torch.from_numpy(((features - mean) / std).astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    layer = nn.Linear(x.shape[1], len(LABELS))
+    with torch.no_grad():  # a convex problem: start from zero, full-batch steps, deterministic
+        layer.weight.zero_()
+        layer.bias.zero_()
+    opt = torch.optim.Adam(layer.parameters(), lr=FIT_LR, weight_decay=FIT_WEIGHT_DECAY)
+    for _ in range(FIT_STEPS):
+        loss = nn.functional.cross_entropy(layer(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w = layer.weight.detach().numpy().astype(np.float64) / std
+    b = layer.bias.detach().numpy().astype(np.float64) - w @ mean
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _features(classifier: Any, images: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), FEATURE_BATCH):
+        batch = classifier.normalize(images[start : start + FEATURE_BATCH])
+        out.append(np.asarray(classifier.run(batch, features=True).features, np.float32))
+    return np.concatenate(out)
+
+
+def scene_head_classifier(arch: str, scenes: int = FIT_SCENES, log=None) -> SceneHead:
+    """The bench network ``arch`` with its final layer fitted on ``scenes`` generated scenes (cached).
+
+    Parameters
+    ----------
+    arch : str
+        A bench architecture (:data:`eac.bench.models.CLASSIFIERS`).
+    scenes : int
+        Training plus held-out scenes.
+    log : callable, optional
+        Receives progress lines.
+
+    Returns
+    -------
+    SceneHead
+    """
+    from ..engine.classifier import Classifier
+    from ..export.classifier import export_classifier
+
+    if arch not in FACTORIES:
+        raise models.BenchModelError(f"no scene head for bench classifier {arch!r}; choose from {', '.join(FACTORIES)}")
+    key = models._fingerprint("scenehead", arch, scenes, SCENE_SEED, models.BENCH_SEED, FIT_STEPS, FIT_WEIGHT_DECAY,
+                              models._source_digest("eac.bench.scene_head"), models._source_digest("eac.engine.scenes"),
+                              models._source_digest("eac.export.classifier"))
+    root = models.cache_dir() / f"scene-head-{arch}-{key}"
+    folder, record_path = root / "classifier", root / RECORD_NAME
+    if (folder / "manifest.json").is_file() and record_path.is_file():
+        return SceneHead(folder, json.loads(record_path.read_text()))
+    random_folder = models.export_bench_classifier(arch)
+    random = Classifier.from_folder(random_folder)
+    if log is not None:
+        log(f"fitting the final layer of the bench {arch} on {scenes} generated scenes (cached)...")
+    rng = np.random.default_rng(SCENE_SEED)
+    images, labels = training_images(scenes, tuple(random.input_hw), models.RESIZE, rng)
+    feats = _features(random, images)
+    held = max(1, round(HELD_OUT_FRACTION * scenes))
+    weight, bias = fit_layer(feats[:-held], labels[:-held])
+    logits = feats[-held:] @ weight.T + bias
+    accuracy = float(np.mean(np.argmax(logits, 1) == labels[-held:]))
+    majority = float(max(np.mean(labels[-held:] == 0), np.mean(labels[-held:] == 1)))
+    model = models.CLASSIFIERS[arch][1]()
+    head = model.get_submodule(models.head_layer(arch))
+    with torch.no_grad():
+        new = nn.Linear(head.in_features, len(LABELS))
+        new.weight.copy_(torch.from_numpy(weight))
+        new.bias.copy_(torch.from_numpy(bias))
+    parent_name, _, leaf = models.head_layer(arch).rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    checkpoint = root / "weights.pt"
+    torch.save(model.state_dict(), str(checkpoint))
+    labels_path = root / "labels.txt"
+    labels_path.write_text("\n".join(LABELS) + "\n")
+    export_classifier(out=str(folder), module=FACTORIES[arch], checkpoint=str(checkpoint),
+                      input_size=models.CROP, resize=models.RESIZE, mean=models.IMAGENET_MEAN,
+                      std=models.IMAGENET_STD, channel_order="RGB", labels=str(labels_path))
+    record = {"arch": arch, "scenes": scenes, "held_out": held, "held_out_accuracy": accuracy,
+              "majority_fraction": majority, "scene_seed": SCENE_SEED, "trunk_seed": models.BENCH_SEED,
+              "labels": list(LABELS), "masked_fraction": MASKED_FRACTION, "keep_probability": KEEP_PROBABILITY}
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return SceneHead(folder, record)
