@@ -22,17 +22,22 @@ cut-outs) and ``total``. The reference writes nothing (it has no output format),
 
 Concepts. The bench's SAMs have random weights (none can be downloaded), and a random SAM keeps
 no mask under the reference's filters (predicted IoU ≥ 0.88, stability ≥ 0.95). So a SAM with
-random weights runs with those two filters off — every candidate of the 32×32 grid is scored,
-box NMS at 0.7 as usual — and the :data:`MAX_CONCEPTS` masks with the highest predicted IoU are
-explained: the decoder does the full grid's work and the explain stage gets the N ≈ 32 of real
-images. A SAM from a checkpoint (``--sam`` / ``--sam-checkpoint``) keeps the reference's filters,
-capped at the same N. Both sides follow the same rule. The classifier is the one ``--weights``
-chooses (default: final layer fitted on generated scenes; the image is then a generated scene).
-QUICK runs use the tiny SAM for both SAM rows and the reduced classifiers.
+random weights runs with those two filters off — every candidate of the grid is scored and goes
+to box NMS at 0.7 as usual, so the decoder and the post-processing do at least a real image's
+work — and the :data:`MAX_CONCEPTS` masks with the highest predicted IoU are explained. Random
+masks are large and overlap, so NMS often leaves fewer than :data:`MAX_CONCEPTS`; the explain
+stage then gets exactly :data:`MAX_CONCEPTS` SLIC regions of the crop instead (computed once,
+before timing; the report says so), so every row explains the N ≈ 32 of real images. A SAM from a
+checkpoint (``--sam`` / ``--sam-checkpoint``) keeps the reference's filters and its own masks
+(at least :data:`MIN_CONCEPTS`), capped at :data:`MAX_CONCEPTS`. Both sides follow the same rule.
+The classifier is the one ``--weights`` chooses (default: final layer fitted on generated scenes;
+the image is then a generated scene). QUICK runs use the tiny SAM for both SAM rows and the
+reduced classifiers.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -41,6 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.concepts import Concepts
+from ..engine.explainer import Explainer
+from ..engine.images import load_image
 from . import models
 from .classifiers import ClassifierPair, bench_arch, classifier_pair
 from .harness import BenchReport, RunRecord, SideResult, machine_info, measure_sides, ratios
@@ -50,7 +58,8 @@ from .workloads import _engine_sam, crop_for, exact_regions, load_photo, sam_pai
 
 #: Concepts explained per image: the highest-scored SAM masks, at most this many (N ≈ 32, as on real images).
 MAX_CONCEPTS = 32
-#: Fewest masks a SAM must keep; below it the explain stage uses exactly MAX_CONCEPTS SLIC regions (noted).
+#: Fewest masks a SAM from a checkpoint must keep; below it (or below MAX_CONCEPTS for a random SAM) the
+#: explain stage uses exactly MAX_CONCEPTS SLIC regions (noted in the report).
 MIN_CONCEPTS = 2
 #: Explanation method of the engine rows.
 ENGINE_METHOD = "eac"
@@ -73,6 +82,12 @@ class SamRow:
     folder: Path
     settings: SamReferenceSettings
     description: str
+    random: bool
+
+    @property
+    def fewest_masks(self) -> int:
+        """Masks it must keep for the explain stage to use them (else SLIC regions)."""
+        return MAX_CONCEPTS if self.random else MIN_CONCEPTS
 
 
 def concept_settings(random_weights: bool, points_per_side: int) -> SamReferenceSettings:
@@ -96,27 +111,34 @@ def _sams(opts: BenchOptions) -> tuple[dict[str, SamRow], Any]:
     pps = QUICK.points_per_side if opts.quick else SamReferenceSettings().points_per_side
     vitb = sam_pair(opts)
     random_vitb = not (opts.sam or opts.sam_checkpoint)
-    rows = {"vitb": SamRow(vitb.folder, concept_settings(random_vitb, pps), vitb.description)}
+    rows = {"vitb": SamRow(vitb.folder, concept_settings(random_vitb, pps), vitb.description, random_vitb)}
     if opts.quick:
-        rows["l0"] = SamRow(vitb.folder, rows["vitb"].settings, f"{vitb.description} (QUICK: in place of L0)")
+        rows["l0"] = SamRow(vitb.folder, rows["vitb"].settings, f"{vitb.description} (QUICK: in place of L0)",
+                            random_vitb)
     else:
         opts.log("exporting EfficientViT-SAM-L0 (random weights, cached)...")
         folder = models.export_bench_efficientvit_sam(EFFICIENTVIT_TYPE)
         rows["l0"] = SamRow(folder, concept_settings(True, pps),
-                            f"EfficientViT-SAM-L0 (512 input), random weights (seed {models.BENCH_SEED})")
+                            f"EfficientViT-SAM-L0 (512 input), random weights (seed {models.BENCH_SEED})", True)
     return rows, vitb
 
 
-def _engine_row(sam: SamRow, pair: ClassifierPair, image_path: Path, out_root: Path, opts: BenchOptions,
-                notes: dict[str, str], name: str, last: dict[str, Any]):
-    """One engine row: file → crop → SAM concepts → eac → saved folder, each stage timed."""
-    from ..engine.concepts import Concepts
-    from ..engine.explainer import Explainer
-    from ..engine.images import load_image
+def _explained(found_masks: np.ndarray, scores: np.ndarray | None, sam: SamRow, fallback: np.ndarray,
+               notes: dict[str, str], name: str) -> np.ndarray:
+    """The masks a row explains: SAM's best :data:`MAX_CONCEPTS`, or the SLIC regions when SAM kept too few."""
+    if len(found_masks) >= sam.fewest_masks:
+        return cap_masks(found_masks, scores)
+    notes[name] = (f"SAM kept {len(found_masks)} masks (fewer than {sam.fewest_masks}); the explain stage used "
+                   f"{len(fallback)} SLIC regions of the crop (computed before timing)")
+    return fallback
 
+
+def _engine_row(sam: SamRow, pair: ClassifierPair, image_path: Path, out_root: Path, opts: BenchOptions,
+                fallback: np.ndarray, notes: dict[str, str], name: str, last: dict[str, Any]):
+    """One engine row: file → crop → SAM concepts → eac → saved folder, each stage timed."""
     generator = _engine_sam(sam.folder, sam.settings, opts)
     explainer = Explainer(pair.engine, method=ENGINE_METHOD, seed=opts.seed)
-    counter = iter(range(1 << 30))
+    counter = itertools.count()
 
     def run() -> RunRecord:
         t0 = time.perf_counter()
@@ -124,12 +146,8 @@ def _engine_row(sam: SamRow, pair: ClassifierPair, image_path: Path, out_root: P
         t1 = time.perf_counter()
         found = generator(crop, frame)
         t2 = time.perf_counter()
-        masks = cap_masks(found.masks, found.scores)
-        if len(masks) < MIN_CONCEPTS:
-            notes[name] = (f"SAM kept {len(found)} masks; the explain stage used {MAX_CONCEPTS} SLIC regions "
-                           "(computed outside the timed stages)")
-            masks = exact_regions(crop, MAX_CONCEPTS)
-        concepts = Concepts(masks, None, "sam", frame)
+        masks = _explained(found.masks, found.scores, sam, fallback, notes, name)
+        concepts = Concepts(masks, None, "slic" if masks is fallback else "sam", frame)
         expl = explainer.explain(crop, concepts)
         t3 = time.perf_counter()
         expl.save(out_root / f"{name}-{next(counter)}")
@@ -146,8 +164,9 @@ def _engine_row(sam: SamRow, pair: ClassifierPair, image_path: Path, out_root: P
     return run
 
 
-def _reference_row(sam_torch: Any, sam: SamRow, pair: ClassifierPair, image_path: Path, opts: BenchOptions,
-                   ref_settings: ReferenceSettings, notes: dict[str, str], last: dict[str, Any]):
+def _reference_row(sam_torch: Any, sam: SamRow, pair: ClassifierPair, image_path: Path,
+                   ref_settings: ReferenceSettings, fallback: np.ndarray, notes: dict[str, str],
+                   last: dict[str, Any]):
     """The reference row: the image file read with OpenCV, segment-anything's generator, the reference EAC."""
     import cv2
 
@@ -161,11 +180,7 @@ def _reference_row(sam_torch: Any, sam: SamRow, pair: ClassifierPair, image_path
         t1 = time.perf_counter()
         found = generator.generate(crop)
         t2 = time.perf_counter()
-        masks = cap_masks(found.masks, found.scores)
-        if len(masks) < MIN_CONCEPTS:
-            notes[REFERENCE] = (f"SAM kept {len(found.masks)} masks; the explain stage used {MAX_CONCEPTS} SLIC "
-                                "regions (computed outside the timed stages)")
-            masks = exact_regions(crop, MAX_CONCEPTS)
+        masks = _explained(found.masks, found.scores, sam, fallback, notes, REFERENCE)
         res = reference.explain(crop, masks)
         t3 = time.perf_counter()
         timed = {k: float(res.timings[k]) for k in ("evaluations", "fit", "values")}
@@ -216,6 +231,8 @@ def run_end_to_end(opts: BenchOptions) -> BenchReport:
         image_path = Path(tmp) / "image.png"
         cv2.imwrite(str(image_path), cv2.cvtColor(load_photo(photo), cv2.COLOR_RGB2BGR))
         out_root = Path(tmp) / "out"
+        crop, _ = resnet.engine.crop(load_image(image_path))
+        fallback = exact_regions(crop, MAX_CONCEPTS)
         descriptions = {
             L0_RESNET: f"{sams['l0'].description} + {resnet.description}",
             L0_MOBILE: f"{sams['l0'].description} + {mobile.description}",
@@ -224,10 +241,12 @@ def run_end_to_end(opts: BenchOptions) -> BenchReport:
                        "same ResNet-50-sized classifier",
         }
         runs = {
-            L0_RESNET: _engine_row(sams["l0"], resnet, image_path, out_root, opts, notes, L0_RESNET, last),
-            L0_MOBILE: _engine_row(sams["l0"], mobile, image_path, out_root, opts, notes, L0_MOBILE, last),
-            VITB_RESNET: _engine_row(sams["vitb"], resnet, image_path, out_root, opts, notes, VITB_RESNET, last),
-            REFERENCE: _reference_row(vitb.torch, sams["vitb"], resnet, image_path, opts, ref_settings, notes, last),
+            L0_RESNET: _engine_row(sams["l0"], resnet, image_path, out_root, opts, fallback, notes, L0_RESNET, last),
+            L0_MOBILE: _engine_row(sams["l0"], mobile, image_path, out_root, opts, fallback, notes, L0_MOBILE, last),
+            VITB_RESNET: _engine_row(sams["vitb"], resnet, image_path, out_root, opts, fallback, notes, VITB_RESNET,
+                                     last),
+            REFERENCE: _reference_row(vitb.torch, sams["vitb"], resnet, image_path, ref_settings, fallback, notes,
+                                      last),
         }
         measured = measure_sides(runs, opts.warmup, opts.repeat, opts.log)
     tables = [_rows_table(measured, descriptions)]

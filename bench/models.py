@@ -309,9 +309,9 @@ def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | Non
             f"cannot export the bench classifier: eac.export.classifier is unavailable ({exc})") from exc
     folder.parent.mkdir(parents=True, exist_ok=True)
     export_classifier(  # writes atomically (staged folder renamed at the end)
-        out=str(folder), torchvision=None, weights=None, module=factory, checkpoint=None, feature_layer="fc",
-        input_size=CROP, resize=RESIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB",
-        labels=None, opset=None, fp16=False, validate=validate,
+        out=str(folder), torchvision=None, weights=None, module=factory, checkpoint=None,
+        feature_layer=head_layer(arch), input_size=CROP, resize=RESIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        channel_order="RGB", labels=None, opset=None, fp16=False, validate=validate,
     )
     return folder
 

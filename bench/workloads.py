@@ -390,9 +390,9 @@ def run_explain(opts: BenchOptions) -> BenchReport:
     alone = classifier_alone(pair.engine, crop, batch)
     tables += [throughput_table(engine, reference, alone, batch), table]
     if opts.int8:
-        from .int8 import AGREEMENT_HEADER, agreement_rows, explanation_agreement
+        from .int8 import AGREEMENT_HEADER, agreement_rows, int8_agreement
 
-        extra["int8_agreement"] = explanation_agreement(last["engine"], last[INT8_SIDE])
+        extra["int8_agreement"] = int8_agreement(last["engine"], last[INT8_SIDE])
         tables.append(_int8_table(engine, measured[INT8_SIDE], extra["int8_quantization_seconds"]))
         tables.append(("int8 classifier: its explanation against the fp32 one (same image, concepts, seed)",
                        AGREEMENT_HEADER, agreement_rows(extra["int8_agreement"])))

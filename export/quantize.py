@@ -42,6 +42,59 @@ CALIBRATION_BATCH = 8
 PRECISION = "int8"
 
 
+#: Each concept is kept with this probability in a calibration image (the evaluations' own rate).
+CALIBRATION_KEEP = 0.5
+#: Masked calibration images per image, concepts per image, and explanations' seed of the CLI.
+CALIBRATION_PER_IMAGE = 16
+CALIBRATION_CONCEPTS = 32
+CHECK_SEED = 0
+#: Top-k overlaps of the agreement check.
+CHECK_TOP_K = (1, 3, 5)
+
+
+def masked_calibration(classifier: Any, crop: np.ndarray, masks: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` normalised masked images (count×3×h×w float32) of ``crop`` with random concept coalitions.
+
+    The first image is the whole crop; the others keep each concept (N×h×w ``masks``) with
+    probability :data:`CALIBRATION_KEEP` and black out the rest, composed exactly as eac's
+    evaluations are (:class:`eac.engine.evaluator.MaskedEvaluator`).
+    """
+    from ..engine.evaluator import MaskedEvaluator
+    from ..kernels.compose import compose_chunks
+
+    evaluator = MaskedEvaluator(classifier, crop, masks, baseline="black", device_compose=False)
+    rng = np.random.default_rng(seed)
+    coalitions = rng.random((count, len(masks))) < CALIBRATION_KEEP
+    coalitions[0] = True
+    out = np.empty((count, *evaluator.image_norm.shape), np.float32)
+    for start, batch in compose_chunks(evaluator.image_norm, evaluator.baseline_norm, evaluator.masks_flat,
+                                       coalitions, count):
+        out[start : start + len(batch)] = batch
+    return out
+
+
+def explanation_agreement(fp32: Any, int8: Any) -> dict[str, float]:
+    """How far an int8 explanation is from the fp32 one of the same image, concepts and seed.
+
+    Returns Spearman's correlation of the values, the overlap of the top-k concepts for each k of
+    :data:`CHECK_TOP_K`, the largest value difference and the largest value, whether the explained
+    class is the same, and the difference of its probability.
+    """
+    from ..engine.metrics import spearman
+
+    a, b = np.asarray(fp32.values, float), np.asarray(int8.values, float)
+    out: dict[str, float] = {"spearman": float(spearman(a, b)) if len(a) > 1 else float("nan")}
+    for k in CHECK_TOP_K:
+        kk = min(k, len(a))
+        top_a, top_b = np.argsort(-a, kind="stable")[:kk], np.argsort(-b, kind="stable")[:kk]
+        out[f"top{k}"] = float(len(set(top_a) & set(top_b)) / kk) if kk else float("nan")
+    out["max_abs_value_difference"] = float(np.max(np.abs(a - b))) if len(a) else 0.0
+    out["value_scale"] = float(np.max(np.abs(a))) if len(a) else 0.0
+    out["same_target"] = float(fp32.target == int8.target)
+    out["probability_difference"] = float(abs(fp32.probability - int8.probability))
+    return out
+
+
 class _Batches:
     """ONNX Runtime's calibration data reader over an M×3×H×W array, a few images per call."""
 
@@ -134,3 +187,63 @@ def quantize_classifier(folder: str | os.PathLike, out: str | os.PathLike, calib
         manifest.write(tmp)
         staged.commit()
     return ClassifierManifest.read(staged.out).to_dict()
+
+
+def quantize_on_images(folder: str | os.PathLike, out: str | os.PathLike, images: list[str | os.PathLike],
+                       per_image: int = CALIBRATION_PER_IMAGE, concepts: int = CALIBRATION_CONCEPTS,
+                       log=None) -> dict[str, Any]:
+    """``eac export int8``: quantise ``folder`` on masked images of ``images`` and check it on held-out ones.
+
+    The images are split: the first ⌈len/2⌉ calibrate (``per_image`` masked images each, over
+    ``concepts`` superpixels), the rest are explained with ``eac`` by both the fp32 and the int8
+    folder (same concepts, same seed) and the agreement of each pair
+    (:func:`explanation_agreement`) and the seconds of each explanation are recorded in the new
+    manifest's ``validation.int8.agreement``. A single image calibrates and is checked itself
+    (optimistic; the manifest says so).
+
+    Returns
+    -------
+    dict
+        The new folder's manifest.
+    """
+    import time
+
+    from ..engine.classifier import Classifier
+    from ..engine.explainer import explain
+    from ..engine.images import load_image
+    from ..engine.manifest import ClassifierManifest
+    from ..engine.sources import make_source
+
+    if not images:
+        raise ExportError("give at least one calibration image")
+    fp32 = Classifier.from_folder(folder)
+    source = make_source("superpixels", concepts)
+    crops = []
+    for path in images:
+        crop, frame = fp32.crop(load_image(path))
+        crops.append((crop, source(crop, frame).masks))
+    split = (len(crops) + 1) // 2
+    calibrate, check = crops[:split], (crops[split:] or crops[:1])
+    if log is not None:
+        log(f"calibrating on {per_image} masked images of each of {len(calibrate)} image(s)...")
+    calibration = np.concatenate([masked_calibration(fp32, c, m, per_image, i)
+                                  for i, (c, m) in enumerate(calibrate)])
+    how = (f"{per_image} masked images of each of {len(calibrate)} image(s), {concepts} superpixels, "
+           f"kept with p={CALIBRATION_KEEP}")
+    quantize_classifier(folder, out, calibration, calibration_source=how)
+    int8 = Classifier.from_folder(out)
+    rows = []
+    for crop, masks in check:
+        t0 = time.perf_counter()
+        a = explain(crop, fp32, masks, seed=CHECK_SEED)
+        t1 = time.perf_counter()
+        b = explain(crop, int8, masks, seed=CHECK_SEED)
+        t2 = time.perf_counter()
+        rows.append({**explanation_agreement(a, b), "seconds_fp32": t1 - t0, "seconds_int8": t2 - t1})
+    agreement = {"images": len(rows), "held_out": bool(crops[split:]), "per_image": rows,
+                 "min_spearman": float(min(r["spearman"] for r in rows)),
+                 "mean_top3": float(np.mean([r["top3"] for r in rows]))}
+    m = ClassifierManifest.read(out)
+    m.validation = {**m.validation, "int8": {**m.validation.get("int8", {}), "agreement": agreement}}
+    m.write(out)
+    return m.to_dict()
