@@ -51,7 +51,16 @@ from ..engine.explainer import Explainer
 from ..engine.images import load_image
 from . import models
 from .classifiers import ClassifierPair, bench_arch, classifier_pair
-from .harness import BenchReport, RunRecord, SideResult, machine_info, measure_sides, ratios
+from .harness import (
+    LOAD_HEADER,
+    BenchReport,
+    RunRecord,
+    SideResult,
+    machine_info,
+    measure_sides,
+    ratios,
+    side_load,
+)
 from .options import QUICK, SCENE_PHOTO, BenchOptions
 from .reference import ReferenceEAC, ReferenceSamConcepts, ReferenceSettings, SamReferenceSettings
 from .workloads import _engine_sam, crop_for, exact_regions, load_photo, sam_pair
@@ -207,12 +216,14 @@ def _rows_table(sides: dict[str, SideResult], descriptions: dict[str, str]) -> t
         total = side.stages["total"].median
         cells.append(f"{total:.2f}")
         cells.append("1.0×" if name == REFERENCE else f"{ref_total / total:.1f}×")
+        cells.append(side_load(side))
         cells.append(TARGETS.get(name, ""))
         cells.append(f"{side.counts.get('sam masks', 0):.0f} → {side.counts.get('concepts explained', 0):.0f}")
         cells.append(f"{side.counts.get('evaluations', 0):.0f}")
         cells.append(descriptions.get(name, ""))
         rows.append(cells)
-    header = ["row", *STAGES, "total", "speed-up", "target", "SAM masks → explained", "evaluations", "pipeline"]
+    header = ["row", *STAGES, "total", "speed-up", LOAD_HEADER, "target", "SAM masks → explained", "evaluations",
+              "pipeline"]
     return ("one image end to end: median seconds per stage (file → saved explanation)", header, rows)
 
 

@@ -572,6 +572,16 @@ def verdict_line(verdict: Verdict) -> str:
     return f"NOT A RESULT: {verdict.reason}. Ratios are withheld (the JSON keeps them as ratios_not_a_result)."
 
 
+def side_load(side: SideResult) -> str:
+    """The highest 1-minute load average per CPU over a side's timed runs, for a table cell ("—" unknown)."""
+    finite = [r.max_per_cpu for r in side.load if r.max_per_cpu == r.max_per_cpu]
+    return f"{max(finite):.2f}" if finite else "—"
+
+
+#: Header of the load column beside ratio columns.
+LOAD_HEADER = "max load / CPU"
+
+
 def withhold_ratios(header: list[str], rows: list[list[str]]) -> list[list[str]]:
     """``rows`` with every cell of a ratio column (:data:`RATIO_HEADERS`) replaced by :data:`WITHHELD`."""
     columns = [i for i, h in enumerate(header) if h in RATIO_HEADERS]
@@ -639,11 +649,7 @@ def format_stage_table(report: BenchReport, show_ratios: bool = True) -> str:
     warmup = max(s.warmup for s in report.sides.values())
     repeat = max(s.repeat for s in report.sides.values())
     title = f"runs: warm-up {warmup}, timed {repeat}" + (" (sides alternating)" if repeat > 1 else "")
-    loads = []
-    for name, side in report.sides.items():
-        finite = [r.max_per_cpu for r in side.load if r.max_per_cpu == r.max_per_cpu]
-        if finite:
-            loads.append(f"{name} {max(finite):.2f}")
+    loads = [f"{name} {side_load(side)}" for name, side in report.sides.items() if side_load(side) != "—"]
     if loads:
         title += "; highest load per CPU: " + ", ".join(loads) + f" (limit {report.load_limit_per_cpu:g})"
     if report.quick:

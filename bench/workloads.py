@@ -1,24 +1,26 @@
-"""The benchmark workloads: explain, concepts, end-to-end, fidelity.
+"""The benchmark workloads explain, concepts and fidelity, and the inputs every workload shares.
 
 Each workload builds both sides on the same inputs — the engine through the
 runtime (ONNX Runtime via :mod:`eac.engine`), the reference through PyTorch
 eager (:mod:`eac.bench.reference`) — times them with
-:func:`eac.bench.harness.measure`, and returns a
-:class:`~eac.bench.harness.BenchReport`.
+:func:`eac.bench.harness.measure_sides` (sides alternating, load recorded), and
+returns a :class:`~eac.bench.harness.BenchReport`. :mod:`eac.bench.registry`
+says which function runs which workload (``end-to-end`` lives in
+:mod:`eac.bench.end_to_end`, ``peers`` in :mod:`eac.bench.peers`).
 
 ``explain``
-    One photograph from scikit-image (resize 256, centre crop 224), N concept
-    masks (default 32, exactly N regions from SLIC superpixels), a
-    ResNet-50-sized classifier (the bench ResNet-50 with random weights, or a
-    classifier folder). Engine method ``eac`` vs the reference.
+    One image (resize 256, centre crop 224), N concept masks (default 32,
+    exactly N regions from SLIC superpixels), a ResNet-50-sized classifier: the
+    bench ResNet-50 with its final layer fitted on generated scenes (``--weights
+    scenes``, the default; the image is then a generated scene), with random
+    weights (``--weights random``), or a classifier folder. Engine method
+    ``eac`` vs the reference; ``--int8`` adds the engine on an int8 copy.
 ``concepts``
     SAM ViT-B (random weights or a checkpoint) on the same crop, 32×32 point
     grid: the engine's ``SamConceptGenerator`` vs segment-anything's own
     ``SamAutomaticMaskGenerator``; plus an untimed agreement check with the IoU
     stability and NMS filters off, so both keep every candidate (mean best IoU
     of the reference's masks among the engine's).
-``end-to-end``
-    Both stages: SAM concepts, then the explanation with them.
 ``fidelity``
     The small trained scene classifier (:mod:`eac.bench.train_demo`), scenes
     with N ≤ 12 concepts: Spearman correlation with the exact Shapley values of
@@ -46,6 +48,7 @@ from .agreement import TOP_K, mask_agreement, mask_iou_matrix, ranking_agreement
 from .classifiers import ClassifierPair, _read_manifest, classifier_pair, torch_classifier_for_folder
 from .harness import (
     DEFAULT_PHOTO,
+    LOAD_HEADER,
     BenchError,
     BenchReport,
     RunRecord,
@@ -53,6 +56,7 @@ from .harness import (
     machine_info,
     measure_sides,
     ratios,
+    side_load,
 )
 from .options import DEFAULT_N_CONCEPTS, QUICK, SCENE_PHOTO, BenchOptions
 from .reference import (
@@ -414,11 +418,12 @@ def _int8_table(fp32: SideResult, int8: SideResult, quantize_seconds: float) -> 
     for name, side in (("engine, fp32 classifier", fp32), ("engine, int8 classifier", int8)):
         total, evals = side.stages["total"].median, side.stages["evaluations"].median
         speed = "1.0×" if side is fp32 else f"{fp32.stages['total'].median / total:.2f}×"
-        rows.append([name, _f2(total), _f2(evals), f"{side.counts.get('evaluations', 0):.0f}", speed])
+        rows.append([name, _f2(total), _f2(evals), f"{side.counts.get('evaluations', 0):.0f}", speed,
+                     side_load(side)])
     rows.append(["quantisation (calibration + writing the folder, once per image here)", _f2(quantize_seconds),
-                 "", "", ""])
+                 "", "", "", ""])
     return ("int8 classifier (an option, never the default)",
-            ["engine", "total s", "evaluations s", "evaluations", "speed-up vs fp32"], rows)
+            ["engine", "total s", "evaluations s", "evaluations", "speed-up vs fp32", LOAD_HEADER], rows)
 
 
 def _sam_settings(opts: BenchOptions) -> SamReferenceSettings:
@@ -565,17 +570,18 @@ def _generators_table(sides: dict[str, SideResult], notes: dict[str, str]) -> tu
         total = side.stages["total"].median
         rows.append([name, f"{total:.2f}", f"{side.stages['encoder'].median:.2f}",
                      f"{side.stages['masks (decoder + post)'].median:.2f}",
-                     "1.0×" if name == "reference" else f"{reference / total:.1f}×",
+                     "1.0×" if name == "reference" else f"{reference / total:.1f}×", side_load(side),
                      f"{side.peak_rss_bytes / 2**20:.0f} (+{side.peak_rss_increase_bytes / 2**20:.0f})",
                      _fmt_masks(side)])
     for name, note in notes.items():
         if name not in sides:
-            rows.append([name, "—", "—", "—", "—", "—", "—", note])
+            rows.append([name, "—", "—", "—", "—", "—", "—", "—", note])
     for row in rows:
-        if len(row) == 7:
+        if len(row) == 8:
             row.append(notes.get(row[0], ""))
     return ("concept generators, same crop and grid (median s; speed-up vs segment-anything's ViT-B generator)",
-            ["side", "total s", "encoder s", "masks s", "speed-up", "peak RSS MB (rise)", "masks", "notes"], rows)
+            ["side", "total s", "encoder s", "masks s", "speed-up", LOAD_HEADER, "peak RSS MB (rise)", "masks",
+             "notes"], rows)
 
 
 def _fmt_masks(side: SideResult) -> str:
