@@ -3,20 +3,29 @@
 No ImageNet weights can be downloaded here, and with random weights a classifier's class
 probabilities barely move when concepts are masked: every value is near zero, nothing is ever
 resolved, and ``eac`` always runs to its evaluation cap — the worst case, not the usual one.
-This module keeps a bench network's random trunk (so the compute is unchanged: ResNet-50
-4.1 GMAC per image) and fits its final layer on the penultimate features of generated scenes
-(:mod:`eac.engine.scenes`) to answer one question a random trunk's pooled features can answer:
+This module keeps a bench network's random convolutions (so the compute is unchanged: ResNet-50
+4.1 GMAC per image, MobileNetV3-Large 0.22) and fits its final layer on the penultimate features
+of generated scenes (:mod:`eac.engine.scenes`) to answer a question such features can answer:
 *is the scene's red object visible?* (class 0 ``"red object"``, class 1 ``"no red object"``).
+
+A random trunk first needs one of the initialisations training starts from, or its pooled
+features carry nothing a linear layer can read (measured: a probe on a plain random ResNet-50
+stays at the majority class; a random MobileNetV3's features are of order 1e-9):
+
+* ResNets: torchvision's ``zero_init_residual`` — each residual block starts as the identity,
+  so the stem and the stride-2 projections reach the features (:func:`zero_init_residual_`);
+* MobileNetV3: batch-norm statistics measured on :data:`BN_SCENES` scenes
+  (:func:`recalibrate_batch_norm_`).
 
 The training images look like EAC's masked evaluations: :data:`MASKED_FRACTION` of them keep a
 random subset of the scene's concepts (objects and background tiles, each kept with probability
 :data:`KEEP_PROBABILITY`) and black out the rest; the label says whether the red object survived.
 Each image goes through the classifier's own crop (resize 256, centre 224), as the explained
-image does. Features come from ONNX Runtime on the random-weight export; the layer is fitted
-with torch (logistic regression on standardised features, the standardisation folded back into
-the weights), then the network is exported again with that layer — from a module factory and a
-checkpoint, so the PyTorch reference rebuilds the very same network. Accuracy on held-out
-scenes is recorded beside the folder and printed in the bench's settings.
+image does. Features come from ONNX Runtime on an export of the prepared trunk, the layer is
+fitted with torch (logistic regression, :func:`fit_layer`), then the network is exported again
+with that layer — from a module factory and a checkpoint, so the PyTorch reference rebuilds the
+very same network. Accuracy on held-out scenes is recorded beside the folder and printed in the
+bench's settings.
 
 Explaining a generated scene with such a classifier, the concepts over the red object carry the
 prediction and the rest carry little: values are concentrated the way a trained classifier's
@@ -59,6 +68,11 @@ STD_FLOOR = 1e-6
 #: Images per ONNX Runtime call while computing features.
 FEATURE_BATCH = 32
 RECORD_NAME = "scene_head.json"
+#: Folder names under the cache root: the prepared trunk (features only, removed after the fit) and the result.
+TRUNK_NAME, FINAL_NAME = "trunk", "classifier"
+#: Scenes whose batch-norm statistics a MobileNetV3 trunk takes, and their seed (not the training scenes').
+BN_SCENES = 64
+BN_SEED = 8
 
 
 def resnet50_scenes_factory() -> nn.Module:
@@ -108,9 +122,10 @@ class SceneHead:
     @property
     def description(self) -> str:
         r = self.record
-        return (f"bench {r['arch']}: random trunk (seed {r['trunk_seed']}), final layer fitted on {r['scenes']} "
-                f"generated scenes to tell whether the red object is visible (held-out accuracy "
-                f"{r['held_out_accuracy']:.2f}, majority class {r['majority_fraction']:.2f})")
+        return (f"bench {models.ARCH_NAMES.get(r['arch'], r['arch'])}: random convolutions (seed {r['trunk_seed']}; "
+                f"{r['trunk']}), final layer fitted on {r['scenes']} generated scenes to tell whether the red object "
+                f"is visible (held-out accuracy {r['held_out_accuracy']:.2f}, majority class "
+                f"{r['majority_fraction']:.2f})")
 
 
 def training_images(count: int, crop_hw: tuple[int, int], resize: int | None,
@@ -180,6 +195,88 @@ def _features(classifier: Any, images: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def zero_init_residual_(model: nn.Module) -> nn.Module:
+    """torchvision's ``zero_init_residual``: the last batch norm of every Bottleneck scaled to 0.
+
+    Each residual block then starts as the identity (its convolutions still run: the compute is
+    unchanged); what reaches the pooled features is the stem and the stride-2 projections, a
+    shallow random network whose features keep the image's colours. Without it the pooled
+    features of a random 16-block ResNet-50 do not tell a visible red object from a masked one
+    (a linear probe stays at the majority class).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, models.Bottleneck):
+                module.bn3.weight.zero_()
+    return model
+
+
+def recalibrate_batch_norm_(model: nn.Module, images: torch.Tensor, batch: int = FEATURE_BATCH) -> nn.Module:
+    """Set every batch norm's running statistics to those of ``images`` (B×3×H×W, normalised), eval mode after.
+
+    What training would have left there. A random MobileNetV3's activations vanish through its
+    depthwise layers (torchvision's fan-out initialisation; pooled features of order 1e-9 on
+    the scenes); statistics measured on the data undo that.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over every batch
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            model(images[start : start + batch])
+    return model.eval()
+
+
+def prepared_trunk(arch: str, calibration: np.ndarray) -> tuple[nn.Module, str]:
+    """The bench network ``arch`` (random weights) made usable for a fitted final layer, and how.
+
+    ResNets: :func:`zero_init_residual_`. MobileNetV3: :func:`recalibrate_batch_norm_` on
+    ``calibration`` (M×h×w×3 uint8 crops). The final layer is replaced by a zeroed 2-class one.
+    """
+    model = models.CLASSIFIERS[arch][1]()
+    if arch in models.MOBILE_ARCHS:
+        mean, std = np.asarray(models.IMAGENET_MEAN, np.float32), np.asarray(models.IMAGENET_STD, np.float32)
+        x = ((calibration.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+        recalibrate_batch_norm_(model, torch.from_numpy(np.ascontiguousarray(x)))
+        how = f"batch-norm statistics measured on {len(calibration)} generated scenes"
+    else:
+        zero_init_residual_(model)
+        how = "torchvision's zero_init_residual (each residual block starts as the identity)"
+    _set_head(model, arch, np.zeros((len(LABELS), _head(model, arch).in_features), np.float32),
+              np.zeros(len(LABELS), np.float32))
+    return model.eval(), how
+
+
+def _head(model: nn.Module, arch: str) -> nn.Linear:
+    return model.get_submodule(models.head_layer(arch))
+
+
+def _set_head(model: nn.Module, arch: str, weight: np.ndarray, bias: np.ndarray) -> None:
+    new = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        new.weight.copy_(torch.from_numpy(weight))
+        new.bias.copy_(torch.from_numpy(bias))
+    parent_name, _, leaf = models.head_layer(arch).rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
+
+
+def _export(model: nn.Module, arch: str, root: Path, name: str, validate: bool) -> Path:
+    """Export ``model`` (2-class layout) through its factory and a checkpoint under ``root``."""
+    from ..export.classifier import export_classifier
+
+    checkpoint = root / f"{name}.pt"
+    torch.save(model.state_dict(), str(checkpoint))
+    labels_path = root / "labels.txt"
+    labels_path.write_text("\n".join(LABELS) + "\n")
+    folder = root / name
+    export_classifier(out=str(folder), module=FACTORIES[arch], checkpoint=str(checkpoint),
+                      input_size=models.CROP, resize=models.RESIZE, mean=models.IMAGENET_MEAN,
+                      std=models.IMAGENET_STD, channel_order="RGB", labels=str(labels_path), validate=validate)
+    return folder
+
+
 def scene_head_classifier(arch: str, scenes: int = FIT_SCENES, log=None) -> SceneHead:
     """The bench network ``arch`` with its final layer fitted on ``scenes`` generated scenes (cached).
 
@@ -197,7 +294,6 @@ def scene_head_classifier(arch: str, scenes: int = FIT_SCENES, log=None) -> Scen
     SceneHead
     """
     from ..engine.classifier import Classifier
-    from ..export.classifier import export_classifier
 
     if arch not in FACTORIES:
         raise models.BenchModelError(f"no scene head for bench classifier {arch!r}; choose from {', '.join(FACTORIES)}")
@@ -205,41 +301,33 @@ def scene_head_classifier(arch: str, scenes: int = FIT_SCENES, log=None) -> Scen
                               models._source_digest("eac.bench.scene_head"), models._source_digest("eac.engine.scenes"),
                               models._source_digest("eac.export.classifier"))
     root = models.cache_dir() / f"scene-head-{arch}-{key}"
-    folder, record_path = root / "classifier", root / RECORD_NAME
+    folder, record_path = root / FINAL_NAME, root / RECORD_NAME
     if (folder / "manifest.json").is_file() and record_path.is_file():
         return SceneHead(folder, json.loads(record_path.read_text()))
-    random_folder = models.export_bench_classifier(arch)
-    random = Classifier.from_folder(random_folder)
     if log is not None:
         log(f"fitting the final layer of the bench {arch} on {scenes} generated scenes (cached)...")
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
     rng = np.random.default_rng(SCENE_SEED)
-    images, labels = training_images(scenes, tuple(random.input_hw), models.RESIZE, rng)
-    feats = _features(random, images)
+    images, labels = training_images(scenes, (models.CROP, models.CROP), models.RESIZE, rng)
+    calibration, _ = training_images(min(BN_SCENES, scenes), (models.CROP, models.CROP), models.RESIZE,
+                                     np.random.default_rng(BN_SEED))
+    model, prepared = prepared_trunk(arch, calibration)
+    trunk = Classifier.from_folder(_export(model, arch, root, TRUNK_NAME, validate=False))
+    feats = _features(trunk, images)
     held = max(1, round(HELD_OUT_FRACTION * scenes))
     weight, bias = fit_layer(feats[:-held], labels[:-held])
     logits = feats[-held:] @ weight.T + bias
     accuracy = float(np.mean(np.argmax(logits, 1) == labels[-held:]))
     majority = float(max(np.mean(labels[-held:] == 0), np.mean(labels[-held:] == 1)))
-    model = models.CLASSIFIERS[arch][1]()
-    head = model.get_submodule(models.head_layer(arch))
-    with torch.no_grad():
-        new = nn.Linear(head.in_features, len(LABELS))
-        new.weight.copy_(torch.from_numpy(weight))
-        new.bias.copy_(torch.from_numpy(bias))
-    parent_name, _, leaf = models.head_layer(arch).rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    checkpoint = root / "weights.pt"
-    torch.save(model.state_dict(), str(checkpoint))
-    labels_path = root / "labels.txt"
-    labels_path.write_text("\n".join(LABELS) + "\n")
-    export_classifier(out=str(folder), module=FACTORIES[arch], checkpoint=str(checkpoint),
-                      input_size=models.CROP, resize=models.RESIZE, mean=models.IMAGENET_MEAN,
-                      std=models.IMAGENET_STD, channel_order="RGB", labels=str(labels_path))
+    _set_head(model, arch, weight, bias)
+    _export(model, arch, root, FINAL_NAME, validate=True)
+    shutil.rmtree(root / TRUNK_NAME)
+    (root / f"{TRUNK_NAME}.pt").unlink()
     record = {"arch": arch, "scenes": scenes, "held_out": held, "held_out_accuracy": accuracy,
               "majority_fraction": majority, "scene_seed": SCENE_SEED, "trunk_seed": models.BENCH_SEED,
-              "labels": list(LABELS), "masked_fraction": MASKED_FRACTION, "keep_probability": KEEP_PROBABILITY}
+              "trunk": prepared, "labels": list(LABELS), "masked_fraction": MASKED_FRACTION,
+              "keep_probability": KEEP_PROBABILITY}
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return SceneHead(folder, record)
