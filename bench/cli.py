@@ -36,10 +36,11 @@ the sides alternate (engine, reference, engine, ...). A run whose load average w
 workloads:
   explain     one image (224×224 crop), N concept masks (default 32 SLIC regions; SAM's
               masks when --sam/--sam-checkpoint is given), a ResNet-50-sized classifier:
-              --weights scenes (default): the bench ResNet-50's random trunk with its final
-              layer fitted on generated scenes (is the red object visible?), so its
-              prediction depends on the image and eac can stop where the ranking is
-              resolved; the image is then a generated scene. --weights random: all
+              --weights scenes (default): the bench ResNet-50's random convolutions
+              (torchvision's zero_init_residual initialisation) with its final layer
+              fitted on generated scenes (is the red object visible?), so its prediction
+              depends on the image and eac can stop where the ranking is resolved; the
+              image is then a generated scene. --weights random: all
               weights random, the worst case (flat values, eac runs to its cap). Or
               --classifier DIR. Engine method `eac` vs the reference (2500 evaluations,
               PIE SGD fit, 50 000-sample Monte-Carlo per concept). --int8 adds the engine
