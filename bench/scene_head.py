@@ -13,7 +13,10 @@ features carry nothing a linear layer can read (measured: a probe on a plain ran
 stays at the majority class; a random MobileNetV3's features are of order 1e-9):
 
 * ResNets: torchvision's ``zero_init_residual`` — each residual block starts as the identity,
-  so the stem and the stride-2 projections reach the features (:func:`zero_init_residual_`);
+  so the stem and the stride-2 projections reach the features (:func:`zero_init_residual_`) —
+  then the features scaled to a trained ResNet's magnitude (:func:`scale_features_`), so the
+  fitted layer's weights are of a trained head's size and the reference's PIE surrogate, which
+  maps concepts into that head, does not start saturated;
 * MobileNetV3: batch-norm statistics measured on :data:`BN_SCENES` scenes
   (:func:`recalibrate_batch_norm_`).
 
@@ -73,6 +76,12 @@ TRUNK_NAME, FINAL_NAME = "trunk", "classifier"
 #: Scenes whose batch-norm statistics a MobileNetV3 trunk takes, and their seed (not the training scenes').
 BN_SCENES = 64
 BN_SEED = 8
+#: Mean pooled feature a ResNet trunk is scaled to (the order of a trained torchvision ResNet-50's
+#: penultimate activations). The zero-initialised random trunk's are about ten times smaller, so
+#: the fitted layer's weights were ten times larger than a trained head's, and the reference's PIE
+#: surrogate (a random N→D map into that head) started saturated: its softmax gave exactly 0 or 1,
+#: its SGD could not move, and every reference value came out 0.
+TRAINED_FEATURE_MEAN = 0.5
 
 
 def resnet50_scenes_factory() -> nn.Module:
@@ -229,21 +238,47 @@ def recalibrate_batch_norm_(model: nn.Module, images: torch.Tensor, batch: int =
     return model.eval()
 
 
+def scale_features_(model: nn.Module, images: torch.Tensor, target: float = TRAINED_FEATURE_MEAN) -> float:
+    """Scale a :func:`zero_init_residual_` ResNet's pooled features so their mean on ``images`` is ``target``.
+
+    With every residual branch zeroed, the features are the ReLU of the last stage's first block
+    (its projection plus its zeroed branch), passed on unchanged by the identity blocks after it;
+    ReLU is positively homogeneous, so scaling that block's two last batch norms (weight and bias)
+    by ``s`` scales the features by exactly ``s``. ``images``: B×3×H×W normalised. Returns ``s``.
+    """
+    with torch.no_grad():
+        current = float(model.features(images).mean())
+        scale = target / max(current, STD_FLOOR)
+        block = model.layer4[0]
+        for bn in (block.bn3, block.downsample[-1]):
+            bn.weight.mul_(scale)
+            bn.bias.mul_(scale)
+    return scale
+
+
+def _normalised(images: np.ndarray) -> torch.Tensor:
+    """M×h×w×3 uint8 crops → M×3×h×w float32, ImageNet-normalised."""
+    mean, std = np.asarray(models.IMAGENET_MEAN, np.float32), np.asarray(models.IMAGENET_STD, np.float32)
+    x = ((images.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
 def prepared_trunk(arch: str, calibration: np.ndarray) -> tuple[nn.Module, str]:
     """The bench network ``arch`` (random weights) made usable for a fitted final layer, and how.
 
-    ResNets: :func:`zero_init_residual_`. MobileNetV3: :func:`recalibrate_batch_norm_` on
-    ``calibration`` (M×h×w×3 uint8 crops). The final layer is replaced by a zeroed 2-class one.
+    ResNets: :func:`zero_init_residual_`, then :func:`scale_features_` on ``calibration``.
+    MobileNetV3: :func:`recalibrate_batch_norm_` on ``calibration`` (M×h×w×3 uint8 crops). The
+    final layer is replaced by a zeroed 2-class one.
     """
     model = models.CLASSIFIERS[arch][1]()
     if arch in models.MOBILE_ARCHS:
-        mean, std = np.asarray(models.IMAGENET_MEAN, np.float32), np.asarray(models.IMAGENET_STD, np.float32)
-        x = ((calibration.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
-        recalibrate_batch_norm_(model, torch.from_numpy(np.ascontiguousarray(x)))
+        recalibrate_batch_norm_(model, _normalised(calibration))
         how = f"batch-norm statistics measured on {len(calibration)} generated scenes"
     else:
-        zero_init_residual_(model)
-        how = "torchvision's zero_init_residual (each residual block starts as the identity)"
+        zero_init_residual_(model.eval())
+        scale = scale_features_(model, _normalised(calibration))
+        how = (f"torchvision's zero_init_residual (each residual block starts as the identity), features scaled "
+               f"×{scale:.3g} to a trained ResNet's mean of {TRAINED_FEATURE_MEAN:g} on generated scenes")
     _set_head(model, arch, np.zeros((len(LABELS), _head(model, arch).in_features), np.float32),
               np.zeros(len(LABELS), np.float32))
     return model.eval(), how

@@ -59,3 +59,22 @@ def test_batch_norm_recalibration_takes_the_datas_statistics():
         out = model(x)
     assert float(out.mean((0, 2, 3)).abs().max()) < 1e-3  # normalised on the data it was measured on
     np.testing.assert_allclose(out.var((0, 2, 3)).numpy(), 1.0, atol=0.05)
+
+
+def test_feature_scaling_scales_a_zero_initialised_resnets_features_exactly():
+    from eac.bench.models import TINY_WIDTH, ResNet, init_resnet_
+    from eac.bench.scene_head import scale_features_, zero_init_residual_
+
+    def two_block_resnet():  # a last stage of two blocks: an identity block after the scaled one
+        return init_resnet_(ResNet((1, 1, 1, 2), 2, width=TINY_WIDTH), 3).eval()
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 64, 64)
+    model = zero_init_residual_(two_block_resnet())
+    with torch.no_grad():
+        before = model.features(x)
+        scale = scale_features_(model, x, target=0.5)
+        after = model.features(x)
+    assert scale > 1.0  # the zero-initialised trunk's features are smaller than a trained one's
+    np.testing.assert_allclose(float(after.mean()), 0.5, rtol=1e-5)
+    np.testing.assert_allclose(after.numpy(), scale * before.numpy(), rtol=1e-4, atol=1e-6)
