@@ -78,3 +78,21 @@ def test_feature_scaling_scales_a_zero_initialised_resnets_features_exactly():
     assert scale > 1.0  # the zero-initialised trunk's features are smaller than a trained one's
     np.testing.assert_allclose(float(after.mean()), 0.5, rtol=1e-5)
     np.testing.assert_allclose(after.numpy(), scale * before.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_margin_limit_keeps_every_prediction_and_caps_the_margin():
+    from eac.bench.scene_head import MARGIN_PERCENTILE, limit_margin
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(200, 5)).astype(np.float32)
+    weight = rng.normal(size=(2, 5)).astype(np.float32) * 100.0  # margins in the hundreds
+    bias = np.array([3.0, -3.0], np.float32)
+    w, b, temperature = limit_margin(weight, bias, feats, limit=10.0)
+    before, after = feats @ weight.T + bias, feats @ w.T + b
+    assert temperature > 1.0
+    np.testing.assert_array_equal(np.argmax(after, 1), np.argmax(before, 1))
+    margin = np.abs(after[:, 0] - after[:, 1])
+    np.testing.assert_allclose(np.percentile(margin, MARGIN_PERCENTILE), 10.0, rtol=1e-4)
+    # A layer already within the limit is left alone.
+    w2, b2, t2 = limit_margin(w, b, feats, limit=20.0)
+    assert t2 == 1.0 and np.array_equal(w2, w) and np.array_equal(b2, b)
