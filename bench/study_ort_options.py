@@ -107,7 +107,7 @@ class Measurement:
 
 def masked_inputs(classifier: Any, n_concepts: int, count: int, seed: int) -> np.ndarray:
     """``count`` normalised masked images of the explain workload's photograph (count×3×h×w)."""
-    from .int8 import masked_calibration
+    from ..export.quantize import masked_calibration
     from .workloads import crop_for, exact_regions, load_photo
 
     crop = crop_for(load_photo(), classifier.input_hw, models.RESIZE)
