@@ -7,25 +7,55 @@ import shlex
 import sys
 
 from ..engine.shipped import shipped_names
-from .harness import DEFAULT_PHOTO, QUICK_LABEL, WORKLOADS
+from .harness import DEFAULT_PHOTO, QUICK_LABEL, BenchError
+from .load import LOAD_LIMIT_PER_CORE
+from .registry import WORKLOADS
 
-#: What --help says about run times (measured on a 2-core CPU, see README "Performance").
-DESCRIPTION = """\
+#: ``--ort`` keys and how their values are read (fields of eac.engine.session.SessionOptions);
+#: any key starting with ``session.`` is passed to ONNX Runtime as a session configuration entry.
+ORT_KEYS = {
+    "inter_op_threads": int,
+    "allow_spinning": "bool",
+    "cpu_mem_arena": "bool",
+    "graph_optimization": str,
+}
+_TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+#: What --help says (run times measured on a 2-core CPU, see README "Performance").
+DESCRIPTION = f"""\
 Time the eac engine (ONNX Runtime) against a faithful PyTorch-eager re-implementation
 of the reference EAC pipeline, on the same machine, in the same run, and print per-stage
 median/min/max seconds, their ratio, classifier evaluations, peak memory, the provider,
 the CPU/GPU model, thread counts and versions. --json FILE writes every number.
 
+honest numbers: every timed run records the 1-minute load average before, during
+(sampled each second) and after it, and the CPU time the process got; with --repeat > 1
+the sides alternate (engine, reference, engine, ...). A run whose load average went above
+{LOAD_LIMIT_PER_CORE:g} per logical CPU is NOT A RESULT: no ratio is printed, and the JSON says why
+(verdict) and keeps the ratios apart (ratios_not_a_result). Run benchmarks alone.
+
 workloads:
-  explain     one skimage photograph (224×224 crop), N concept masks (default 32 SLIC
-              regions; SAM's masks when --sam/--sam-checkpoint is given),
-              ResNet-50 (bench-built, random weights) or --classifier DIR:
-              engine method `eac` vs the reference (2500 evaluations, PIE SGD fit,
-              50 000-sample Monte-Carlo per concept).
+  explain     one image (224×224 crop), N concept masks (default 32 SLIC regions; SAM's
+              masks when --sam/--sam-checkpoint is given), a ResNet-50-sized classifier:
+              --weights scenes (default): the bench ResNet-50's random convolutions
+              (torchvision's zero_init_residual initialisation) with its final layer
+              fitted on generated scenes (is the red object visible?), so its prediction
+              depends on the image and eac can stop where the ranking is resolved; the
+              image is then a generated scene. --weights random: all
+              weights random, the worst case (flat values, eac runs to its cap). Or
+              --classifier DIR. Engine method `eac` vs the reference (2500 evaluations,
+              PIE SGD fit, 50 000-sample Monte-Carlo per concept). --int8 adds the engine
+              on an int8 copy of the classifier (static quantisation calibrated on the
+              image's own masked batches) with its agreement with the fp32 explanation.
   concepts    SAM ViT-B (random weights, or --sam-checkpoint / --sam) on the same crop,
               32×32 point grid: engine generator vs segment-anything's own generator,
-              plus an untimed mask-agreement check with every candidate kept.
-  end-to-end  both stages.
+              plus EfficientViT-SAM-L0 rows and an untimed mask-agreement check.
+  end-to-end  one image from file to saved explanation (load, concepts, evaluations, fit,
+              values, writing the folder), per stage, for EfficientViT-SAM-L0 +
+              ResNet-50-sized, EfficientViT-SAM-L0 + MobileNetV3-Large (0.22 GMAC), SAM
+              ViT-B + ResNet-50-sized, and the reference pipeline (segment-anything's
+              generator + reference EAC) in the same run. Random-weight SAMs run with
+              the IoU/stability filters off and the 32 highest-scored masks are explained.
   fidelity    the small trained scene classifier, scenes with ≤ 12 concepts: Spearman
               vs exact Shapley values, top-1/top-3 agreement, insertion/deletion AUC and
               evaluations for eac, eac-faithful, kernelshap, lime and the reference.
@@ -53,17 +83,19 @@ workloads:
               permuted labels; Spearman of the concept values with the original's and
               pass/fail per method (`eac sanity` runs the first check on your image).
 
-how long (measured 2026-11-22 on a 2-core AMD EPYC, one repeat, models already exported):
-  explain ≈ 7.5 min (reference ≈ 7.4 min: 2500 ResNet-50 evaluations in PyTorch eager
-  ≈ 6 min, PIE fit 15 s, Monte-Carlo values 77 s; engine ≈ 6 s; reference peak RSS
-  ≈ 10 GB), concepts ≈ 5 min (reference generator ≈ 3 min, engine ≈ 30 s, agreement
-  check ≈ 1.5 min), fidelity ≈ 3 min, end-to-end ≈ 9 min (estimated from the two
-  stages), peers ≈ 12 min (4 scenes, --warmup 1, on a loaded machine). The first run
-  exports the models into $EAC_CACHE/bench (ResNet-50 ≈ 20 s,
-  SAM ViT-B ≈ 2-4 min, scene classifier training: minutes; 13 min on a busy machine).
-  --quick runs tiny models with fewer evaluations in about a minute (plus a
-  one-time export of the tiny models); its results are labelled QUICK and say
-  nothing about product speed.
+ONNX Runtime CPU settings: --ort KEY=VALUE (inter_op_threads, allow_spinning,
+cpu_mem_arena, graph_optimization, session.* entries); python -m
+eac.bench.study_ort_options measures what each buys on this machine.
+
+how long (2-core AMD EPYC, one repeat, models already exported; measured under load
+2026-11-22, to be re-measured): explain ≈ 7.5 min (the reference ≈ 7.4 min of it),
+concepts ≈ 5 min, fidelity ≈ 3 min, end-to-end ≈ 12 min (the reference ≈ 10 min of it),
+peers ≈ 12 min. The first run exports the models into $EAC_CACHE/bench (ResNet-50
+≈ 20 s, SAM ViT-B ≈ 2-4 min, EfficientViT-SAM-L0 ≈ 1 min, fitting a scene head: ResNet-50
+features of 1200 scenes ≈ 1 min; the scene classifier's training: minutes).
+--quick runs tiny models with fewer evaluations in about a minute (plus a one-time
+export of the tiny models); its results are labelled QUICK and say nothing about
+product speed.
 """
 
 
@@ -100,7 +132,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--sam-checkpoint", metavar="PATH", default=None,
                    help="segment-anything ViT-B checkpoint: both sides use it (exported once for the engine)")
     p.add_argument("--n-concepts", type=int, default=None, help="concept masks of the explain workload (default 32)")
-    p.add_argument("--photo", default=DEFAULT_PHOTO, help="skimage.data image (astronaut, chelsea, coffee, ...)")
+    p.add_argument("--photo", default=None,
+                   help="skimage.data image (astronaut, chelsea, coffee, ...) or 'scene' (a generated scene); "
+                        f"default: a scene for --weights scenes, {DEFAULT_PHOTO} otherwise")
+    p.add_argument("--weights", choices=("scenes", "random"), default="scenes",
+                   help="explain/end-to-end classifiers: 'scenes' (random trunk, final layer fitted on generated "
+                        "scenes: the prediction depends on the image; default) or 'random' (the worst case: "
+                        "nothing resolves, eac runs to its cap)")
+    p.add_argument("--int8", action="store_true",
+                   help="explain: also run the engine on an int8 copy of the classifier (ONNX Runtime static "
+                        "quantisation calibrated on the image's own masked batches) and report its agreement "
+                        "with the fp32 explanation (Spearman, top-k); never the default")
+    p.add_argument("--ort", action="append", default=[], metavar="KEY=VALUE",
+                   help="an ONNX Runtime CPU setting of the engine's sessions (repeatable): "
+                        + ", ".join(ORT_KEYS) + ", or any session.* configuration entry "
+                        "(python -m eac.bench.study_ort_options measures them)")
     p.add_argument("--seed", type=int, default=0, help="seed of both sides' random draws")
     p.add_argument("--no-agreement", action="store_true", help="concepts: skip the untimed mask-agreement check")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -116,16 +162,47 @@ def _command_line(args: argparse.Namespace) -> str:
     return f"eac bench {args.workload}" + (" --quick" if args.quick else "")
 
 
+def parse_ort_settings(items: list[str]) -> dict:
+    """``--ort KEY=VALUE`` items → keyword arguments of :class:`eac.engine.session.SessionOptions`."""
+    out: dict = {}
+    entries: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise BenchError(f"--ort {item!r}: expected KEY=VALUE")
+        if key.startswith("session."):
+            entries[key] = value
+            continue
+        kind = ORT_KEYS.get(key)
+        if kind is None:
+            raise BenchError(f"--ort {key}: unknown setting; choose from {', '.join(ORT_KEYS)} or a session.* entry")
+        if kind == "bool":
+            if value.lower() not in _TRUE + _FALSE:
+                raise BenchError(f"--ort {key}={value}: expected 1/0, true/false or on/off")
+            out[key] = value.lower() in _TRUE
+        elif kind is int:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise BenchError(f"--ort {key}={value}: expected an integer") from None
+        else:
+            out[key] = value
+    if entries:
+        out["config_entries"] = entries
+    return out
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Run one workload, print its table, write JSON when asked."""
     from ..engine.cli.options import resolve_models
-    from .workloads import BenchOptions, run_workload
+    from .options import BenchOptions
+    from .registry import run_workload
 
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 0)
+    ort_settings = parse_ort_settings(args.ort)
     if args.threads is not None:
         if args.threads < 1:
-            from .harness import BenchError
-
             raise BenchError(f"--threads must be at least 1 (got {args.threads})")
         import torch
 
@@ -140,7 +217,7 @@ def bench_command(args: argparse.Namespace) -> int:
         threads=args.threads, quick=args.quick, classifier=args.classifier, sam=args.sam,
         sam_checkpoint=args.sam_checkpoint, n_concepts=args.n_concepts, photo=args.photo, seed=args.seed,
         agreement=not args.no_agreement, progress=None if args.quiet else progress,
-        command=_command_line(args),
+        command=_command_line(args), weights=args.weights, int8=args.int8, ort=ort_settings,
     )
     report = run_workload(opts)
     print(report.render())

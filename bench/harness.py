@@ -12,6 +12,7 @@ measure has no entry, and a ratio exists only where both sides measured it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -21,24 +22,29 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..engine.errors import EacError
+from .load import LOAD_LIMIT_PER_CORE, LoadMonitor, LoadRecord, Verdict, load_verdict
 
 #: Seconds between two samples of the resident set size.
 RSS_SAMPLE_INTERVAL_S = 0.005
 #: Label put on reduced runs, everywhere their results are printed or written.
 QUICK_LABEL = "QUICK"
-#: Workload names and the default photograph. They live here, in a module without torch, because
-#: `eac bench`'s argument parser (built on every `eac` command) needs them too.
-WORKLOADS = ("explain", "concepts", "end-to-end", "fidelity", "peers", "serve", "sanity")
-#: Photograph of the explain / concepts workloads (any ``skimage.data`` colour image).
+#: Photograph of the explain / concepts workloads (any ``skimage.data`` colour image). It lives here, in a
+#: module without torch, because `eac bench`'s argument parser (built on every `eac` command) needs it too.
 DEFAULT_PHOTO = "astronaut"
 #: Name of the stage holding a run's total wall time.
 TOTAL = "total"
+#: Table columns holding ratios of times: withheld from the printed report when its runs were under load.
+RATIO_HEADERS = ("speed-up", "time / eac", "speed-up vs fp32")
+#: What a withheld ratio cell shows.
+WITHHELD = "withheld (load)"
+#: Name of the load record that spans a whole workload (sides have their own).
+WHOLE_RUN = "whole run"
 _KIB = 1024
 _MIB = 1024 * 1024
 
@@ -197,6 +203,7 @@ class SideResult:
     repeat: int
     info: dict[str, Any] = field(default_factory=dict)
     detail: dict[str, StageStats] = field(default_factory=dict)
+    load: list[LoadRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,79 +217,116 @@ class SideResult:
             "warmup": self.warmup,
             "repeat": self.repeat,
             "info": self.info,
+            "load": [r.to_dict() for r in self.load],
         }
 
 
-def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: int = 1,
-            progress: Callable[[str], None] | None = None) -> SideResult:
-    """Run one side ``warmup`` times untimed, then ``repeat`` times timed.
+class _SideRuns:
+    """The timed runs of one side, gathered as they come (sides alternate)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.per_stage: dict[str, list[float]] = {}
+        self.per_detail: dict[str, list[float]] = {}
+        self.counts: dict[str, float] | None = None
+        self.info: dict[str, Any] = {}
+        self.peak, self.increase, self.method = 0, 0, "sampled"
+        self.load: list[LoadRecord] = []
+
+    def add(self, record: RunRecord, wall: float, mem: PeakMemory, load: LoadRecord | None) -> None:
+        stages = dict(record.stages)
+        stages.setdefault(TOTAL, wall)
+        for stage, seconds in stages.items():
+            self.per_stage.setdefault(stage, []).append(float(seconds))
+        for stage, seconds in record.detail.items():
+            self.per_detail.setdefault(stage, []).append(float(seconds))
+        if self.counts is not None and self.counts != record.counts:
+            raise BenchError(f"{self.name}: counts changed between runs ({self.counts} then {record.counts}); "
+                             "runs must be seeded")
+        self.counts = dict(record.counts)
+        self.info = record.info
+        self.peak = max(self.peak, mem.peak)
+        self.increase = max(self.increase, mem.peak - mem.baseline)
+        self.method = mem.method
+        if load is not None:
+            self.load.append(load)
+
+    def result(self, warmup: int, repeat: int) -> SideResult:
+        missing = [s for s, v in self.per_stage.items() if len(v) != repeat]
+        if missing:
+            raise BenchError(f"{self.name}: stages {missing} were not measured in every run")
+        return SideResult(
+            name=self.name,
+            stages={s: StageStats.of(v) for s, v in self.per_stage.items()},
+            counts=self.counts or {},
+            peak_rss_bytes=int(self.peak),
+            peak_rss_increase_bytes=int(max(self.increase, 0)),
+            memory_method=self.method,
+            warmup=warmup,
+            repeat=repeat,
+            info=self.info,
+            detail={s: StageStats.of(v) for s, v in self.per_detail.items() if len(v) == repeat},
+            load=self.load,
+        )
+
+
+def measure_sides(runs: Mapping[str, Callable[[], RunRecord]], warmup: int = 0, repeat: int = 1,
+                  progress: Callable[[str], None] | None = None,
+                  monitor: Callable[[], LoadMonitor] | None = LoadMonitor) -> dict[str, SideResult]:
+    """Run every side ``warmup`` times untimed, then ``repeat`` times timed, the sides alternating.
+
+    Round ``i`` runs each side once, in the order of ``runs`` (engine, reference, engine,
+    reference, ...), so a change of the machine's load during the benchmark falls on all
+    sides alike instead of on whichever ran last. Every timed run is wrapped in a
+    :class:`~eac.bench.load.LoadMonitor` (load average and CPU time before, during and after).
 
     Parameters
     ----------
-    name : str
-        The side's name ("engine", "reference").
-    run : callable
-        Runs the whole workload once and returns its :class:`RunRecord`.
+    runs : mapping of str to callable
+        Side name ("engine", "reference", ...) → runs the whole workload once and returns
+        its :class:`RunRecord`.
     warmup, repeat : int
-        Untimed and timed runs (``repeat`` ≥ 1).
+        Untimed and timed runs per side (``repeat`` ≥ 1).
     progress : callable, optional
         Receives one line per run.
+    monitor : callable, optional
+        Makes the load monitor of one run (None: no load readings).
 
     Returns
     -------
-    SideResult
-        Per-stage statistics, the counts of the last run (they must not change
-        between runs; a change raises), and the peak RSS over the timed runs.
+    dict of str to SideResult
+        Per side: per-stage statistics, the counts of its last run (they must not change
+        between runs; a change raises), the peak RSS over its timed runs and the load
+        record of each timed run.
     """
     if repeat < 1:
         raise BenchError(f"--repeat must be at least 1 (got {repeat})")
     if warmup < 0:
         raise BenchError(f"--warmup must be 0 or more (got {warmup})")
     for i in range(warmup):
-        if progress:
-            progress(f"{name}: warm-up {i + 1}/{warmup}")
-        run()
-    per_stage: dict[str, list[float]] = {}
-    per_detail: dict[str, list[float]] = {}
-    counts: dict[str, float] | None = None
-    info: dict[str, Any] = {}
-    peak, increase, method = 0, 0, "sampled"
+        for name, run in runs.items():
+            if progress:
+                progress(f"{name}: warm-up {i + 1}/{warmup}")
+            run()
+    gathered = {name: _SideRuns(name) for name in runs}
     for i in range(repeat):
-        if progress:
-            progress(f"{name}: run {i + 1}/{repeat}")
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            record = run()
-            wall = time.perf_counter() - start
-        stages = dict(record.stages)
-        stages.setdefault(TOTAL, wall)
-        for stage, seconds in stages.items():
-            per_stage.setdefault(stage, []).append(float(seconds))
-        for stage, seconds in record.detail.items():
-            per_detail.setdefault(stage, []).append(float(seconds))
-        if counts is not None and counts != record.counts:
-            raise BenchError(f"{name}: counts changed between runs ({counts} then {record.counts}); "
-                             "runs must be seeded")
-        counts = dict(record.counts)
-        info = record.info
-        peak = max(peak, mem.peak)
-        increase = max(increase, mem.peak - mem.baseline)
-        method = mem.method
-    missing = [s for s, v in per_stage.items() if len(v) != repeat]
-    if missing:
-        raise BenchError(f"{name}: stages {missing} were not measured in every run")
-    return SideResult(
-        name=name,
-        stages={s: StageStats.of(v) for s, v in per_stage.items()},
-        counts=counts or {},
-        peak_rss_bytes=int(peak),
-        peak_rss_increase_bytes=int(max(increase, 0)),
-        memory_method=method,
-        warmup=warmup,
-        repeat=repeat,
-        info=info,
-        detail={s: StageStats.of(v) for s, v in per_detail.items() if len(v) == repeat},
-    )
+        for name, run in runs.items():
+            if progress:
+                progress(f"{name}: run {i + 1}/{repeat}")
+            load = monitor() if monitor is not None else None
+            with PeakMemory() as mem, (load if load is not None else contextlib.nullcontext()):
+                start = time.perf_counter()
+                record = run()
+                wall = time.perf_counter() - start
+            gathered[name].add(record, wall, mem, load.record if load is not None else None)
+    return {name: side.result(warmup, repeat) for name, side in gathered.items()}
+
+
+def measure(name: str, run: Callable[[], RunRecord], warmup: int = 0, repeat: int = 1,
+            progress: Callable[[str], None] | None = None,
+            monitor: Callable[[], LoadMonitor] | None = LoadMonitor) -> SideResult:
+    """One side alone: :func:`measure_sides` with a single side (see there)."""
+    return measure_sides({name: run}, warmup, repeat, progress, monitor)[name]
 
 
 def ratios(engine: SideResult, reference: SideResult) -> dict[str, float]:
@@ -389,22 +433,40 @@ class BenchReport:
     settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    run_load: LoadRecord | None = None
+    load_limit_per_cpu: float = LOAD_LIMIT_PER_CORE
+    #: The two sides the stage table compares (and ``ratios`` divides).
+    headline: tuple[str, str] = ("engine", "reference")
 
     @property
     def label(self) -> str:
         return f"{self.workload} ({QUICK_LABEL} reduced run)" if self.quick else self.workload
 
+    @property
+    def verdict(self) -> Verdict:
+        """Whether the numbers are a result: every load reading of every timed run (and of the
+        whole workload) at or below the limit (:func:`eac.bench.load.load_verdict`)."""
+        runs: dict[str, list[LoadRecord]] = {name: side.load for name, side in self.sides.items() if side.load}
+        if self.run_load is not None:
+            runs[WHOLE_RUN] = [self.run_load]
+        return load_verdict(runs, self.load_limit_per_cpu)
+
     def to_dict(self) -> dict[str, Any]:
+        verdict = self.verdict
         return {
             "workload": self.workload,
             "quick": self.quick,
             "label": QUICK_LABEL if self.quick else "full",
             "command": self.command,
+            "verdict": verdict.to_dict(),
             "provider": self.provider,
             "settings": self.settings,
             "machine": self.machine,
+            "load_whole_run": self.run_load.to_dict() if self.run_load is not None else None,
             "sides": {k: v.to_dict() for k, v in self.sides.items()},
-            "ratios": self.ratios,
+            # Ratios measured under load are not a result: kept apart, under a name that says so.
+            "ratios": self.ratios if verdict.result else {},
+            "ratios_not_a_result": {} if verdict.result else self.ratios,
             "extra": self.extra,
         }
 
@@ -425,9 +487,15 @@ class BenchReport:
             banner += f" — {QUICK_LABEL}: tiny models / fewer evaluations; NOT comparable with full runs"
         lines.append(banner)
         lines.append(f"command: {self.command}")
+        verdict = self.verdict
+        lines.append(verdict_line(verdict))
         if self.sides:
             lines.append("")
-            lines.append(format_stage_table(self))
+            lines.append(format_stage_table(self, verdict.result))
+        load = format_load_table(self)
+        if load:
+            lines.append("")
+            lines.append(load)
         detail = format_detail_table(self)
         if detail:
             lines.append("")
@@ -435,7 +503,7 @@ class BenchReport:
         for title, header, rows in self.tables:
             lines.append("")
             lines.append(f"{title}{' [' + QUICK_LABEL + ']' if self.quick else ''}")
-            lines.append(format_table(header, rows))
+            lines.append(format_table(header, rows if verdict.result else withhold_ratios(header, rows)))
         m = self.machine
         v = m.get("versions", {})
         lines.append("")
@@ -496,24 +564,79 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def format_stage_table(report: BenchReport) -> str:
-    """Per stage: engine and reference median [min–max] seconds, and their ratio."""
-    engine = report.sides.get("engine")
-    reference = report.sides.get("reference")
+def verdict_line(verdict: Verdict) -> str:
+    """One line saying whether the report is a result, and the load that decided it."""
+    if verdict.result:
+        return (f"load: a result — the 1-minute load average stayed at or below {verdict.limit_per_cpu:g} per CPU "
+                f"(highest {verdict.max_per_cpu:.2f}, {verdict.worst})")
+    return f"NOT A RESULT: {verdict.reason}. Ratios are withheld (the JSON keeps them as ratios_not_a_result)."
+
+
+def side_load(side: SideResult) -> str:
+    """The highest 1-minute load average per CPU over a side's timed runs, for a table cell ("—" unknown)."""
+    finite = [r.max_per_cpu for r in side.load if r.max_per_cpu == r.max_per_cpu]
+    return f"{max(finite):.2f}" if finite else "—"
+
+
+#: Header of the load column beside ratio columns.
+LOAD_HEADER = "max load / CPU"
+
+
+def withhold_ratios(header: list[str], rows: list[list[str]]) -> list[list[str]]:
+    """``rows`` with every cell of a ratio column (:data:`RATIO_HEADERS`) replaced by :data:`WITHHELD`."""
+    columns = [i for i, h in enumerate(header) if h in RATIO_HEADERS]
+    return [[WITHHELD if i in columns and str(cell).strip() not in ("", "—") else cell for i, cell in enumerate(row)]
+            for row in rows]
+
+
+def _fmt_load(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def format_load_table(report: BenchReport) -> str:
+    """Per timed run: load average before / during (mean, max) / after, CPU time the process got."""
+    rows = []
+    named: list[tuple[str, list[LoadRecord]]] = [(n, s.load) for n, s in report.sides.items() if s.load]
+    if report.run_load is not None:
+        named.append((WHOLE_RUN, [report.run_load]))
+    for name, records in named:
+        for i, rec in enumerate(records):
+            during_max = max(rec.during) if rec.during else None
+            share = rec.others_share
+            rows.append([name, str(i + 1) if len(records) > 1 or name != WHOLE_RUN else "—",
+                         _fmt_load(rec.before), f"{_fmt_load(rec.mean_during)} / {_fmt_load(during_max)}",
+                         _fmt_load(rec.after), _fmt_load(rec.max_per_cpu),
+                         f"{_fmt_seconds(rec.cpu_seconds)} / {_fmt_seconds(rec.wall_seconds)}",
+                         "—" if share is None else f"{100 * share:.0f} %"])
+    if not rows:
+        return ""
+    cpus = named[0][1][0].cpus
+    title = (f"machine load per timed run (1-minute load average; {cpus} logical CPUs; limit "
+             f"{report.load_limit_per_cpu:g} per CPU)")
+    header = ["run of", "#", "before", "during mean / max", "after", "max per CPU", "CPU s / wall s (this process)",
+              "CPU taken by other processes"]
+    return title + "\n" + format_table(header, rows)
+
+
+def format_stage_table(report: BenchReport, show_ratios: bool = True) -> str:
+    """Per stage: engine and reference median [min–max] seconds, and their ratio (withheld under load)."""
+    engine = report.sides.get(report.headline[0])
+    reference = report.sides.get(report.headline[1])
     order: list[str] = []
     for side in (reference, engine):
         if side is not None:
             order.extend(s for s in side.stages if s not in order and s != TOTAL)
     order.append(TOTAL)
-    header = ["stage", "engine s (median [min–max])", "reference s (median [min–max])", "speed-up"]
+    header = ["stage", f"{report.headline[0]} s (median [min–max])", f"{report.headline[1]} s (median [min–max])",
+              "speed-up"]
     rows = []
     for stage in order:
         e = engine.stages.get(stage) if engine else None
         r = reference.stages.get(stage) if reference else None
         ratio = report.ratios.get(stage)
+        ratio_text = "—" if ratio is None else (f"{ratio:.1f}×" if show_ratios else WITHHELD)
         rows.append([stage, _fmt_stat(e, engine.repeat if engine else 1),
-                     _fmt_stat(r, reference.repeat if reference else 1),
-                     f"{ratio:.1f}×" if ratio is not None else "—"])
+                     _fmt_stat(r, reference.repeat if reference else 1), ratio_text])
     count_keys: list[str] = []
     for side in (engine, reference):
         if side is not None:
@@ -524,7 +647,11 @@ def format_stage_table(report: BenchReport) -> str:
     rows.append(["peak RSS MB (rise in run)",
                  _fmt_mem(engine) if engine else "—", _fmt_mem(reference) if reference else "—", ""])
     warmup = max(s.warmup for s in report.sides.values())
-    title = f"runs: warm-up {warmup}, timed {max(s.repeat for s in report.sides.values())}"
+    repeat = max(s.repeat for s in report.sides.values())
+    title = f"runs: warm-up {warmup}, timed {repeat}" + (" (sides alternating)" if repeat > 1 else "")
+    loads = [f"{name} {side_load(side)}" for name, side in report.sides.items() if side_load(side) != "—"]
+    if loads:
+        title += "; highest load per CPU: " + ", ".join(loads) + f" (limit {report.load_limit_per_cpu:g})"
     if report.quick:
         title += f" [{QUICK_LABEL}]"
     return title + "\n" + format_table(header, rows)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..engine.errors import EacError
+from .mobilenet import mobilenet_v3_large
 
 #: Seed of the bench models' random weights (any fixed value; recorded in results).
 BENCH_SEED = 20230517
@@ -200,11 +201,37 @@ def tiny_resnet_factory() -> ResNet:
     return tiny_resnet()
 
 
+#: Width multiplier of the QUICK mobile classifier (≈ 0.025 GMAC instead of 0.22).
+TINY_MOBILE_WIDTH = 0.25
+
+
+def mobilenet_v3_large_factory() -> nn.Module:
+    """Factory for ``--module eac.bench.models:mobilenet_v3_large_factory`` (random weights, :data:`BENCH_SEED`)."""
+    return mobilenet_v3_large(BENCH_SEED)
+
+
+def tiny_mobilenet_factory() -> nn.Module:
+    """Factory of the narrow MobileNetV3 of quick runs (``--module eac.bench.models:tiny_mobilenet_factory``)."""
+    return mobilenet_v3_large(BENCH_SEED, num_classes=TINY_CLASSES, width=TINY_MOBILE_WIDTH)
+
+
 #: Architectures :func:`export_bench_classifier` knows: name → (factory path, builder).
-CLASSIFIERS: dict[str, tuple[str, Callable[[], ResNet]]] = {
+CLASSIFIERS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "resnet50": ("eac.bench.models:resnet50_factory", resnet50_factory),
     "tiny": ("eac.bench.models:tiny_resnet_factory", tiny_resnet_factory),
+    "mobilenet_v3_large": ("eac.bench.models:mobilenet_v3_large_factory", mobilenet_v3_large_factory),
+    "tiny_mobile": ("eac.bench.models:tiny_mobilenet_factory", tiny_mobilenet_factory),
 }
+#: The mobile architectures (their final layer is ``classifier.3``; the ResNets' is ``fc``).
+MOBILE_ARCHS = ("mobilenet_v3_large", "tiny_mobile")
+#: How reports name each architecture.
+ARCH_NAMES = {"resnet50": "ResNet-50", "tiny": "tiny ResNet", "mobilenet_v3_large": "MobileNetV3-Large",
+              "tiny_mobile": "MobileNetV3 ×0.25 (QUICK)"}
+
+
+def head_layer(arch: str) -> str:
+    """Module name of the final linear layer of bench architecture ``arch``."""
+    return "classifier.3" if arch in MOBILE_ARCHS else "fc"
 
 
 def load_state_dict(model: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
@@ -255,8 +282,8 @@ def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | Non
 
     Parameters
     ----------
-    arch : {"resnet50", "tiny"}
-        Which bench ResNet (random weights, :data:`BENCH_SEED`).
+    arch : str
+        A key of :data:`CLASSIFIERS` (random weights, :data:`BENCH_SEED`).
     out : path, optional
         Output folder; default a cache folder keyed by architecture, seed and
         versions. An existing complete export there is reused.
@@ -282,9 +309,9 @@ def export_bench_classifier(arch: str = "resnet50", out: str | os.PathLike | Non
             f"cannot export the bench classifier: eac.export.classifier is unavailable ({exc})") from exc
     folder.parent.mkdir(parents=True, exist_ok=True)
     export_classifier(  # writes atomically (staged folder renamed at the end)
-        out=str(folder), torchvision=None, weights=None, module=factory, checkpoint=None, feature_layer="fc",
-        input_size=CROP, resize=RESIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="RGB",
-        labels=None, opset=None, fp16=False, validate=validate,
+        out=str(folder), torchvision=None, weights=None, module=factory, checkpoint=None,
+        feature_layer=head_layer(arch), input_size=CROP, resize=RESIZE, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        channel_order="RGB", labels=None, opset=None, fp16=False, validate=validate,
     )
     return folder
 

@@ -4,7 +4,7 @@ Every peer explains the same thing on the same inputs: the probability of the
 explained class (the classifier's top-1 on the whole image) under concept
 masking, where pixels of concepts left out are black (the reference's
 baseline), on the fidelity workload's trained scene classifier and scenes
-(:func:`eac.bench.workloads.trained_scene_model`, :func:`~eac.bench.workloads.fidelity_scenes`:
+(:func:`eac.bench.scene_model.trained_scene_model`, :func:`~eac.bench.scene_model.fidelity_scenes`:
 N ≤ 12 concepts, so exact Shapley values by enumeration are the ground truth).
 The torch libraries run the PyTorch model; eac runs its ONNX export.
 
@@ -57,15 +57,10 @@ from typing import Any
 import numpy as np
 
 from ..engine.distribution import install_hint
+from .agreement import TOP_K, ranking_agreement
 from .harness import BenchError, BenchReport, PeakMemory, machine_info
-from .workloads import (
-    QUICK,
-    TOP_K,
-    BenchOptions,
-    fidelity_scenes,
-    ranking_agreement,
-    trained_scene_model,
-)
+from .options import QUICK, BenchOptions
+from .scene_model import fidelity_scenes, trained_scene_model
 
 #: Scenes of a full run, and of a QUICK run.
 PEER_SCENES = 4

@@ -40,7 +40,8 @@ import numpy as np
 
 from . import models
 from .harness import BenchError, BenchReport, machine_info
-from .workloads import QUICK, BenchOptions, fidelity_scenes, trained_scene_model
+from .options import QUICK, BenchOptions
+from .scene_model import fidelity_scenes, trained_scene_model
 
 #: Scenes of a full run, and of a QUICK run.
 SANITY_SCENES = 4

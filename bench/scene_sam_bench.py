@@ -63,7 +63,7 @@ def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Pat
 
     Parameters
     ----------
-    opts : eac.bench.workloads.BenchOptions
+    opts : eac.bench.options.BenchOptions
         ``quick``, ``warmup``, ``repeat``, ``log`` and the session options are used.
     folder, checkpoint : path-like, optional
         The exported folder and its checkpoint (default: the shipped ones).

@@ -1,24 +1,26 @@
-"""The benchmark workloads: explain, concepts, end-to-end, fidelity.
+"""The benchmark workloads explain, concepts and fidelity, and the inputs every workload shares.
 
 Each workload builds both sides on the same inputs — the engine through the
 runtime (ONNX Runtime via :mod:`eac.engine`), the reference through PyTorch
 eager (:mod:`eac.bench.reference`) — times them with
-:func:`eac.bench.harness.measure`, and returns a
-:class:`~eac.bench.harness.BenchReport`.
+:func:`eac.bench.harness.measure_sides` (sides alternating, load recorded), and
+returns a :class:`~eac.bench.harness.BenchReport`. :mod:`eac.bench.registry`
+says which function runs which workload (``end-to-end`` lives in
+:mod:`eac.bench.end_to_end`, ``peers`` in :mod:`eac.bench.peers`).
 
 ``explain``
-    One photograph from scikit-image (resize 256, centre crop 224), N concept
-    masks (default 32, exactly N regions from SLIC superpixels), a
-    ResNet-50-sized classifier (the bench ResNet-50 with random weights, or a
-    classifier folder). Engine method ``eac`` vs the reference.
+    One image (resize 256, centre crop 224), N concept masks (default 32,
+    exactly N regions from SLIC superpixels), a ResNet-50-sized classifier: the
+    bench ResNet-50 with its final layer fitted on generated scenes (``--weights
+    scenes``, the default; the image is then a generated scene), with random
+    weights (``--weights random``), or a classifier folder. Engine method
+    ``eac`` vs the reference; ``--int8`` adds the engine on an int8 copy.
 ``concepts``
     SAM ViT-B (random weights or a checkpoint) on the same crop, 32×32 point
     grid: the engine's ``SamConceptGenerator`` vs segment-anything's own
     ``SamAutomaticMaskGenerator``; plus an untimed agreement check with the IoU
     stability and NMS filters off, so both keep every candidate (mean best IoU
     of the reference's masks among the engine's).
-``end-to-end``
-    Both stages: SAM concepts, then the explanation with them.
 ``fidelity``
     The small trained scene classifier (:mod:`eac.bench.train_demo`), scenes
     with N ≤ 12 concepts: Spearman correlation with the exact Shapley values of
@@ -35,24 +37,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import models
+from .agreement import TOP_K, mask_agreement, mask_iou_matrix, ranking_agreement
+from .classifiers import ClassifierPair, _read_manifest, classifier_pair, torch_classifier_for_folder
 from .harness import (
     DEFAULT_PHOTO,
-    WORKLOADS,
+    LOAD_HEADER,
     BenchError,
     BenchReport,
     RunRecord,
     SideResult,
     machine_info,
-    measure,
+    measure_sides,
     ratios,
+    side_load,
 )
+from .options import DEFAULT_N_CONCEPTS, QUICK, SCENE_PHOTO, BenchOptions
 from .reference import (
     ReferenceEAC,
     ReferenceSamConcepts,
@@ -60,91 +66,52 @@ from .reference import (
     SamReferenceSettings,
     TorchClassifier,
 )
+from .scene_model import (
+    FIDELITY_BACKGROUND_CELLS,
+    FIDELITY_MAX_N,
+    FIDELITY_SCENE_SEED,
+    FIDELITY_SCENES,
+    SceneModel,
+    fidelity_scenes,
+    trained_scene_model,
+)
 from .scene_sam_bench import scene_sam_rows
 
-DEFAULT_N_CONCEPTS = 32
+#: Names other modules and tests import from here (they moved to modules of their own).
+__all__ = [
+    "DEFAULT_N_CONCEPTS", "FIDELITY_BACKGROUND_CELLS", "FIDELITY_MAX_N", "FIDELITY_SCENES", "FIDELITY_SCENE_SEED",
+    "QUICK", "TOP_K", "BenchOptions", "ClassifierPair", "SceneModel", "TorchClassifier", "classifier_pair",
+    "crop_for", "exact_regions", "fidelity_scenes", "load_photo", "mask_agreement", "mask_iou_matrix",
+    "ranking_agreement", "run_concepts", "run_explain", "run_fidelity", "torch_classifier_for_folder",
+    "trained_scene_model",
+]
+
 #: SLIC compactness of the bench's concept masks.
 SLIC_COMPACTNESS = 10.0
 #: Engine method of the timing workloads.
 ENGINE_METHOD = "eac"
 #: Methods compared by the fidelity workload (besides the reference and exact Shapley).
 FIDELITY_METHODS = ("eac", "eac-faithful", "kernelshap", "lime")
-#: Exact Shapley enumeration limit of the fidelity workload.
-FIDELITY_MAX_N = 12
-#: Scene background tiles per side in the fidelity workload (objects + tiles ≤ 12 concepts).
-FIDELITY_BACKGROUND_CELLS = 3
-FIDELITY_SCENES = 8
-#: Scene generator seed of the fidelity workload (scenes drawn in order; those with N > 12 skipped).
-FIDELITY_SCENE_SEED = 1234
-TOP_K = 3
 #: Fidelity table row of uniformly random rankings (insertion/deletion baseline).
 RANDOM_ROW = "random ranking"
 #: Evaluations the untimed SAM agreement check uses: a 16×16 grid (256 prompts).
 AGREEMENT_POINTS_PER_SIDE = 16
 
 
-@dataclass(frozen=True)
-class QuickSettings:
-    """What a QUICK (reduced) run changes."""
-
-    classifier_arch: str = "tiny"
-    sam_model_type: str = "tiny"
-    points_per_side: int = 4
-    agreement_points_per_side: int = 4
-    n_concepts: int = 12
-    reference: ReferenceSettings = field(
-        default_factory=lambda: ReferenceSettings(n_coalitions=160, epochs=3, mc_samples=2000))
-    faithful_options: tuple = (("num_coalitions", 160), ("epochs", 3), ("mc_samples", 2000))
-    fidelity_scenes: int = 2
-    scene_size: int = 64
-    train_n: int = 400
-    train_epochs: int = 2
-
-
-QUICK = QuickSettings()
-
-
-@dataclass
-class BenchOptions:
-    """Options of one ``eac bench`` run (the command-line flags)."""
-
-    workload: str
-    repeat: int = 1
-    warmup: int = 0
-    providers: str = "auto"
-    threads: int | None = None
-    quick: bool = False
-    classifier: str | None = None
-    sam: str | None = None
-    sam_checkpoint: str | None = None
-    n_concepts: int | None = None
-    photo: str = DEFAULT_PHOTO
-    seed: int = 0
-    agreement: bool = True
-    progress: Callable[[str], None] | None = None
-    command: str = ""
-
-    @property
-    def concepts_n(self) -> int:
-        if self.n_concepts is not None:
-            return int(self.n_concepts)
-        return QUICK.n_concepts if self.quick else DEFAULT_N_CONCEPTS
-
-    def session_options(self):
-        from ..engine.session import SessionOptions
-
-        return SessionOptions(providers=self.providers, cpu_threads=self.threads)
-
-    def log(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress(text)
-
-
 # --- inputs --------------------------------------------------------------------------------------
 
 
+#: Seed and side of the generated scene the workloads explain with ``--photo scene`` (any fixed values).
+EXPLAIN_SCENE_SEED = 2023
+EXPLAIN_SCENE_SIDE = models.CROP
+
+
 def load_photo(name: str = DEFAULT_PHOTO) -> np.ndarray:
-    """A colour photograph shipped with scikit-image (H×W×3 uint8 RGB)."""
+    """A colour photograph shipped with scikit-image, or ``"scene"``: a generated scene (H×W×3 uint8 RGB)."""
+    if name == SCENE_PHOTO:
+        from ..engine.scenes import make_scene
+
+        return make_scene(np.random.default_rng(EXPLAIN_SCENE_SEED), EXPLAIN_SCENE_SIDE).image
     try:
         from skimage import data
     except ImportError as exc:
@@ -226,94 +193,6 @@ def exact_regions(image: np.ndarray, n: int, compactness: float = SLIC_COMPACTNE
 # --- models --------------------------------------------------------------------------------------
 
 
-def _read_manifest(folder: str | Path, kind: str) -> dict:
-    from ..engine.manifest import read_manifest
-
-    return read_manifest(folder, kind)
-
-
-def _recorded_path(entry: Any) -> str | None:
-    """The existing file a manifest entry names (a path string or ``{"path": ...}``), else None."""
-    path = entry.get("path") if isinstance(entry, dict) else entry
-    return str(path) if path and Path(str(path)).is_file() else None
-
-
-def torch_classifier_for_folder(folder: str | Path) -> TorchClassifier:
-    """Rebuild the PyTorch model an exported classifier folder came from.
-
-    The manifest's ``source`` says how: a ``--module`` factory (plus its
-    ``--checkpoint``, which must still exist), or a torchvision ``resnet50`` with
-    a state-dict file (loaded into the bench's torchvision-compatible
-    ResNet-50). Anything else cannot be run by the PyTorch reference.
-    """
-    from ..export._torch_utils import import_factory
-
-    m = _read_manifest(folder, "classifier")
-    src = m.get("source", {}) or {}
-    pre = m["preprocess"]
-    head = src.get("feature_layer") or "fc"
-    if src.get("module"):
-        module = import_factory(src["module"])()
-        ckpt = src.get("checkpoint")
-        if ckpt:
-            path = _recorded_path(ckpt)
-            if path is None:
-                raise BenchError(f"{folder}: the reference needs the PyTorch weights, but the checkpoint "
-                                 f"recorded in the manifest ({ckpt}) is gone")
-            models.load_state_dict(module, path)
-    elif src.get("torchvision") == "resnet50" and _recorded_path(src.get("weights")):
-        module = models.resnet50(checkpoint=_recorded_path(src["weights"]), num_classes=int(m["num_classes"]))
-    else:
-        raise BenchError(f"{folder}: the PyTorch reference cannot rebuild this model (source {src}); "
-                         "benchmark a folder exported with --module/--checkpoint or a torchvision resnet50 state dict")
-    if pre.get("channel_order", "RGB") != "RGB":
-        raise BenchError(f"{folder}: the reference feeds RGB images; this model expects {pre.get('channel_order')}")
-    return TorchClassifier.from_module(module.float().eval(), pre["mean"], pre["std"], head=head)
-
-
-@dataclass
-class ClassifierPair:
-    """The same classifier for both sides."""
-
-    folder: Path
-    engine: Any  # eac.engine.classifier.Classifier
-    torch: TorchClassifier
-    resize: int | None
-    description: str
-    load_seconds: dict[str, float]
-
-
-def classifier_pair(opts: BenchOptions) -> ClassifierPair:
-    """The engine and PyTorch versions of the explain workload's classifier."""
-    from ..engine.classifier import Classifier
-
-    t0 = time.perf_counter()
-    if opts.classifier:
-        folder = Path(opts.classifier)
-        description = f"classifier folder {folder}"
-    else:
-        arch = QUICK.classifier_arch if opts.quick else "resnet50"
-        opts.log(f"exporting the bench {arch} classifier (random weights, cached)...")
-        folder = models.export_bench_classifier(arch)
-        name = "tiny ResNet" if arch == "tiny" else "ResNet-50"
-        description = f"bench {name}, random weights (seed {models.BENCH_SEED})"
-    export_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    engine = Classifier.from_folder(folder, session_options=opts.session_options())
-    engine_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if opts.classifier:
-        torch_model = torch_classifier_for_folder(folder)
-    else:
-        arch = QUICK.classifier_arch if opts.quick else "resnet50"
-        module = models.CLASSIFIERS[arch][1]()
-        torch_model = TorchClassifier.from_module(module, models.IMAGENET_MEAN, models.IMAGENET_STD)
-    torch_load = time.perf_counter() - t0
-    resize = _read_manifest(folder, "classifier")["preprocess"].get("resize")
-    return ClassifierPair(folder, engine, torch_model, resize, description,
-                          {"export_or_find": export_s, "engine": engine_load, "reference": torch_load})
-
-
 @dataclass
 class SamPair:
     """The same SAM for both sides: an engine folder and the PyTorch model."""
@@ -354,61 +233,34 @@ def sam_pair(opts: BenchOptions) -> SamPair:
                    {"export_or_find": export_s, "reference": time.perf_counter() - t0})
 
 
-# --- agreement -----------------------------------------------------------------------------------
-
-
-def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every mask of ``a`` (A×H×W) with every mask of ``b`` (B×H×W) → A×B."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def ranking_agreement(values: np.ndarray, reference: np.ndarray, k: int = TOP_K) -> dict[str, float]:
-    """Spearman correlation, top-1 match and top-k overlap of two value vectors."""
-    from ..engine.metrics import spearman
-
-    values, reference = np.asarray(values, float), np.asarray(reference, float)
-    k = min(k, len(values))
-    top_v = np.argsort(-values, kind="stable")
-    top_r = np.argsort(-reference, kind="stable")
-    return {
-        "spearman": float(spearman(values, reference)) if len(values) > 1 else float("nan"),
-        "top1": float(top_v[0] == top_r[0]) if len(values) else float("nan"),
-        f"top{TOP_K}": float(len(set(top_v[:k]) & set(top_r[:k])) / k) if k else float("nan"),
-    }
-
-
 # --- sides ---------------------------------------------------------------------------------------
 
 
-def _engine_explain(pair: ClassifierPair, crop: np.ndarray, masks: np.ndarray, opts: BenchOptions,
-                    method: str = ENGINE_METHOD, **options: Any):
+def engine_explain_run(classifier: Any, crop: np.ndarray, masks: np.ndarray, opts: BenchOptions,
+                       last: dict[str, Any], key: str) -> Callable[[], RunRecord]:
+    """A timed run of the engine's ``eac`` on ``classifier`` (its explanation kept in ``last[key]``)."""
     from ..engine.explainer import explain
 
-    return explain(crop, pair.engine, masks, method=method, seed=opts.seed, **options)
+    def run() -> RunRecord:
+        t0 = time.perf_counter()
+        expl = explain(crop, classifier, masks, method=ENGINE_METHOD, seed=opts.seed)
+        total = time.perf_counter() - t0
+        stages = {k: float(expl.timings.get(k, 0.0)) for k in ("evaluations", "fit", "values")}
+        stages["total"] = total
+        last[key] = expl
+        return RunRecord(stages=stages, counts={"evaluations": expl.num_evaluations, "concepts": len(masks)},
+                         info={"method": expl.method, "value_type": expl.value_type, "provider": expl.provider,
+                               "target": expl.target, "probability": expl.probability,
+                               "settings": expl.settings, "values": expl.values.tolist()})
+
+    return run
 
 
 def _explain_sides(pair: ClassifierPair, crop: np.ndarray, masks: np.ndarray, opts: BenchOptions,
                    ref_settings: ReferenceSettings) -> tuple[Callable[[], RunRecord], Callable[[], RunRecord], dict]:
     reference = ReferenceEAC(pair.torch, ref_settings)
     last: dict[str, Any] = {}
-
-    def engine_run() -> RunRecord:
-        t0 = time.perf_counter()
-        expl = _engine_explain(pair, crop, masks, opts)
-        total = time.perf_counter() - t0
-        stages = {k: float(expl.timings.get(k, 0.0)) for k in ("evaluations", "fit", "values")}
-        stages["total"] = total
-        last["engine"] = expl
-        return RunRecord(stages=stages, counts={"evaluations": expl.num_evaluations, "concepts": len(masks)},
-                         info={"method": expl.method, "value_type": expl.value_type, "provider": expl.provider,
-                               "target": expl.target, "probability": expl.probability,
-                               "settings": expl.settings, "values": expl.values.tolist()})
+    engine_run = engine_explain_run(pair.engine, crop, masks, opts, last, "engine")
 
     def reference_run() -> RunRecord:
         t0 = time.perf_counter()
@@ -507,29 +359,72 @@ def explain_masks(opts: BenchOptions, crop: np.ndarray) -> tuple[np.ndarray, str
     return masks, f"SLIC, exactly {len(masks)} regions"
 
 
+#: Side of the explain workload's int8 option.
+INT8_SIDE = "engine_int8"
+
+
 def run_explain(opts: BenchOptions) -> BenchReport:
-    """The explain stage: engine ``eac`` vs the reference on N given concept masks."""
+    """The explain stage: engine ``eac`` vs the reference on N given concept masks (and, with
+    ``--int8``, the engine on an int8 copy of the classifier, with its agreement)."""
+    import tempfile
+
     pair = classifier_pair(opts)
-    photo = load_photo(opts.photo)
-    crop = crop_for(photo, pair.engine.input_hw, pair.resize)
+    photo_name = opts.photo_for(pair.scenes)
+    crop = crop_for(load_photo(photo_name), pair.engine.input_hw, pair.resize)
     masks, mask_source = explain_masks(opts, crop)
     ref_settings = _reference_settings(opts)
     engine_run, reference_run, last = _explain_sides(pair, crop, masks, opts, ref_settings)
-    engine = measure("engine", engine_run, opts.warmup, opts.repeat, opts.log)
-    reference = measure("reference", reference_run, opts.warmup, opts.repeat, opts.log)
+    runs = {"engine": engine_run}
+    tables, extra = [], {}
+    with tempfile.TemporaryDirectory(prefix="eac-bench-int8-") as workdir:
+        if opts.int8:
+            from ..engine.classifier import Classifier
+            from .int8 import int8_copy
+
+            opts.log("int8 classifier: quantising on the image's own masked batches (untimed)...")
+            folder, seconds = int8_copy(pair.folder, pair.engine, crop, masks, opts.seed, workdir)
+            int8_classifier = Classifier.from_folder(folder, session_options=opts.session_options())
+            runs[INT8_SIDE] = engine_explain_run(int8_classifier, crop, masks, opts, last, INT8_SIDE)
+            extra["int8_quantization_seconds"] = seconds
+        runs["reference"] = reference_run
+        measured = measure_sides(runs, opts.warmup, opts.repeat, opts.log)
+    engine, reference = measured["engine"], measured["reference"]
     agree, table = _agreement_table(last["engine"].values, last["reference"].values,
                                     last["engine"].target, last["reference"].target)
     batch = int(last["engine"].settings.get("batch_size") or 1)
     alone = classifier_alone(pair.engine, crop, batch)
-    through = throughput_table(engine, reference, alone, batch)
+    tables += [throughput_table(engine, reference, alone, batch), table]
+    if opts.int8:
+        from .int8 import AGREEMENT_HEADER, agreement_rows, int8_agreement
+
+        extra["int8_agreement"] = int8_agreement(last["engine"], last[INT8_SIDE])
+        tables.append(_int8_table(engine, measured[INT8_SIDE], extra["int8_quantization_seconds"]))
+        tables.append(("int8 classifier: its explanation against the fp32 one (same image, concepts, seed)",
+                       AGREEMENT_HEADER, agreement_rows(extra["int8_agreement"])))
     settings = {
-        "photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "resize": pair.resize,
+        "photo": photo_name if photo_name != SCENE_PHOTO else f"generated scene (seed {EXPLAIN_SCENE_SEED})",
+        "crop": list(crop.shape[:2]), "resize": pair.resize,
         "n_concepts": len(masks), "concept_masks": mask_source,
-        "classifier": pair.description, "classifier_folder": str(pair.folder),
-        "engine_method": ENGINE_METHOD, "reference": ref_settings.to_dict(), "load_seconds": pair.load_seconds,
+        "classifier": pair.description, "classifier_folder": str(pair.folder), "weights": opts.weights,
+        "classifier_record": pair.record, "engine_method": ENGINE_METHOD, "reference": ref_settings.to_dict(),
+        "load_seconds": pair.load_seconds, "onnxruntime_settings": opts.ort,
     }
-    return _report(opts, {"engine": engine, "reference": reference}, pair.engine.provider, settings,
-                   extra={"agreement": agree, "engine_classifier_alone": alone}, tables=[through, table])
+    return _report(opts, measured, pair.engine.provider, settings,
+                   extra={"agreement": agree, "engine_classifier_alone": alone, **extra}, tables=tables)
+
+
+def _int8_table(fp32: SideResult, int8: SideResult, quantize_seconds: float) -> tuple:
+    """Explain-stage seconds of the engine on the fp32 and the int8 classifier."""
+    rows = []
+    for name, side in (("engine, fp32 classifier", fp32), ("engine, int8 classifier", int8)):
+        total, evals = side.stages["total"].median, side.stages["evaluations"].median
+        speed = "1.0×" if side is fp32 else f"{fp32.stages['total'].median / total:.2f}×"
+        rows.append([name, _f2(total), _f2(evals), f"{side.counts.get('evaluations', 0):.0f}", speed,
+                     side_load(side)])
+    rows.append(["quantisation (calibration + writing the folder, once per image here)", _f2(quantize_seconds),
+                 "", "", "", ""])
+    return ("int8 classifier (an option, never the default)",
+            ["engine", "total s", "evaluations s", "evaluations", "speed-up vs fp32", LOAD_HEADER], rows)
 
 
 def _sam_settings(opts: BenchOptions) -> SamReferenceSettings:
@@ -589,17 +484,6 @@ def _concepts_sides(sam: SamPair, crop: np.ndarray, opts: BenchOptions, settings
     return generator, reference, engine_run, reference_run, last
 
 
-def mask_agreement(engine_masks: np.ndarray, reference_masks: np.ndarray) -> dict[str, float]:
-    """Mean best IoU of each reference mask among the engine's masks, and the reverse."""
-    iou = mask_iou_matrix(reference_masks, engine_masks)
-    return {
-        "reference_masks": len(reference_masks),
-        "engine_masks": len(engine_masks),
-        "mean_best_iou_reference_in_engine": float(iou.max(1).mean()) if iou.size else float("nan"),
-        "mean_best_iou_engine_in_reference": float(iou.max(0).mean()) if iou.size else float("nan"),
-    }
-
-
 def _keep_all_agreement(sam: SamPair, crop: np.ndarray, opts: BenchOptions) -> dict[str, Any]:
     """Untimed: both generators with the IoU, stability and NMS filters off, compared mask by mask."""
     from ..engine.concepts import Frame
@@ -615,7 +499,7 @@ def _keep_all_agreement(sam: SamPair, crop: np.ndarray, opts: BenchOptions) -> d
 
 
 def _sam_crop(opts: BenchOptions) -> np.ndarray:
-    return crop_for(load_photo(opts.photo), (models.CROP, models.CROP), models.RESIZE)
+    return crop_for(load_photo(opts.photo_for(False)), (models.CROP, models.CROP), models.RESIZE)
 
 
 #: Extra engine rows of ``eac bench concepts`` (same crop, grid and settings as the ViT-B engine side).
@@ -687,17 +571,18 @@ def _generators_table(sides: dict[str, SideResult], notes: dict[str, str]) -> tu
         total = side.stages["total"].median
         rows.append([name, f"{total:.2f}", f"{side.stages['encoder'].median:.2f}",
                      f"{side.stages['masks (decoder + post)'].median:.2f}",
-                     "1.0×" if name == "reference" else f"{reference / total:.1f}×",
+                     "1.0×" if name == "reference" else f"{reference / total:.1f}×", side_load(side),
                      f"{side.peak_rss_bytes / 2**20:.0f} (+{side.peak_rss_increase_bytes / 2**20:.0f})",
                      _fmt_masks(side)])
     for name, note in notes.items():
         if name not in sides:
-            rows.append([name, "—", "—", "—", "—", "—", "—", note])
+            rows.append([name, "—", "—", "—", "—", "—", "—", "—", note])
     for row in rows:
-        if len(row) == 7:
+        if len(row) == 8:
             row.append(notes.get(row[0], ""))
     return ("concept generators, same crop and grid (median s; speed-up vs segment-anything's ViT-B generator)",
-            ["side", "total s", "encoder s", "masks s", "speed-up", "peak RSS MB (rise)", "masks", "notes"], rows)
+            ["side", "total s", "encoder s", "masks s", "speed-up", LOAD_HEADER, "peak RSS MB (rise)", "masks",
+             "notes"], rows)
 
 
 def _fmt_masks(side: SideResult) -> str:
@@ -712,9 +597,10 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     settings = _sam_settings(opts)
     generator, _, engine_run, reference_run, last = _concepts_sides(sam, crop, opts, settings)
     extra_runs, notes = _extra_concept_runs(sam, crop, opts, settings, last)
-    engine = measure("engine", engine_run, opts.warmup, opts.repeat, opts.log)
-    extra_sides = {name: measure(name, run, opts.warmup, opts.repeat, opts.log) for name, run in extra_runs.items()}
-    reference = measure("reference", reference_run, opts.warmup, opts.repeat, opts.log)
+    measured = measure_sides({"engine": engine_run, **extra_runs, "reference": reference_run}, opts.warmup,
+                             opts.repeat, opts.log)
+    engine, reference = measured["engine"], measured["reference"]
+    extra_sides = {name: measured[name] for name in extra_runs}
     same = mask_agreement(last["engine"].masks, last["reference"].masks)
     extra: dict[str, Any] = {"agreement_default_settings": same, "generator_notes": notes}
     if SAM_ORDER_SIDE in last:
@@ -734,7 +620,7 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     table = ("mask agreement (engine vs segment-anything, same weights)",
              ["run", "engine masks", "reference masks", "mean best IoU ref→engine", "engine→ref"], rows)
     provider = getattr(generator, "provider", None) or last["engine"].info.get("provider")
-    run_settings = {"photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "sam": sam.description,
+    run_settings = {"photo": opts.photo_for(False), "crop": list(crop.shape[:2]), "sam": sam.description,
                     "sam_folder": str(sam.folder), "generator": settings.to_dict(), "load_seconds": sam.load_seconds}
     sides = {"engine": engine, **extra_sides, "reference": reference}
     tables = [_generators_table(sides, notes), table]
@@ -745,160 +631,7 @@ def run_concepts(opts: BenchOptions) -> BenchReport:
     return _report(opts, {**sides, **scene.sides}, provider, run_settings, extra, tables)
 
 
-def run_end_to_end(opts: BenchOptions) -> BenchReport:
-    """Both stages: SAM concepts on the crop, then the explanation with them."""
-    sam = sam_pair(opts)
-    pair = classifier_pair(opts)
-    crop = crop_for(load_photo(opts.photo), pair.engine.input_hw, pair.resize)
-    settings = _sam_settings(opts)
-    ref_settings = _reference_settings(opts)
-    generator, ref_gen, _, _, _ = _concepts_sides(sam, crop, opts, settings)
-    reference = ReferenceEAC(pair.torch, ref_settings)
-    fallback = exact_regions(crop, opts.concepts_n)
-    from ..engine.concepts import Frame
-
-    frame = Frame.identity(crop.shape[:2])
-    notes: dict[str, Any] = {}
-    last: dict[str, Any] = {}
-    min_concepts = 2
-
-    def pick(masks: np.ndarray, side: str) -> np.ndarray:
-        if len(masks) >= min_concepts:
-            return masks
-        notes[side] = (f"SAM kept {len(masks)} masks (random weights?); the explain stage used the "
-                       f"{len(fallback)} SLIC masks instead")
-        return fallback
-
-    def engine_run() -> RunRecord:
-        t0 = time.perf_counter()
-        concepts = generator(crop, frame)
-        t1 = time.perf_counter()
-        masks = pick(concepts.masks, "engine")
-        expl = _engine_explain(pair, crop, masks, opts)
-        t2 = time.perf_counter()
-        last["engine"] = expl
-        stages = {"concepts": t1 - t0, **{k: float(expl.timings.get(k, 0.0)) for k in ("evaluations", "fit", "values")},
-                  "total": t2 - t0}
-        return RunRecord(stages=stages, counts={"sam masks": len(concepts), "concepts explained": len(masks),
-                                                "evaluations": expl.num_evaluations})
-
-    def reference_run() -> RunRecord:
-        t0 = time.perf_counter()
-        res_c = ref_gen.generate(crop)
-        t1 = time.perf_counter()
-        masks = pick(res_c.masks, "reference")
-        res = reference.explain(crop, masks)
-        t2 = time.perf_counter()
-        last["reference"] = res
-        stages = {"concepts": t1 - t0, **res.timings, "total": t2 - t0}
-        return RunRecord(stages=stages, counts={"sam masks": len(res_c.masks), "concepts explained": len(masks),
-                                                "evaluations": res.n_evaluations})
-
-    engine = measure("engine", engine_run, opts.warmup, opts.repeat, opts.log)
-    ref = measure("reference", reference_run, opts.warmup, opts.repeat, opts.log)
-    run_settings = {"photo": f"skimage.data.{opts.photo}", "crop": list(crop.shape[:2]), "sam": sam.description,
-                    "classifier": pair.description, "generator": settings.to_dict(),
-                    "reference": ref_settings.to_dict(), "engine_method": ENGINE_METHOD, "notes": notes}
-    tables = []
-    if notes:
-        tables.append(("notes", ["side", "note"], [[k, v] for k, v in notes.items()]))
-    return _report(opts, {"engine": engine, "reference": ref}, pair.engine.provider, run_settings,
-                   extra={"notes": notes}, tables=tables)
-
-
 # --- fidelity ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SceneModel:
-    """The trained scene classifier for both sides."""
-
-    folder: Path
-    engine: Any
-    torch: TorchClassifier
-    size: int
-    description: str
-
-
-def trained_scene_model(opts: BenchOptions) -> SceneModel:
-    """The small trained classifier: trained once with :mod:`eac.bench.train_demo`, cached."""
-    import torch
-
-    from ..engine.classifier import Classifier
-    from . import train_demo
-
-    if opts.classifier:
-        folder = Path(opts.classifier)
-        tc = torch_classifier_for_folder(folder)
-        engine = Classifier.from_folder(folder, session_options=opts.session_options())
-        return SceneModel(folder, engine, tc, int(engine.input_hw[0]), f"classifier folder {folder}")
-    if opts.quick:
-        size, n_train, epochs = QUICK.scene_size, QUICK.train_n, QUICK.train_epochs
-    else:
-        size, n_train, epochs = train_demo.DEMO_SIZE, 3000, 8
-    key = models._fingerprint("scene", size, n_train, epochs, train_demo.DEMO_CHANNELS)
-    root = models.cache_dir() / f"scene-cnn-{key}"
-    state_path, folder = root / "state.pt", root / "classifier"
-    model = train_demo.demo_cnn()
-    if state_path.is_file() and (folder / "manifest.json").is_file():
-        model.load_state_dict(torch.load(str(state_path), map_location="cpu", weights_only=True))
-    else:
-        opts.log(f"training the scene classifier ({n_train} scenes of {size}², {epochs} epochs; cached)...")
-        result = train_demo.train(size=size, n_train=n_train, epochs=epochs, seed=0)
-        model = result.model
-        root.mkdir(parents=True, exist_ok=True)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        train_demo.export_folder(model, folder, size)
-        torch.save(model.state_dict(), str(state_path))
-    model.eval()
-    engine = Classifier.from_folder(folder, session_options=opts.session_options())
-    tc = TorchClassifier.from_module(model, train_demo.MEAN, train_demo.STD)
-    desc = f"trained SceneCNN ({size}×{size}, {n_train} scenes, {epochs} epochs{', QUICK' if opts.quick else ''})"
-    if not opts.quick and same_as_shipped_demo(engine, size):
-        desc += "; identical outputs to the demo classifier shipped in eac/engine/data/demo"
-    return SceneModel(folder, engine, tc, size, desc)
-
-
-#: Scenes compared when checking the bench's scene model against the shipped demo.
-DEMO_CHECK_SCENES = 4
-DEMO_CHECK_ATOL = 1e-5
-
-
-def same_as_shipped_demo(engine: Any, size: int) -> bool:
-    """Whether ``engine`` gives the shipped demo classifier's logits on a few scenes."""
-    from ..engine.classifier import Classifier
-    from ..engine.errors import EacError
-    from ..engine.scenes import make_scene
-
-    demo = Path(__file__).resolve().parent.parent / "engine" / "data" / "demo"
-    try:
-        shipped = Classifier.from_folder(demo)
-    except EacError:
-        return False
-    if tuple(shipped.input_hw) != (size, size) or shipped.num_classes != engine.num_classes:
-        return False
-    rng = np.random.default_rng(FIDELITY_SCENE_SEED)
-    x = engine.normalize(np.stack([make_scene(rng, size).image for _ in range(DEMO_CHECK_SCENES)]))
-    return bool(np.allclose(engine.run(x).logits, shipped.run(x).logits, atol=DEMO_CHECK_ATOL))
-
-
-def fidelity_scenes(size: int, count: int, seed: int = FIDELITY_SCENE_SEED):
-    """``count`` scenes with at most :data:`FIDELITY_MAX_N` concepts (drawn in order)."""
-    from ..engine.scenes import make_scene, scene_concepts
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count * 20):
-        scene = make_scene(rng, size)
-        concepts = scene_concepts(scene, background_cells=FIDELITY_BACKGROUND_CELLS)
-        if len(concepts) <= FIDELITY_MAX_N:
-            out.append((scene, concepts))
-        if len(out) == count:
-            return out
-    raise BenchError(f"could not draw {count} scenes with ≤ {FIDELITY_MAX_N} concepts")
 
 
 def run_fidelity(opts: BenchOptions) -> BenchReport:
@@ -979,36 +712,3 @@ def _f3(x: float) -> str:
 
 def _f2(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.2f}"
-
-
-def run_sanity(opts: BenchOptions) -> BenchReport:
-    """Model-parameter and data randomisation sanity checks of every method (:mod:`eac.bench.sanity`)."""
-    from .sanity import run_sanity as run
-
-    return run(opts)
-
-
-RUNNERS: dict[str, Callable[[BenchOptions], BenchReport]] = {
-    "explain": run_explain,
-    "concepts": run_concepts,
-    "end-to-end": run_end_to_end,
-    "fidelity": run_fidelity,
-    "sanity": run_sanity,
-}
-
-
-def run_workload(opts: BenchOptions) -> BenchReport:
-    """Run ``opts.workload`` and return its report."""
-    if opts.workload not in RUNNERS and opts.workload not in ("peers", "serve"):
-        raise BenchError(f"unknown workload {opts.workload!r}; choose from {', '.join(WORKLOADS)}")
-    if opts.n_concepts is not None and opts.n_concepts < 1:
-        raise BenchError(f"--n-concepts must be at least 1 (got {opts.n_concepts})")
-    if opts.workload == "peers":  # eac vs captum, shap, lime, shapiq (bench/peers.py)
-        from .peers import run_peers
-
-        return run_peers(opts)
-    if opts.workload == "serve":  # eac serve under concurrent clients (bench/serve.py)
-        from .serve import run_serve
-
-        return run_serve(opts)
-    return RUNNERS[opts.workload](opts)

@@ -99,6 +99,18 @@ class SessionOptions:
         classifiers; off for SAM, whose encoder and decoder peaks would otherwise
         be kept and added — measured 7.2 GB instead of 3.8 GB peak RSS for ViT-B,
         with the decoder no slower).
+    inter_op_threads : int, optional
+        Threads running independent graph nodes side by side; with a value above 1
+        the session runs in ONNX Runtime's parallel execution mode (default:
+        sequential, one node at a time, each using the intra-op threads).
+    allow_spinning : bool, optional
+        Whether idle intra-op threads spin-wait for the next parallel section (ONNX
+        Runtime's default, None, is to spin: lower latency between kernels, but CPU
+        time burnt that other processes — or the next image — cannot use).
+    config_entries : dict of str to str
+        Further ONNX Runtime session configuration entries, passed as they are
+        (``session.set_denormal_as_zero`` ...). ``python -m eac.bench.study_ort_options``
+        measures what each buys.
     """
 
     providers: str | Sequence[str] = "auto"
@@ -110,6 +122,9 @@ class SessionOptions:
     graph_optimization: str = "all"
     cpu_mem_arena: bool | None = None
     extra_provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inter_op_threads: int | None = None
+    allow_spinning: bool | None = None
+    config_entries: dict[str, str] = field(default_factory=dict)
 
 
 _GRAPH_LEVELS = {
@@ -118,6 +133,13 @@ _GRAPH_LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
+# Layout optimisations (the CPU's blocked NCHWc convolutions) without the rest of "all", where this build has them.
+if hasattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT"):
+    _GRAPH_LEVELS["layout"] = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+#: Graph optimisation levels this onnxruntime build offers (``SessionOptions.graph_optimization``).
+GRAPH_OPTIMIZATION_LEVELS = tuple(_GRAPH_LEVELS)
+#: ONNX Runtime's session configuration key for spin-waiting intra-op threads.
+ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 
 
 def available_providers() -> list[str]:
@@ -250,12 +272,7 @@ class Runtime:
         if not path.is_file():
             raise ModelFolderError(f"{path}: ONNX file not found; re-run the export")
         names = list(self.providers)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
-        if options.cpu_threads is not None:
-            so.intra_op_num_threads = int(options.cpu_threads)
-        so.log_severity_level = ORT_LOG_ERRORS_ONLY
-        so.enable_cpu_mem_arena = default_mem_arena if options.cpu_mem_arena is None else bool(options.cpu_mem_arena)
+        so = ort_session_options(options, default_mem_arena)
         try:
             return ort.InferenceSession(
                 str(path), sess_options=so, providers=names,
@@ -269,6 +286,38 @@ class Runtime:
     def runner(self, session: ort.InferenceSession) -> SessionRunner:
         """A thread-safe :class:`SessionRunner` for ``session`` on this runtime's device."""
         return SessionRunner(session, device_id=self.device_id)
+
+
+def ort_session_options(options: SessionOptions, default_mem_arena: bool = True) -> ort.SessionOptions:
+    """ONNX Runtime's session options for ``options`` (graph level, threads, spinning, arena, entries).
+
+    Raises
+    ------
+    ProviderError
+        An unknown graph optimisation level or a bad thread count.
+    """
+    if options.graph_optimization not in _GRAPH_LEVELS:
+        raise ProviderError(f"unknown graph optimisation level {options.graph_optimization!r}; this onnxruntime "
+                            f"offers {', '.join(_GRAPH_LEVELS)}")
+    for name, value in (("cpu_threads", options.cpu_threads), ("inter_op_threads", options.inter_op_threads)):
+        if value is not None and int(value) < 1:
+            raise ProviderError(f"{name} must be at least 1 (got {value})")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+    if options.cpu_threads is not None:
+        so.intra_op_num_threads = int(options.cpu_threads)
+    if options.inter_op_threads is not None:
+        so.inter_op_num_threads = int(options.inter_op_threads)
+        if int(options.inter_op_threads) > 1:
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    so.log_severity_level = ORT_LOG_ERRORS_ONLY
+    so.enable_cpu_mem_arena = default_mem_arena if options.cpu_mem_arena is None else bool(options.cpu_mem_arena)
+    entries = dict(options.config_entries)
+    if options.allow_spinning is not None:
+        entries[ALLOW_SPINNING_KEY] = "1" if options.allow_spinning else "0"
+    for key, value in entries.items():
+        so.add_session_config_entry(str(key), str(value))
+    return so
 
 
 def create_session(

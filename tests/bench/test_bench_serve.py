@@ -16,7 +16,7 @@ pytest.importorskip("starlette", reason="eac serve needs the serve extra")
 pytest.importorskip("uvicorn", reason="eac serve needs the serve extra")
 
 from eac.bench import serve as bench_serve
-from eac.bench.harness import WORKLOADS
+from eac.bench.registry import WORKLOADS
 
 from ..serve_helpers import EVALUATIONS, running, wait_ready
 

@@ -120,7 +120,7 @@ def test_a_shipped_name_this_install_lacks_is_one_line(tmp_path, monkeypatch, ca
 
 def test_bench_takes_shipped_names(monkeypatch, capsys):
     pytest.importorskip("torch")
-    from eac.bench import workloads
+    from eac.bench import registry
 
     seen = {}
 
@@ -132,7 +132,7 @@ def test_bench_takes_shipped_names(monkeypatch, capsys):
         seen["opts"] = opts
         return Report()
 
-    monkeypatch.setattr(workloads, "run_workload", run_workload)
+    monkeypatch.setattr(registry, "run_workload", run_workload)
     assert main(["bench", "explain", "--classifier", "demo", "--quiet"]) == 0
     assert seen["opts"].classifier == str(demo_classifier_path())
     assert main(["bench", "explain", "--classifier", "nonesuch", "--quiet"]) == 2
