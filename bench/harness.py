@@ -435,6 +435,8 @@ class BenchReport:
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
     run_load: LoadRecord | None = None
     load_limit_per_cpu: float = LOAD_LIMIT_PER_CORE
+    #: A workload that judges its load itself (:func:`eac.bench.load.others_verdict`) sets its verdict here.
+    own_verdict: Verdict | None = None
     #: The two sides the stage table compares (and ``ratios`` divides).
     headline: tuple[str, str] = ("engine", "reference")
 
@@ -445,7 +447,10 @@ class BenchReport:
     @property
     def verdict(self) -> Verdict:
         """Whether the numbers are a result: every load reading of every timed run (and of the
-        whole workload) at or below the limit (:func:`eac.bench.load.load_verdict`)."""
+        whole workload) at or below the limit (:func:`eac.bench.load.load_verdict`), unless the workload
+        gave its own verdict."""
+        if self.own_verdict is not None:
+            return self.own_verdict
         runs: dict[str, list[LoadRecord]] = {name: side.load for name, side in self.sides.items() if side.load}
         if self.run_load is not None:
             runs[WHOLE_RUN] = [self.run_load]
@@ -566,6 +571,8 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def verdict_line(verdict: Verdict) -> str:
     """One line saying whether the report is a result, and the load that decided it."""
+    if verdict.result and verdict.reason:
+        return f"load: a result — {verdict.reason}"
     if verdict.result:
         return (f"load: a result — the 1-minute load average stayed at or below {verdict.limit_per_cpu:g} per CPU "
                 f"(highest {verdict.max_per_cpu:.2f}, {verdict.worst})")

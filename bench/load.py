@@ -263,3 +263,48 @@ def load_verdict(runs: Mapping[str, Sequence[LoadRecord]], limit_per_cpu: float 
                               f"{limit_per_cpu:g}): other jobs shared the machine; re-run on a quiet machine",
                        limit_per_cpu, worst_value, worst)
     return Verdict(True, "", limit_per_cpu, worst_value, worst)
+
+
+#: A multi-process workload (a server and its clients) is a result while the processes outside it took at
+#: most this share of the machine's CPU time: its own threads make the load average meaningless there.
+OTHERS_SHARE_LIMIT = 0.05
+
+
+def others_verdict(load_before: float, others_shares: Mapping[str, float | None], cpus: int,
+                   limit_per_cpu: float = LOAD_LIMIT_PER_CORE, share_limit: float = OTHERS_SHARE_LIMIT) -> Verdict:
+    """The verdict of a workload that runs in several processes of its own (``eac bench serve``).
+
+    Its server runs one thread per request in flight, so the load average during the run counts the
+    workload itself (16 clients: a load of about 16). What other jobs would take is read instead from
+    ``/proc/stat``: the machine's busy CPU time minus the bench's and its server's.
+
+    Parameters
+    ----------
+    load_before : float
+        1-minute load average just before the workload started (the machine must be quiet then).
+    others_shares : mapping of str to float or None
+        Per timed part, the share of the machine's CPU time taken by processes outside the workload
+        (None where ``/proc/stat`` could not be read).
+    cpus : int
+        Logical CPUs.
+
+    Returns
+    -------
+    Verdict
+        ``max_per_cpu`` is the load per CPU before the run; ``worst`` the part where others took most.
+    """
+    before = load_before / cpus if load_before == load_before else float("nan")
+    known = {name: share for name, share in others_shares.items() if share is not None}
+    worst = max(known, key=lambda name: known[name]) if known else ""
+    if before != before or not known:
+        return Verdict(False, "the load average or the CPU time of other processes could not be read, so the "
+                              "machine's load is unknown", limit_per_cpu, before, worst)
+    if before > limit_per_cpu:
+        return Verdict(False, f"load average {before:.2f} per CPU before the run (limit {limit_per_cpu:g}): other "
+                              "jobs shared the machine; re-run on a quiet machine", limit_per_cpu, before, "before")
+    if known[worst] > share_limit:
+        return Verdict(False, f"other processes took {100 * known[worst]:.0f} % of the CPU during {worst} (limit "
+                              f"{100 * share_limit:g} %); re-run on a quiet machine", limit_per_cpu, before, worst)
+    return Verdict(True, f"the machine was quiet before the run ({before:.2f} per CPU) and other processes took at "
+                         f"most {100 * known[worst]:.1f} % of the CPU ({worst}); the load average during the run "
+                         "counts the server's own request threads", limit_per_cpu, before, worst)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .harness import BenchError, BenchReport, machine_info
+from .load import logical_cpus, others_verdict, read_load_average, read_machine_busy_seconds
 
 #: Concurrent clients of each level.
 LEVELS = (1, 4, 16)
@@ -76,6 +77,15 @@ class LevelResult:
     batch_seconds: float = 0.0
     batch_wait_s: float = 0.0
     server_cpu_s: float | None = None
+    #: CPU seconds every process outside this bench and its server got during the level (None: unknown).
+    others_cpu_s: float | None = None
+
+    @property
+    def others_share(self) -> float | None:
+        """Share of the machine's CPU time taken by processes outside the workload during the level."""
+        if self.others_cpu_s is None or self.seconds <= 0:
+            return None
+        return max(self.others_cpu_s, 0.0) / (self.seconds * logical_cpus())
 
     def to_dict(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies)
@@ -91,6 +101,7 @@ class LevelResult:
             "mean_requests_per_batch": self.batch_requests / self.batches if self.batches else None,
             "mean_batch_s": self.batch_seconds / self.batches if self.batches else None,
             "mean_batch_wait_s": self.batch_wait_s / self.batches if self.batches else None,
+            "others_cpu_share": self.others_share,
             "server_cpu_s_per_request": self.server_cpu_s / ok if self.server_cpu_s is not None and ok else None,
             "server_cpu_utilisation": (self.server_cpu_s / self.seconds
                                        if self.server_cpu_s is not None and self.seconds > 0 else None),
@@ -189,6 +200,7 @@ def _drive(server: _Server, pngs: list[bytes], clients: int, requests: int, fiel
     """``requests`` requests from ``clients`` threads; latencies of the 200s, errors by status."""
     before = _metrics(server.host, server.port)
     cpu_before = _cpu_seconds(server.process.pid)
+    busy_before, own_before = read_machine_busy_seconds(), time.process_time()
     counter = iter(range(requests))
     lock = threading.Lock()
     result = LevelResult(clients, requests, 0.0)
@@ -229,6 +241,7 @@ def _drive(server: _Server, pngs: list[bytes], clients: int, requests: int, fiel
     for t in threads:
         t.join()
     result.seconds = time.perf_counter() - start
+    busy_after, own_after = read_machine_busy_seconds(), time.process_time()
     after = _metrics(server.host, server.port)
     cpu_after = _cpu_seconds(server.process.pid)
     result.batches = after["eac_classifier_batches_total"] - before["eac_classifier_batches_total"]
@@ -241,6 +254,8 @@ def _drive(server: _Server, pngs: list[bytes], clients: int, requests: int, fiel
                            - before["eac_classifier_batch_wait_seconds_sum"])
     if cpu_before is not None and cpu_after is not None:
         result.server_cpu_s = cpu_after - cpu_before
+        if busy_before is not None and busy_after is not None:
+            result.others_cpu_s = (busy_after - busy_before) - (own_after - own_before) - result.server_cpu_s
     return result
 
 
@@ -270,6 +285,7 @@ def run_serve(opts: Any) -> BenchReport:
         base += ["--threads", str(opts.threads)]
     results: dict[str, dict[int, LevelResult]] = {mode: {} for mode in MODES}
     servers: dict[str, _Server] = {}
+    load_before = read_load_average()
     try:
         for mode, flags in MODES.items():
             opts.log(f"serve: starting eac serve ({mode})")
@@ -321,4 +337,7 @@ def run_serve(opts: Any) -> BenchReport:
         machine=machine_info(opts.threads), provider=resolve_providers(opts.providers)[0], settings=settings,
         extra={"levels": {mode: {str(k): v.to_dict() for k, v in lv.items()} for mode, lv in results.items()}},
         tables=tables,
+        own_verdict=others_verdict(load_before, {f"{mode}, {k} client(s)": level.others_share
+                                                 for mode, levels in results.items() for k, level in levels.items()},
+                                   logical_cpus()),
     )

@@ -18,7 +18,14 @@ from eac.bench.harness import (
     measure_sides,
     ratios,
 )
-from eac.bench.load import LOAD_LIMIT_PER_CORE, LoadMonitor, LoadRecord, load_verdict
+from eac.bench.load import (
+    LOAD_LIMIT_PER_CORE,
+    OTHERS_SHARE_LIMIT,
+    LoadMonitor,
+    LoadRecord,
+    load_verdict,
+    others_verdict,
+)
 
 
 def _record(*loads: float, cpus: int = 2) -> LoadRecord:
@@ -138,3 +145,18 @@ def test_a_quiet_report_prints_its_ratios_beside_the_load():
     assert "10.0×" in text and "highest load per CPU" in text
     data = report.to_dict()
     assert data["verdict"]["result"] is True and data["ratios"]["total"] == pytest.approx(10.0)
+
+
+def test_a_server_workload_is_judged_by_the_cpu_other_processes_took():
+    """eac bench serve: 16 request threads put the load average near 16 by themselves (2026-12-03: 3.58 per CPU on
+    a quiet machine), so the load average during the run cannot tell; the CPU other processes took can."""
+    quiet = others_verdict(1.7, {"batching, 16": 0.01, "no batching, 16": 0.02}, cpus=2)
+    assert quiet.result and "2.0 %" in quiet.reason and quiet.worst == "no batching, 16"
+    busy = others_verdict(1.7, {"batching, 16": 0.01, "no batching, 16": OTHERS_SHARE_LIMIT + 0.01}, cpus=2)
+    assert not busy.result and "no batching, 16" in busy.reason
+    before = others_verdict(2 * (LOAD_LIMIT_PER_CORE + 0.1), {"batching, 1": 0.0}, cpus=2)
+    assert not before.result and "before the run" in before.reason
+    unknown = others_verdict(1.0, {"batching, 1": None}, cpus=2)
+    assert not unknown.result and "unknown" in unknown.reason
+    # the same run judged by the load average alone would have been withheld
+    assert not load_verdict({"whole run": [LoadRecord(1.7, (7.17,), 7.17, 0.7, 145.0, 140.0, 2)]}).result
