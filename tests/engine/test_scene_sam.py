@@ -4,11 +4,12 @@ With the reference's default filters (32×32 grid, predicted IoU 0.88, stability
 box NMS 0.7) on held-out generated scenes (seed streams training never used):
 
 * concepts are objects: most objects recovered by a concept of IoU ≥ 0.85, few
-  concepts near-duplicates of another. The issue's targets (≥ 90 % recovered, ≤ 5 %
-  near-duplicates) are NOT reached by the shipped checkpoint: on the 24 scenes below it
-  recovers 85.3 % (64 of 75 objects) with 18.2 % near-duplicates (82.9 % and 24.4 % on
-  48 scenes); the thresholds hold that level with a margin, and each is one a weaker
-  generator fails;
+  concepts near-duplicates of another. The issue's recall target (≥ 90 % recovered) is
+  NOT reached by the shipped checkpoint: on the 24 scenes below it recovers 85.3 % (64
+  of 75 objects) with 2.2 % near-duplicates (2 of 91 concepts); on 96 scenes 81.0 % and
+  9.7 % (the near-duplicate target, ≤ 5 %, holds on these 24 and on the demo's scenes,
+  4.1 % of 48, not on 96 object scenes). The thresholds hold that level with a margin,
+  and each is one a weaker generator fails;
 * the engine gives segment-anything's masks: ``SamAutomaticMaskGenerator`` on the
   checkpoint the folder was exported from keeps the same number of masks (±1) with
   mean best IoU ≥ 0.97 both ways, and the same predicted IoU and stability score per
@@ -36,14 +37,15 @@ from eac.engine.sam import SamConceptGenerator
 #: (segment-anything's generator takes about 6 CPU seconds per scene: it upsamples all 3072 candidates).
 RECALL_SCENES = 24
 PARITY_SCENES = 3
-#: What the shipped SAM reaches on these scenes (85.3 % recall, 18.2 % near-duplicates), less a margin
-#: of about 4 objects / 5 concepts (ONNX Runtime builds may differ at the filters' edges). Below the
-#: issue's targets (90 %, 5 %): see the module docstring.
+#: What the shipped SAM reaches on these scenes (85.3 % recall, 2.2 % near-duplicates), less a margin
+#: of about 4 objects / 4 concepts (ONNX Runtime builds may differ at the filters' edges). The recall
+#: threshold is below the issue's target (90 %): see the module docstring.
 MIN_RECALL = 0.80
-MAX_DUPLICATE_FRACTION = 0.25
+MAX_DUPLICATE_FRACTION = 0.07
 MIN_MEAN_BEST_IOU = 0.97
-#: Measured on the 3 parity scenes: 6/6, 3/3 and 3/3 masks kept, mean best IoU 1.000 both ways, largest
-#: differences 4.8e-7 in predicted IoU and 0.0082 in stability score.
+#: Measured on the 3 parity scenes: 5/5, 3/3 and 3/3 masks kept, mean best IoU 0.999 both ways (scene means
+#: 0.997, 1.000, 1.000: one object's mask kept from a neighbouring grid point on one side, IoU 0.985); largest
+#: differences of the 10 same-prompt masks below 1e-5 in predicted IoU and 0.014 in stability score.
 #: Predicted IoU of matched masks: the same decoder (ONNX Runtime vs PyTorch) on the same prompt.
 IOU_PREDICTION_ATOL = 2e-3
 #: Stability score of matched masks: the engine counts pixels of the 64×64 low-resolution logits,
@@ -124,7 +126,14 @@ def test_same_masks_as_segment_anything_with_default_filters(scenes, parity_conc
         index, best = _matches(ours.masks, theirs)
         back = _matches(theirs, ours.masks)[1]
         both_ways.append((best.mean(), back.mean()))
-        same = best >= MIN_MEAN_BEST_IOU
+        # Scores are compared for the same candidate: a matched mask decoded from the same grid point. Near
+        # the 0.95 stability threshold the two stability counts (64² vs 128² pixels) can keep different
+        # candidates of one object (IoU 0.985, grid points 5 px apart, on the first scene): same mask, other
+        # prompt, other scores.
+        points = np.asarray(ours.info["point_coords"])
+        same_point = np.array([np.allclose(points[i], records[j]["point_coords"][0], atol=1e-3)
+                               for i, j in enumerate(index)], bool)
+        same = (best >= MIN_MEAN_BEST_IOU) & same_point
         iou_diffs += list(np.abs(ours.scores[same] - [records[j]["predicted_iou"] for j in index[same]]))
         stability = np.asarray(ours.info["stability_scores"])[same]
         stability_diffs += list(np.abs(stability - [records[j]["stability_score"] for j in index[same]]))
