@@ -88,7 +88,7 @@ def test_margin_ramps_in():
 def test_training_command_runs_writes_its_files_and_the_loss_falls(tmp_path, capsys):
     out = tmp_path / "run"
     # the margin term off (it ramps in later in a real run and adds to the loss; tested above)
-    rc = ts.main(["--out", str(out), "--steps", str(STEPS), "--workers", "1", "--threads", "1",
+    rc = ts.main(["--stage", "base", "--out", str(out), "--steps", str(STEPS), "--workers", "1", "--threads", "1",
                   "--eval-scenes", "3", "--log-every", str(LOG_EVERY), "--margin-start", "1"])
     assert rc == 0
     assert "held-out best-of-3 mIoU" in capsys.readouterr().out
@@ -96,7 +96,7 @@ def test_training_command_runs_writes_its_files_and_the_loss_falls(tmp_path, cap
     curve = record["loss_curve"]
     assert [p["step"] for p in curve] == [8, 16, 24]
     assert curve[-1]["loss"] < 0.8 * curve[0]["loss"]
-    assert record["steps"] == STEPS and record["model_type"] == "scene"
+    assert record["steps"] == STEPS and record["model_type"] == "scene" and record["stage"] == "base"
     assert record["settings"]["workers"] == 1 and record["seconds"]["cpu"] > 0
     assert 0.0 <= record["held_out"]["best_of_3_miou"] <= 1.0 and record["held_out"]["objects"] > 0
     sam = load_sam("scene", out / ts.CHECKPOINT_NAME)  # segment-anything's layout, the registered architecture
