@@ -127,6 +127,8 @@ STABILITY_THRESH = 0.95
 STABILITY_OFFSET = 1.0
 #: Cores of the machine the training budget is stated for (quiet wall time ≈ CPU seconds / cores).
 QUIET_CORES = 2
+#: The record evaluates ``eval_scenes`` object scenes and a third as many demo scenes: at least one of those.
+MIN_EVAL_SCENES = 3
 #: Short runs (``--steps`` below ten times the warm-up) warm up for a tenth of their steps.
 WARMUP_FRACTION_INV = 10
 
@@ -795,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.stage in REFINEMENTS) != (args.init is not None):
         parser.error(f"--init CHECKPOINT goes with a refinement stage ({', '.join(REFINEMENTS)}) and only with it")
+    if args.eval_scenes < MIN_EVAL_SCENES:
+        parser.error(f"--eval-scenes must be at least {MIN_EVAL_SCENES} (a third of them are demo scenes)")
     if args.init is not None and not Path(args.init).is_file():
         parser.error(f"--init: no checkpoint at {args.init}")
 

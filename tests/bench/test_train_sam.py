@@ -129,6 +129,7 @@ def test_refinement_stage_starts_from_its_checkpoint_and_says_so(tmp_path, capsy
     (["--stage", "edges"], "--init CHECKPOINT goes with a refinement stage"),
     (["--init", "x.pth"], "--init CHECKPOINT goes with a refinement stage"),
     (["--stage", "refine", "--init", "no/such.pth"], "no checkpoint at no/such.pth"),
+    (["--eval-scenes", "2"], "--eval-scenes must be at least 3"),
 ])
 def test_stage_arguments_fail_in_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
