@@ -89,7 +89,6 @@ do about 1.5× the steps of one two-threaded process on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
@@ -100,10 +99,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.manifest import file_sha256
 from ..engine.object_scenes import HELD_OUT_STREAM, TRAIN_STREAM, held_out_scenes, training_scene
 from ..export.sam_loader import SCENE_SAM, SamArchitecture, build_sam_model
 
@@ -212,13 +213,10 @@ def stage_settings(base: TrainSettings, stage: str) -> TrainSettings:
 
 def edge_band(mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels of ``mask`` (H×W bool) within ``width`` pixels (Chebyshev) of a pixel outside it (or the border)."""
-    outside = np.pad(~mask, width, constant_values=True)
-    near = np.zeros_like(mask)
-    h, w = mask.shape
-    for dy in range(2 * width + 1):
-        for dx in range(2 * width + 1):
-            near |= outside[dy:dy + h, dx:dx + w]
-    return mask & near
+    side = 2 * width + 1
+    core = cv2.erode(mask.astype(np.uint8), np.ones((side, side), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0)
+    return mask & ~core.astype(bool)
 
 
 def sample_prompts(rng: np.random.Generator, objects: np.ndarray, background_points: int,
@@ -382,13 +380,10 @@ def edge_margin(logits: torch.Tensor, targets: torch.Tensor, margin: float, pixe
     stray positive pixels far away (boxes inflated past box NMS) — by the image area;
     the worst pixels carry them at full weight.
     """
-    t = targets[:, None].float()
-    grown = F.max_pool2d(t, 3, stride=1, padding=1) > 0.5
-    shrunk = -F.max_pool2d(-t, 3, stride=1, padding=1) > 0.5
-    flat = logits.flatten(-2)
-    inside = torch.where(shrunk.flatten(-2), flat, _OUT_OF_REGION).topk(pixels, dim=-1, largest=False).values
-    outside = torch.where(grown.flatten(-2), -_OUT_OF_REGION, flat).topk(pixels, dim=-1).values
-    return F.relu(margin - inside).mean(dim=-1) + F.relu(margin + outside).mean(dim=-1)
+    shrunk = -F.max_pool2d(-targets[:, None].float(), 3, stride=1, padding=1) > 0.5
+    inside = torch.where(shrunk.flatten(-2), logits.flatten(-2), _OUT_OF_REGION).topk(pixels, dim=-1,
+                                                                                       largest=False).values
+    return F.relu(margin - inside).mean(dim=-1) + stray_pixels(logits, targets, 1, margin, pixels)
 
 
 def stray_pixels(logits: torch.Tensor, targets: torch.Tensor, distance: int, margin: float, pixels: int
@@ -661,6 +656,8 @@ def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None =
     held_out = evaluate(sam, held_out_scenes(s.eval_scenes), arch)
     demo = evaluate(sam, held_out_scenes(s.eval_scenes // 3, demo=True), arch)
     settings_json = {k: v for k, v in asdict(s).items() if k != "architecture"}
+    train_key: list[object] = list(training_stream(s, rank))
+    train_key[2] = "worker"
     record = {
         "command": "python -m eac.bench.train_sam",
         "model_type": "scene",
@@ -674,8 +671,7 @@ def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None =
         "logit_scale": calibration,
         "held_out": held_out,
         "held_out_demo_scenes": demo,
-        "seed_streams": {"train": [*training_stream(s, rank)[:2], "worker", *training_stream(s, rank)[3:]],
-                         "held_out": HELD_OUT_STREAM},
+        "seed_streams": {"train": train_key, "held_out": HELD_OUT_STREAM},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     return sam, record
@@ -724,11 +720,6 @@ def train(settings: TrainSettings, log=print, init: str | os.PathLike | None = N
         sam.load_state_dict(torch.load(Path(folder) / CHECKPOINT_NAME, weights_only=True))
         record = json.loads((Path(folder) / RECORD_NAME).read_text())
     return sam.eval(), record
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (the record names the checkpoint a stage started from by it)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def train_stage(settings: TrainSettings, stage: str, init: str | os.PathLike | None = None, log=print
