@@ -23,6 +23,8 @@ says so. Models whose forward returns an object carrying ``logits`` (transformer
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -51,6 +53,9 @@ TIMM_DEFAULT_CROP_PCT = 0.875
 #: Resize side over crop side of the usual ImageNet evaluation (resize 256, crop 224): used for a transformers
 #: model that states only its input side.
 IMAGENET_RESIZE_RATIO = 256 / 224
+#: The import name of Hugging Face's hub-kernels distribution, which transformers (>= 5.25) imports when it is
+#: installed; in a checkout, eac's own ``kernels/`` folder has the same name.
+HF_KERNELS_PACKAGE = "kernels"
 #: transformers' placeholder class names (``LABEL_0``...), which say nothing about the classes.
 HF_PLACEHOLDER_LABEL = "LABEL_"
 
@@ -203,6 +208,7 @@ def _build_module(spec: str, checkpoint) -> BuiltModel:
 # --------------------------------------------------------------------------- Hugging Face transformers
 def _build_hf(name_or_path: str) -> BuiltModel:
     """A transformers image classifier from a local folder or a hub id, with its processor's preprocessing."""
+    _check_kernels_not_shadowed()
     try:
         import transformers
     except ImportError as exc:
@@ -231,6 +237,29 @@ def _build_hf(name_or_path: str) -> BuiltModel:
     else:
         recommended, origin = _hf_config_preprocess(config, notes), "the model's config.image_size"
     return BuiltModel(model, source, _hf_labels(config), recommended, origin, notes)
+
+
+def _check_kernels_not_shadowed() -> None:
+    """Fail in one line where ``import kernels`` would load eac's checkout folder instead of the installed package.
+
+    ``python -m`` and ``python -c`` put the current folder first on the import path; run from a checkout, its
+    ``kernels/`` folder (eac's numeric code, ``eac.kernels``) then hides the ``kernels`` distribution that
+    transformers imports when it is installed, and a model class fails deep inside transformers.
+    """
+    spec = importlib.util.find_spec(HF_KERNELS_PACKAGE)
+    if spec is None or spec.origin is None:
+        return
+    from .. import kernels as eac_kernels
+
+    if Path(spec.origin).resolve().parent != Path(eac_kernels.__file__).resolve().parent:
+        return
+    try:
+        importlib.metadata.version(HF_KERNELS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return  # transformers imports `kernels` only when its distribution is installed
+    raise ExportError(f"--hf: this checkout's {HF_KERNELS_PACKAGE}/ folder hides the `{HF_KERNELS_PACKAGE}` package "
+                      "that transformers imports (python -m and python -c put the current folder first on the "
+                      "import path); run the `eac` command, or python from another folder")
 
 
 def _hf_processor_config(folder: Path | None, name: str) -> dict[str, Any] | None:

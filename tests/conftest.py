@@ -8,11 +8,42 @@ known: the concept covering the red shape.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+#: The checkout's root, which pytest puts on sys.path because ``tests/`` is a package.
+CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
+#: Hugging Face's hub-kernels distribution (transformers >= 5.25 depends on it), named like eac's ``kernels/``.
+HF_KERNELS_PACKAGE = "kernels"
+
+
+def _import_the_installed_kernels_package() -> None:
+    """Bind the name ``kernels`` to the installed distribution, not to this checkout's ``kernels/`` folder.
+
+    With the checkout's root on sys.path, ``import kernels`` (as transformers does when the distribution is
+    installed) would load eac's numeric folder; outside a checkout it loads the distribution, as it should. Import
+    the distribution once with the root left out, so that later imports find it in ``sys.modules``. Without the
+    distribution installed nothing is imported (transformers then does not import it either).
+    """
+    try:
+        importlib.metadata.version(HF_KERNELS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return
+    saved = list(sys.path)
+    sys.path[:] = [entry for entry in saved if Path(entry or ".").resolve() != CHECKOUT_ROOT]
+    try:
+        importlib.import_module(HF_KERNELS_PACKAGE)
+    finally:
+        sys.path[:] = saved
+
+
+_import_the_installed_kernels_package()
 
 #: Scene side of the fixture classifier (smaller than the shipped demo, to train fast).
 FIXTURE_SIZE = 64

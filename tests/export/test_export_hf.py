@@ -10,7 +10,9 @@ cannot be installed here: a stand-in module with timm's ``create_model`` and
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import subprocess
 import sys
 import types
 import warnings
@@ -25,7 +27,12 @@ from eac.engine.classifier import Classifier
 from eac.engine.cli import main
 from eac.export._torch_utils import LEGACY_EXPORTER_WARNINGS, onnx_export
 from eac.export.classifier import export_classifier
-from eac.export.classifier_sources import hf_preprocess, timm_preprocess
+from eac.export.classifier_sources import (
+    HF_KERNELS_PACKAGE,
+    _check_kernels_not_shadowed,
+    hf_preprocess,
+    timm_preprocess,
+)
 from eac.export.errors import ExportError
 
 from tests import tiny_models
@@ -132,6 +139,31 @@ def test_hf_hub_id_offline_says_what_to_fetch(tmp_path, transformers, offline_hu
     assert len(err) == 1 and "Traceback" not in err[0]
     assert "hf download someorg/some-classifier --local-dir DIR" in err[0] and "--hf DIR" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def _kernels_distribution_installed() -> bool:
+    try:
+        importlib.metadata.version(HF_KERNELS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_hf_from_a_checkout_folder_says_kernels_is_hidden(tmp_path, transformers):
+    """python -c in the checkout's root: its kernels/ folder hides the distribution transformers imports."""
+    if not _kernels_distribution_installed():
+        pytest.skip("this transformers does not bring Hugging Face's kernels package: nothing to hide")
+    root = Path(__file__).resolve().parents[2]
+    model = _save(transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2)), tmp_path / "hf", None)
+    script = ("import sys; from eac.engine.cli import main; "
+              f"sys.exit(main(['export', 'classifier', '--hf', {str(model)!r}, '--out', {str(tmp_path / 'o')!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    assert "kernels/ folder hides" in err[0] and "run the `eac` command" in err[0]
+    assert not (tmp_path / "o").exists()
+    _check_kernels_not_shadowed()  # here the name is bound to the installed distribution (tests/conftest.py)
 
 
 def test_hf_processor_settings_map_to_eacs_pipeline():
