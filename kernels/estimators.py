@@ -334,25 +334,37 @@ class _Clock:
 
 
 class _Draws:
-    """The sampled pairs of one stratum: row indices of S and S̄ in the store, and each pair's fold."""
+    """The sampled pairs of one stratum: row indices of S and S̄ in the store, and each pair's fold.
 
-    def __init__(self) -> None:
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._joined: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    The pairs are kept in growing buffers (doubled when full), so that :meth:`arrays` is a view, not a
+    concatenation, and the pairs per fold are counted as they are added.
+    """
+
+    def __init__(self, folds: int) -> None:
+        self._buf = np.empty((3, 0), dtype=np.int64)  # rows: S, S̄, fold
         self.count = 0
+        self.per_fold = np.zeros(folds, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.count
 
     def add(self, si: np.ndarray, sbi: np.ndarray, fold: np.ndarray) -> None:
-        self.parts.append((si, sbi, fold))
-        self.count += len(si)
-        self._joined = None
+        end = self.count + len(si)
+        if end > self._buf.shape[1]:
+            grown = np.empty((3, max(end, 2 * self._buf.shape[1])), dtype=np.int64)
+            grown[:, :self.count] = self._buf[:, :self.count]
+            self._buf = grown
+        self._buf[0, self.count:end] = si
+        self._buf[1, self.count:end] = sbi
+        self._buf[2, self.count:end] = fold
+        self.per_fold += np.bincount(fold, minlength=len(self.per_fold))
+        self.count = end
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._joined is None:
-            self._joined = tuple(np.concatenate([p[i] for p in self.parts]) for i in range(3))
-        return self._joined
+        """(S rows, S̄ rows, folds) of the pairs in draw order (read-only views)."""
+        view = self._buf[:, :self.count]
+        view.flags.writeable = False
+        return view[0], view[1], view[2]
 
 
 class _Run:
@@ -365,7 +377,8 @@ class _Run:
         self.strata = list(range(1, n // 2 + 1))
         self.pairs_in = {k: _stratum_pairs(n, k) for k in self.strata}
         self.enumerated: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # k → (S rows, S̄ rows)
-        self.draws: dict[int, _Draws] = {k: _Draws() for k in self.strata}
+        self.draws: dict[int, _Draws] = {k: _Draws(folds) for k in self.strata}
+        self._pairs: tuple | None = None  # the sampled pairs of all strata (see _sampled_pairs)
         self.pair_fold: dict[int | bytes, int] = {}
         self.next_fold = {k: 0 for k in self.strata}
         self.anchor = store.ensure(np.array([np.zeros(n, bool), np.ones(n, bool)]))
@@ -400,7 +413,8 @@ class _Run:
             m = len(s)
             self.enumerated[k] = (idx[pos:pos + m], idx[pos + m:pos + 2 * m])
             pos += 2 * m
-            self.draws[k] = _Draws()
+            self.draws[k] = _Draws(self.folds)
+        self._pairs = None
 
     def draw(self, counts: dict[int, int]) -> None:
         ks = [k for k, m in counts.items() if m > 0]
@@ -430,9 +444,24 @@ class _Run:
             m = owner[g + 1] - owner[g]
             si, sbi = idx[2 * owner[g]:2 * owner[g] + m], idx[2 * owner[g] + m:2 * owner[g + 1]]
             self.draws[k].add(si, sbi, fold[owner[g]:owner[g + 1]])
+        self._pairs = None
 
     def drawn(self, k: int) -> int:
-        return len(self.draws[k])
+        return self.draws[k].count
+
+    def _sampled_pairs(self) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The strata with draws and their pairs, stratum after stratum in draw order: (strata, S rows,
+        S̄ rows, folds, index of each pair's stratum in the strata list); kept until the next draw."""
+        if self._pairs is None:
+            sampled = self.with_draws()
+            parts = [self.draws[k].arrays() for k in sampled]
+            if parts:
+                si, sbi, fold = (np.concatenate([q[i] for q in parts]) for i in range(3))
+            else:
+                si = sbi = fold = np.zeros(0, dtype=np.int64)
+            group = np.repeat(np.arange(len(sampled)), [len(q[0]) for q in parts])
+            self._pairs = (sampled, si, sbi, fold, group)
+        return self._pairs
 
     def grown(self) -> bool:
         """Whether the evaluations have grown by REFIT_GROWTH since the surrogates were last fitted."""
@@ -448,21 +477,15 @@ class _Run:
         g_{−j} is still independent of the pairs it corrects)."""
         store, n = self.store, self.n
         x, v, f = store.x, store.v, store.f
-        sampled = self.with_draws()
-        self.frac = {}
-        for k in sampled:
-            fold = self.draws[k].arrays()[2]
-            self.frac[k] = np.bincount(fold, minlength=self.folds) / len(fold)
+        sampled, si, sbi, fold, group = self._sampled_pairs()
+        self.frac = {k: self.draws[k].per_fold / self.draws[k].count for k in sampled}
         preds = None
         if self.surrogate != "none":
             self.clock.start("fit")
             if refit or not self.models:
                 held = np.zeros((self.folds, len(store)), bool)
-                for k in self.sampled():
-                    if self.drawn(k):
-                        si, sbi, fold = self.draws[k].arrays()
-                        held[fold, si] = True
-                        held[fold, sbi] = True
+                held[fold, si] = True
+                held[fold, sbi] = True
                 self.fits = fit_surrogates(self.surrogate, x, v, ~held, f, self.head, self.converge, self.fits)
                 self.models, self.fitted_on = self.fits.models, len(store)
                 if self.terms_source is not None:
@@ -475,9 +498,6 @@ class _Run:
         if not sampled:
             self.r2 = None
             return
-        parts = [self.draws[k].arrays() for k in sampled]
-        si, sbi, fold = (np.concatenate([q[i] for q in parts]) for i in range(3))
-        group = np.repeat(np.arange(len(sampled)), [len(q[0]) for q in parts])
         d = v[si] - v[sbi]
         resid = d if preds is None else d - (preds[fold, si] - preds[fold, sbi])
         self.units = _Units(n, sampled, group, x[si], resid)
@@ -493,13 +513,11 @@ class _Run:
         """The surrogates' stratum terms for the sampled strata (computed once per fit)."""
         if self.terms is None and self.models and self.terms_source is not None:
             self.clock.start("terms")
-            sampled = self.with_draws()
+            sampled, si_drawn, sbi_drawn, _, _ = self._sampled_pairs()
             pairs = None
             if isinstance(self.terms_source, WindowsMC):
-                si = np.concatenate([self.draws[k].arrays()[0] for k in sampled]
-                                    + [self.enumerated[k][0] for k in self.enumerated])
-                sbi = np.concatenate([self.draws[k].arrays()[1] for k in sampled]
-                                     + [self.enumerated[k][1] for k in self.enumerated])
+                si = np.concatenate([si_drawn] + [self.enumerated[k][0] for k in self.enumerated])
+                sbi = np.concatenate([sbi_drawn] + [self.enumerated[k][1] for k in self.enumerated])
                 pairs = (self.store.x[si], self.preds[:, si] - self.preds[:, sbi])
             self.terms = self.terms_source.terms(self.models, self.frac, sampled, pairs)
             self.clock.stop()
