@@ -90,12 +90,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def pair_products(b: np.ndarray, ii: np.ndarray, jj: np.ndarray) -> np.ndarray:
+def pair_products(b: np.ndarray, ii: np.ndarray, jj: np.ndarray, bt: np.ndarray | None = None) -> np.ndarray:
     """b_i·b_j for the pairs (ii[p], jj[p]) and the rows of b (M×N, bool or 0/1): M×P float64.
 
-    Gathered as rows of the transposed coalitions: gathering columns of an M×N array is many times slower.
+    Gathered as rows of the transposed coalitions (``bt``, N×M C-contiguous, when the caller has it): gathering
+    columns of an M×N array is many times slower.
     """
-    bt = np.ascontiguousarray(np.asarray(b).T)
+    if bt is None:
+        bt = np.ascontiguousarray(np.asarray(b).T)
     if bt.dtype == bool:
         return (bt[ii] & bt[jj]).T.astype(np.float64)
     return (bt[ii] * bt[jj]).T.astype(np.float64)
@@ -348,9 +350,28 @@ def fit_surrogates(kind: str, x: np.ndarray, y: np.ndarray, train: np.ndarray, f
 # --------------------------------------------------------------------------- evaluation of all folds
 
 
+#: The last models stacked by :func:`_stacked_logistic` and the result: the same fold surrogates are evaluated
+#: several times between refits (on the evaluated coalitions every round, on the Monte-Carlo rows at checks).
+_last_stacked: tuple[tuple[LogisticSurrogate, ...], tuple] | None = None
+
+
 def _stacked_logistic(models: Sequence[LogisticSurrogate]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All models' parameters side by side (columns j·T + t): α N×(J·T), β J·T, the union of their pairs
-    (ii, jj: U each) and γ on that union U×(J·T) (0 where a model lacks the pair)."""
+    (ii, jj: U each) and γ on that union U×(J·T) (0 where a model lacks the pair).
+
+    The models are not changed after their fit, so the result for the same model objects is reused.
+    """
+    global _last_stacked
+    last = _last_stacked
+    if last is not None and len(last[0]) == len(models) and all(a is b for a, b in zip(last[0], models, strict=True)):
+        return last[1]
+    out = _stack_parameters(models)
+    _last_stacked = (tuple(models), out)
+    return out
+
+
+def _stack_parameters(models: Sequence[LogisticSurrogate]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_stacked_logistic` without the reuse."""
     t = models[0].alpha.shape[1]
     alpha = np.concatenate([g.alpha for g in models], axis=1)
     beta = np.concatenate([g.beta for g in models])
@@ -382,14 +403,16 @@ def evaluate(models: Sequence[Model], b: np.ndarray) -> np.ndarray:
     return np.stack([as_matrix(g(b)) for g in models])
 
 
-def evaluate_pairs(models: Sequence[Model], s: np.ndarray) -> np.ndarray:
+def evaluate_pairs(models: Sequence[Model], s: np.ndarray, sf: np.ndarray | None = None,
+                   st: np.ndarray | None = None) -> np.ndarray:
     """d_g(S) = g(S) − g(S̄) for every model and row of s (M×N bool): J×M×T.
 
     Logistic surrogates get S̄'s logits from S's: (1 − b)·α = Σα − b·α, and a pair lies in S̄ with weight
-    (1 − b_i)(1 − b_j) = 1 − b_i − b_j + b_i·b_j, whose linear part joins α.
+    (1 − b_i)(1 − b_j) = 1 − b_i − b_j + b_i·b_j, whose linear part joins α. ``sf`` (s as float64) and ``st``
+    (s transposed, C-contiguous) may be passed by a caller that evaluates the same rows again.
     """
     if models and all(isinstance(g, LogisticSurrogate) for g in models):
-        bf = np.asarray(s, dtype=np.float64)
+        bf = np.asarray(s, dtype=np.float64) if sf is None else sf
         alpha, beta, (ii, jj), gamma = _stacked_logistic(models)
         on_pair = np.zeros_like(alpha)  # Σ_{pairs ∋ i} γ
         np.add.at(on_pair, ii, gamma)
@@ -399,7 +422,7 @@ def evaluate_pairs(models: Sequence[Model], s: np.ndarray) -> np.ndarray:
         z_in = lin[:, :width] + beta
         z_out = (alpha.sum(axis=0) + gamma.sum(axis=0) + beta) - lin[:, width:]
         if len(ii):
-            both = pair_products(s, ii, jj) @ gamma
+            both = pair_products(s, ii, jj, st) @ gamma
             z_in += both
             z_out += both
         return _split(_sigmoid(z_in) - _sigmoid(z_out), len(models))
@@ -537,7 +560,7 @@ class WindowsMC:
     def __init__(self, n: int, rows: int = SURROGATE_MC_ROWS):
         self.n, self.rows = n, rows
         self.windows: np.ndarray | None = None  # (n//2)×rows×n bool: stratum k's windows at index k − 1
-        self._stacked: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._stacked: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
         self._last: tuple[Sequence[Model], tuple[int, ...], np.ndarray] | None = None  # models, strata, their d_g
 
     def draw(self, strata: Sequence[int], rng: np.random.Generator) -> None:
@@ -550,14 +573,18 @@ class WindowsMC:
         pos[np.arange(self.rows)[:, None], perm] = np.arange(n, dtype=np.int32)[None, :]
         ks = np.arange(1, n // 2 + 1, dtype=np.int32)
         offsets = (ks * (ks - 1) // 2) % n
-        self.windows = (pos[None, :, :] - offsets[:, None, None]) % n < ks[:, None, None]
+        # (pos − o_k) mod n < k, i.e. o_k ≤ pos < o_k + k, or pos < o_k + k − n where the window wraps around
+        end = (offsets + ks)[:, None, None]
+        self.windows = ((pos[None] >= offsets[:, None, None]) & (pos[None] < end)) | (pos[None] < end - n)
 
-    def _rows(self, strata: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The strata's windows stacked (S·rows)×n, as bool and as ±1 (x = 2b − 1)."""
+    def _rows(self, strata: Sequence[int]) -> tuple[np.ndarray, ...]:
+        """The strata's windows stacked (S·rows)×n: as bool, as ±1 (x = 2b − 1), as 0/1 float64 and as bool
+        transposed (n×(S·rows), C-contiguous)."""
         key = tuple(strata)
         if key not in self._stacked:
             flat = self.windows[[k - 1 for k in strata]].reshape(-1, self.n)
-            self._stacked[key] = (flat, 2.0 * flat - 1.0)
+            flat_f = flat.astype(np.float64)
+            self._stacked[key] = (flat, 2.0 * flat - 1.0, flat_f, np.ascontiguousarray(flat.T))
         return self._stacked[key]
 
     def terms(self, models: Sequence[Model], frac: dict[int, np.ndarray], strata: Sequence[int],
@@ -573,11 +600,11 @@ class WindowsMC:
         ns = len(strata)
         a = fit_odd_linear(x, np.moveaxis(d_seen, 0, 1).reshape(len(x), jn * t))  # N×(J·T)
         closed = linear_terms(a, n).reshape(n, jn, t)
-        flat, signs = self._rows(strata)
+        flat, signs, flat_f, flat_t = self._rows(strata)
         if self._last is not None and self._last[0] is models and self._last[1] == tuple(strata):
             d_g = self._last[2]  # the same surrogates as at the last check: their pair differences are known
         else:
-            d_g = evaluate_pairs(models, flat)  # J×(S·m)×T
+            d_g = evaluate_pairs(models, flat, flat_f, flat_t)  # J×(S·m)×T
             self._last = (models, tuple(strata), d_g)
         resid_all = d_g - np.moveaxis((signs @ a).reshape(ns * m, jn, t), 1, 0)
         share = np.stack([frac[k] for k in strata])  # S×J
@@ -587,7 +614,7 @@ class WindowsMC:
         resid = np.einsum("jkmt,kj->kmt", resid_all.reshape(jn, ns, m, t), share)  # S×m×T
         inside = w * (1.0 / ks + 1.0 / (n - ks))  # c = inside·b − outside on a window
         outside = w / (n - ks)
-        win = flat.reshape(ns, m, n)
+        win = flat_f.reshape(ns, m, n)  # float64: the same products and sums as bool, without a cast per call
         units = np.empty((m, n, t))
         for tt in range(t):
             r = resid[:, :, tt]
