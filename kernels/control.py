@@ -195,7 +195,6 @@ def fit_logistic_surrogates(x: np.ndarray, y: np.ndarray, train: np.ndarray,
     list of J :class:`LogisticSurrogate`
     """
     jn, t, n = train.shape[0], y.shape[1], x.shape[1]
-    xf = np.asarray(x, dtype=np.float64)
     pairs = pairs or [()] * jn
     # Each fit sees its own rows, padded with weight-0 rows to a common count so that all fit in one batch.
     counts = train.sum(axis=1)
@@ -204,18 +203,24 @@ def fit_logistic_surrogates(x: np.ndarray, y: np.ndarray, train: np.ndarray,
     for j in range(jn):
         rows[j, :counts[j]] = np.nonzero(train[j])[0]
         weight[j, :counts[j]] = 1.0
-    designs = []
+    width = n + len(pairs[0])  # every fit has as many pairs
+    design = np.empty((jn, rows.shape[1], width + 1))  # J×M'×(N+P+1): b, the pair products, the intercept's 1
     for j in range(jn):
         ii = np.array([a for a, _ in pairs[j]], dtype=np.int64)
         jj = np.array([b for _, b in pairs[j]], dtype=np.int64)
-        xj = xf[rows[j]]
-        designs.append(np.concatenate([xj, pair_products(x[rows[j]], ii, jj)], axis=1) if len(ii) else xj)
-    design = np.repeat(np.stack(designs), t, axis=0)  # (J·T)×M'×(N+P): fold-major, then target
+        xj = x[rows[j]]
+        design[j, :, :n] = xj
+        if len(ii):
+            design[j, :, n:width] = pair_products(xj, ii, jj)
+    design[:, :, width] = 1.0
+    if t > 1:
+        design = np.repeat(design, t, axis=0)  # (J·T)×M'×(N+P+1): fold-major, then target
     prob = np.concatenate([y[rows[j]].T for j in range(jn)])
     start = None
     if init is not None:
         start = np.concatenate([_start(g, list(pairs[j])) for j, g in enumerate(init)])
-    coef, intercept = fit_logistic_batch(design, prob, np.repeat(weight, t, axis=0), max_iter=max_iter, init=start)
+    coef, intercept = fit_logistic_batch(design, prob, np.repeat(weight, t, axis=0), max_iter=max_iter, init=start,
+                                         intercept_column=True)
     out = []
     for j in range(jn):
         c = coef[j * t:(j + 1) * t].T  # (N+P)×T

@@ -255,6 +255,7 @@ def fit_logistic_batch(
     max_iter: int = LOGISTIC_MAX_ITER,
     tol: float = LOGISTIC_TOL,
     init: np.ndarray | None = None,
+    intercept_column: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """B independent fits p'_b(x) = σ(α_b·x + β_b) by minimising weighted BCE (Newton), all at once.
 
@@ -274,17 +275,24 @@ def fit_logistic_batch(
     init : ndarray, B×(N+1), optional
         Starting points (α, β), e.g. earlier fits on most of the same rows (the problems are strictly convex:
         the optimum does not depend on it); default: least squares on the log-odds.
+    intercept_column : bool
+        The designs already end with the intercept's column of ones (B×M×(N+1), float64): used as they are,
+        without a copy.
 
     Returns
     -------
     alpha : ndarray of float64, B×N
     beta : ndarray of float64, B
     """
-    x = np.asarray(coalitions, dtype=np.float64)
-    nb, m, n = x.shape
-    x1 = np.empty((nb, m, n + 1))
-    x1[..., :n] = x
-    x1[..., n] = 1.0
+    if intercept_column:
+        x1 = np.asarray(coalitions, dtype=np.float64)
+        nb, m, n = x1.shape[0], x1.shape[1], x1.shape[2] - 1
+    else:
+        x = np.asarray(coalitions, dtype=np.float64)
+        nb, m, n = x.shape
+        x1 = np.empty((nb, m, n + 1))
+        x1[..., :n] = x
+        x1[..., n] = 1.0
     p = np.clip(np.asarray(prob, dtype=np.float64), LOGISTIC_PROB_EPS, 1.0 - LOGISTIC_PROB_EPS)
     w = np.ones((nb, m)) if weights is None else np.asarray(weights, dtype=np.float64)
     reg = np.full(n + 1, ridge)
