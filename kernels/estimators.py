@@ -261,11 +261,12 @@ class _Store:
     def ensure(self, coalitions: np.ndarray) -> np.ndarray:
         """Row indices of the coalitions, evaluating the new distinct ones in one call."""
         keys = _keys(coalitions)
+        index, base = self.index, len(self.index)
         new: dict[int | bytes, int] = {}
         fresh = []
         for r, key in enumerate(keys):
-            if key not in self.index and key not in new:
-                new[key] = len(self.index) + len(new)
+            if key not in index and key not in new:
+                new[key] = base + len(fresh)
                 fresh.append(r)
         if new:
             batch = np.ascontiguousarray(coalitions[fresh])
@@ -291,7 +292,7 @@ class _Store:
                 self.feats.append(feats)
             self.index.update(new)
             self._x = self._v = self._f = None
-        return np.array([self.index[k] for k in keys], dtype=np.int64)
+        return np.fromiter(map(self.index.__getitem__, keys), dtype=np.int64, count=len(keys))
 
     @property
     def x(self) -> np.ndarray:
@@ -580,14 +581,24 @@ class _Units:
         self.wc = self.w[group][:, None] * np.where(s, 1.0 / kp, -1.0 / (n - kp))  # P×N: w_k·c(S_p)
         self.onehot = (group[:, None] == np.arange(len(strata))[None, :]).astype(np.float64)  # P×K
         self.mean_r2 = (self.onehot.T @ resid**2) / self.m[:, None]  # K×T: E_k[r²]
+        self._sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _group_var(self, u: np.ndarray, floor_second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per stratum mean and floored variance of the unit columns u (P×C): K×C each."""
+    def unit_sums(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per stratum Σ y_p and Σ y_p² of target t's units (K×N each; computed once, for the moments and the
+        allocation's spread)."""
+        if t not in self._sums:
+            u = self.wc * self.resid[:, t:t + 1]
+            self._sums[t] = (self.onehot.T @ u, self.onehot.T @ u**2)
+        return self._sums[t]
+
+    def _group_var(self, total: np.ndarray, second: np.ndarray,
+                   floor_second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per stratum mean and floored variance of unit columns whose per-stratum sums are ``total`` and sums of
+        squares ``second`` (K×C each): K×C each."""
         m = self.m[:, None]
-        total = self.onehot.T @ u
         mean = total / m
         with np.errstate(divide="ignore", invalid="ignore"):
-            sample = np.maximum(self.onehot.T @ u**2 - total * mean, 0.0) / (m - 1)
+            sample = np.maximum(second - total * mean, 0.0) / (m - 1)
             floor = np.maximum(floor_second - mean**2, 0.0) * m / (m - 1)
         return mean, np.where(m >= 2, np.maximum(sample, floor), np.inf)
 
@@ -597,7 +608,7 @@ class _Units:
         mean_out, var_out = np.zeros((n, t)), np.zeros((n, t))
         pooled = self.w[:, None] ** 2 * self.mean_r2 / (self.k * (n - self.k))[:, None]  # K×T
         for tt in range(t):
-            mean, var = self._group_var(self.wc * self.resid[:, tt:tt + 1], pooled[:, tt:tt + 1])
+            mean, var = self._group_var(*self.unit_sums(tt), pooled[:, tt:tt + 1])
             mean_out[:, tt] = mean.sum(axis=0)
             var_out[:, tt] = (var / self.m[:, None]).sum(axis=0)
         return mean_out, var_out
@@ -608,7 +619,7 @@ class _Units:
         diff = (self.wc[:, a] - self.wc[:, b]) * self.resid[:, t:t + 1]
         # pooled floor: w²·E[r²]·E[(c_i − c_j)²], E[(c_i − c_j)²] = 2n / ((n − 1)·k·(n − k))
         second = self.w**2 * self.mean_r2[:, t] * 2.0 * n / ((n - 1) * k * (n - k))
-        _, var = self._group_var(diff, second[:, None])
+        _, var = self._group_var(self.onehot.T @ diff, self.onehot.T @ diff**2, second[:, None])
         return (var / self.m[:, None]).sum(axis=0)
 
     def spread(self) -> dict[int, float]:
@@ -617,10 +628,9 @@ class _Units:
         m = self.m[:, None]
         total_var = np.zeros(len(self.strata))
         for tt in range(self.resid.shape[1]):
-            u = self.wc * self.resid[:, tt:tt + 1]
-            total = self.onehot.T @ u
+            total, second = self.unit_sums(tt)
             with np.errstate(divide="ignore", invalid="ignore"):
-                total_var += (np.maximum(self.onehot.T @ u**2 - total**2 / m, 0.0) / (m - 1)).sum(axis=1)
+                total_var += (np.maximum(second - total**2 / m, 0.0) / (m - 1)).sum(axis=1)
         for g, k in enumerate(self.strata):
             if self.m[g] >= 2:
                 out[k] = float(np.sqrt(total_var[g])) + SIGMA_EPS
