@@ -552,6 +552,9 @@ def _extra_concept_runs(sam: SamPair, crop: np.ndarray, opts: BenchOptions, sett
         runs[EFFICIENTVIT_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last, EFFICIENTVIT_SIDE)
         notes[EFFICIENTVIT_SIDE] = (f"EfficientViT-SAM-L0 (512 input), random weights (seed {models.BENCH_SEED}); "
                                     "mask agreement with its own generator: tests/export/test_efficientvit_sam.py")
+        if opts.quick:  # quantising and validating the decoder takes ~50 s here; tests/export covers it
+            notes[EFFICIENTVIT_INT8_SIDE] = "skipped in QUICK runs (the int8 decoder's export takes ~50 s)"
+            return runs, notes
         opts.log("exporting EfficientViT-SAM-L0 with the int8 decoder (cached)...")
         folder = models.export_bench_efficientvit_sam(EFFICIENTVIT_BENCH_TYPE, decoder_precision="int8")
         runs[EFFICIENTVIT_INT8_SIDE] = _engine_concepts_run(folder, crop, opts, settings, last,
