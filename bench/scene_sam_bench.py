@@ -8,7 +8,9 @@ nothing to do. This row runs the SAM trained on generated scenes
 on the checkpoint it was exported from (``bench/scene_sam/checkpoint.pth``), both
 with the reference's default filters, on the same held-out generated scenes. It
 reports per-stage time (encoder, decoder, post-processing), the masks kept and
-their agreement (mean best IoU both ways).
+their agreement (mean best IoU both ways). Beside them, the engine with the folder's own default
+(its manifest recommends the coarse-to-fine prompt schedule): the decoder calls it saves and the masks it
+keeps against segment-anything's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .train_sam import CHECKPOINT_NAME
 SCENE_SAM_CHECKPOINT = Path(__file__).resolve().parent / "scene_sam" / CHECKPOINT_NAME
 ENGINE_SIDE = "engine_scene_sam"
 REFERENCE_SIDE = "reference_scene_sam"
+#: The engine with the folder's recommended settings (coarse-to-fine prompts) instead of the reference grid.
+DEFAULT_SIDE = "engine_scene_sam_folder_default"
 #: Held-out generated scenes per timed run (full and --quick), and the quick run's grid side.
 SCENES = 4
 QUICK_SCENES = 1
@@ -80,30 +84,35 @@ def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Pat
         return SceneSamRows(extra={"skipped": reason})
     settings = SamReferenceSettings(points_per_side=QUICK_POINTS_PER_SIDE) if opts.quick else SamReferenceSettings()
     scenes = [image for image, _ in held_out_scenes(QUICK_SCENES if opts.quick else SCENES)]
-    generator = SamConceptGenerator.from_folder(
-        folder, session_options=opts.session_options(), points_per_side=settings.points_per_side,
-        points_per_batch=settings.points_per_batch, pred_iou_thresh=settings.pred_iou_thresh,
-        stability_score_thresh=settings.stability_score_thresh, box_nms_thresh=settings.box_nms_thresh)
+    common = dict(session_options=opts.session_options(), points_per_side=settings.points_per_side,
+                  points_per_batch=settings.points_per_batch, pred_iou_thresh=settings.pred_iou_thresh,
+                  stability_score_thresh=settings.stability_score_thresh, box_nms_thresh=settings.box_nms_thresh)
+    generator = SamConceptGenerator.from_folder(folder, prompt_schedule="grid", **common)
+    folder_default = SamConceptGenerator.from_folder(folder, **common)
     reference = ReferenceSamConcepts(load_sam("scene", checkpoint), settings)
     last: dict[str, list[np.ndarray]] = {}
 
-    def record(name: str, timings: list[dict[str, float]], masks: list[np.ndarray]) -> RunRecord:
+    def record(name: str, timings: list[dict[str, float]], masks: list[np.ndarray], prompts: int) -> RunRecord:
         last[name] = masks
         detail = {stage: sum(t.get(stage, 0.0) for t in timings) for stage in STAGES}
         rest = detail["decoder"] + detail["postprocess"]
         return RunRecord(stages={"encoder": detail["encoder"], "masks (decoder + post)": rest},
-                         counts={"scenes": len(masks), "masks": int(sum(len(m) for m in masks))},
+                         counts={"scenes": len(masks), "masks": int(sum(len(m) for m in masks)),
+                                 "prompts decoded": prompts},
                          detail=detail)
 
-    def engine_run() -> RunRecord:
-        timings, masks = [], []
-        for image in scenes:
-            concepts = generator(image, Frame.identity(image.shape[:2]))
-            t = dict(concepts.timings)
-            t["encoder"] = t.get("encoder", 0.0) + t.pop("preprocess", 0.0)
-            timings.append(t)
-            masks.append(concepts.masks)
-        return record(ENGINE_SIDE, timings, masks)
+    def engine_run_of(gen: SamConceptGenerator, name: str):
+        def run() -> RunRecord:
+            timings, masks, prompts = [], [], 0
+            for image in scenes:
+                concepts = gen(image, Frame.identity(image.shape[:2]))
+                t = dict(concepts.timings)
+                t["encoder"] = t.get("encoder", 0.0) + t.pop("preprocess", 0.0)
+                timings.append(t)
+                masks.append(concepts.masks)
+                prompts += int(concepts.info["prompts"])
+            return record(name, timings, masks, prompts)
+        return run
 
     def reference_run() -> RunRecord:
         timings, masks = [], []
@@ -113,32 +122,46 @@ def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Pat
             result.timings.setdefault("total", time.perf_counter() - clock)
             timings.append(result.timings)
             masks.append(result.masks)
-        return record(REFERENCE_SIDE, timings, masks)
+        return record(REFERENCE_SIDE, timings, masks, result.n_prompts * len(scenes))
 
     opts.log(f"trained scene SAM: {len(scenes)} held-out scene(s), {settings.points_per_side}² grid, default filters")
-    sides = {ENGINE_SIDE: measure(ENGINE_SIDE, engine_run, opts.warmup, opts.repeat, opts.log),
-             REFERENCE_SIDE: measure(REFERENCE_SIDE, reference_run, opts.warmup, opts.repeat, opts.log)}
-    ours, theirs = last[ENGINE_SIDE], last[REFERENCE_SIDE]
-    agreement = {
+    sides = {ENGINE_SIDE: measure(ENGINE_SIDE, engine_run_of(generator, ENGINE_SIDE), opts.warmup, opts.repeat,
+                                  opts.log),
+             REFERENCE_SIDE: measure(REFERENCE_SIDE, reference_run, opts.warmup, opts.repeat, opts.log),
+             DEFAULT_SIDE: measure(DEFAULT_SIDE, engine_run_of(folder_default, DEFAULT_SIDE), opts.warmup,
+                                   opts.repeat, opts.log)}
+    theirs = last[REFERENCE_SIDE]
+    agreement = {**_agreement(last[ENGINE_SIDE], theirs),
+                 DEFAULT_SIDE: _agreement(last[DEFAULT_SIDE], theirs),
+                 "folder_default_settings": {"prompt_schedule": folder_default.settings.prompt_schedule,
+                                             "skip_iou_thresh": folder_default.settings.skip_iou_thresh}}
+    rows = []
+    for name in (REFERENCE_SIDE, ENGINE_SIDE, DEFAULT_SIDE):
+        side = sides[name]
+        found = agreement if name == ENGINE_SIDE else agreement.get(name)
+        rows.append([name] + [f"{side.detail[s].median:.3f}" for s in STAGES]
+                    + [f"{side.stages['total'].median:.3f}", str(int(side.counts["prompts decoded"])),
+                       str(int(side.counts["masks"])),
+                       "" if found is None else f"{found['mean_best_iou_reference_in_engine']:.3f} / "
+                                                f"{found['mean_best_iou_engine_in_reference']:.3f}"])
+    table = (f"trained scene SAM (model type scene, default filters 0.88/0.95/NMS 0.7, {settings.points_per_side}² "
+             f"grid, {len(scenes)} held-out 128×128 scene(s); seconds summed over the scenes; "
+             f"{DEFAULT_SIDE}: the folder's recommended {folder_default.settings.prompt_schedule} prompts)",
+             ["side", "encoder s", "decoder s", "post-processing s", "total s", "prompts decoded", "masks kept",
+              "mean best IoU ref→engine / engine→ref"], rows)
+    extra = {"settings": settings.to_dict(), "scenes": len(scenes), "folder": str(folder),
+             "checkpoint": str(checkpoint), "agreement": agreement}
+    return SceneSamRows(sides=sides, extra=extra, table=table)
+
+
+def _agreement(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[str, Any]:
+    """Masks kept per side and their mean best IoU both ways, over the scenes (per-scene N×H×W masks)."""
+    return {
         "engine_masks": int(sum(len(m) for m in ours)), "reference_masks": int(sum(len(m) for m in theirs)),
         "largest_count_difference_per_scene": int(max(abs(len(a) - len(b)) for a, b in zip(ours, theirs))),
         "mean_best_iou_reference_in_engine": float(np.nanmean([mean_best_iou(b, a) for a, b in zip(ours, theirs)])),
         "mean_best_iou_engine_in_reference": float(np.nanmean([mean_best_iou(a, b) for a, b in zip(ours, theirs)])),
     }
-    rows = []
-    for name in (REFERENCE_SIDE, ENGINE_SIDE):
-        side = sides[name]
-        rows.append([name] + [f"{side.detail[s].median:.3f}" for s in STAGES]
-                    + [f"{side.stages['total'].median:.3f}", str(int(side.counts["masks"]))])
-    rows.append(["agreement", "", "", "", "",
-                 f"mean best IoU ref→engine {agreement['mean_best_iou_reference_in_engine']:.3f}, "
-                 f"engine→ref {agreement['mean_best_iou_engine_in_reference']:.3f}"])
-    table = (f"trained scene SAM (model type scene, default filters 0.88/0.95/NMS 0.7, {settings.points_per_side}² "
-             f"grid, {len(scenes)} held-out 128×128 scene(s); seconds summed over the scenes)",
-             ["side", "encoder s", "decoder s", "post-processing s", "total s", "masks kept"], rows)
-    extra = {"settings": settings.to_dict(), "scenes": len(scenes), "folder": str(folder),
-             "checkpoint": str(checkpoint), "agreement": agreement}
-    return SceneSamRows(sides=sides, extra=extra, table=table)
 
 
 __all__ = ["SCENE_SAM_CHECKPOINT", "SceneSamRows", "scene_sam_rows"]

@@ -39,9 +39,9 @@ from . import scene_metrics as sm
 
 #: The schedules measured: (name, generator settings). The first is the reference.
 SCHEDULES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("grid 32×32 (reference)", {"points_per_side": 32}),
-    ("grid 24×24", {"points_per_side": 24}),
-    ("grid 16×16", {"points_per_side": 16}),
+    ("grid 32×32 (reference)", {"points_per_side": 32, "prompt_schedule": "grid"}),
+    ("grid 24×24", {"points_per_side": 24, "prompt_schedule": "grid"}),
+    ("grid 16×16", {"points_per_side": 16, "prompt_schedule": "grid"}),
     ("coarse-to-fine 32×32, skip inside IoU ≥ 0.92", {"points_per_side": 32, "prompt_schedule": "coarse-to-fine",
                                                        "skip_iou_thresh": 0.92}),
     ("coarse-to-fine 32×32, skip inside IoU ≥ 0.88", {"points_per_side": 32, "prompt_schedule": "coarse-to-fine",

@@ -439,7 +439,7 @@ def _engine_sam(folder: Path, settings: SamReferenceSettings, opts: BenchOptions
         folder, session_options=opts.session_options(), points_per_side=settings.points_per_side,
         points_per_batch=settings.points_per_batch, pred_iou_thresh=settings.pred_iou_thresh,
         stability_score_thresh=settings.stability_score_thresh, box_nms_thresh=settings.box_nms_thresh,
-        min_mask_region_area=settings.min_mask_region_area,
+        min_mask_region_area=settings.min_mask_region_area, prompt_schedule="grid",  # the reference's prompts
     )
 
 

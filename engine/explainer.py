@@ -190,6 +190,8 @@ class Explainer:
         inp = MethodInput(evaluator, self.classifier, np.array(targets), full_logits,
                           np.random.default_rng(self.seed))
         info: dict[str, Any] = {"concept_source": found.source}
+        if "settings" in found.info:  # e.g. the SAM generator's grid, filters and prompt schedule
+            info["concept_settings"] = found.info["settings"]
         stderr = ties = heatmaps = None
         if len(found) == 0:
             values = np.zeros((len(targets), 0))

@@ -462,9 +462,18 @@ class SamDecoderSpec:
                    shapes=dict(data.get("shapes") or {}), extra={k: v for k, v in data.items() if k not in known})
 
 
+#: Top-level manifest key of a SAM folder: generator settings measured on that model (see :class:`SamManifest`).
+RECOMMENDED_SETTINGS_KEY = "recommended_settings"
+
+
 @dataclass
 class SamManifest:
-    """The manifest of a SAM folder (``eac export sam``)."""
+    """The manifest of a SAM folder (``eac export sam``).
+
+    ``recommended_settings`` (in ``extra``, optional): generator settings measured on this model and
+    written by its exporter (e.g. the prompt schedule of the SAM trained here); :meth:`SamConceptGenerator.from_folder
+    <eac.engine.sam.SamConceptGenerator.from_folder>` applies them where the caller sets nothing.
+    """
 
     model_type: str
     files: dict[str, dict[str, Any]]
@@ -490,6 +499,13 @@ class SamManifest:
         for role in ("encoder", "decoder"):
             if role not in self.files:
                 raise ValueError(f"the manifest lists no {role} file")
+        if not isinstance(self.extra.get(RECOMMENDED_SETTINGS_KEY, {}), dict):
+            raise ValueError(f"{RECOMMENDED_SETTINGS_KEY} must map generator settings to values")
+
+    @property
+    def recommended_settings(self) -> dict[str, Any]:
+        """Generator settings recommended for this model by its exporter ({} when none)."""
+        return dict(self.extra.get(RECOMMENDED_SETTINGS_KEY, {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model_type": self.model_type, "opset": self.opset,

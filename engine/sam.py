@@ -41,7 +41,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from ..kernels.masks import MaskData
 from .concepts import Concepts, Frame
 from .errors import ConceptError, InputShapeError, ModelFolderError
 from .images import resize_image
-from .manifest import SamManifest, model_path, verify_files
+from .manifest import MANIFEST_NAME, RECOMMENDED_SETTINGS_KEY, SamManifest, model_path, verify_files
 from .session import Runtime, SessionOptions, TensorRTProfile
 
 #: Label of a foreground point prompt.
@@ -238,7 +239,9 @@ class SamConceptGenerator:
         **settings
             :class:`SamSettings` fields (``points_per_side``, ``points_per_batch``,
             ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
-            ``min_mask_region_area``...).
+            ``min_mask_region_area``...). A setting not given here takes the value the folder's
+            manifest recommends (``recommended_settings``, measured on that model: the shipped scene SAM
+            decodes ``prompt_schedule="coarse-to-fine"``), else the :class:`SamSettings` default.
 
         Raises
         ------
@@ -246,6 +249,17 @@ class SamConceptGenerator:
             Not a SAM folder, missing, damaged or unloadable files.
         """
         manifest = SamManifest.read(folder)
+        recommended = manifest.recommended_settings
+        where = f"{Path(folder) / MANIFEST_NAME}: {RECOMMENDED_SETTINGS_KEY}"
+        unknown = sorted(set(recommended) - {f.name for f in fields(SamSettings)})
+        if unknown:
+            raise ModelFolderError(f"{where} names unknown generator settings ({', '.join(unknown)}); "
+                                   "re-run `eac export sam`")
+        try:
+            SamSettings(**recommended).check()
+        except ConceptError as exc:
+            raise ModelFolderError(f"{where}: {exc}; re-run `eac export sam`") from exc
+        settings = {**recommended, **settings}
         SamSettings(**settings).check()
         if verify:
             verify_files(folder, manifest)

@@ -53,11 +53,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..engine.manifest import SamDecoderSpec, SamEncoderSpec, SamManifest, read_manifest
+from ..engine.manifest import (
+    RECOMMENDED_SETTINGS_KEY,
+    SamDecoderSpec,
+    SamEncoderSpec,
+    SamManifest,
+    read_manifest,
+)
 from ._torch_utils import onnx_export, require_torch
 from .common import StagedFolder, check_output_folder, cpu_session, file_entries, first_line, save_onnx
 from .errors import CheckpointError, ExportError
-from .sam_loader import architecture, ensure_checkpoint, load_sam
+from .sam_loader import RECOMMENDED_SETTINGS, architecture, ensure_checkpoint, load_sam
 from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_DECODER_CONTEXT, SAM_ENCODER, SAM_PROMPT_DECODER
 from .validate import check_io_names, compare_outputs
 
@@ -434,10 +440,11 @@ def _sam_manifest(sam, model_type: str, files: dict[str, Any], opset: int, fp16:
             "input_shape": embed_shape, "output_shape": first_input_shape,
             "note": "run once per image on the encoder's output; feed its output to decoder.onnx",
         }
-    architecture_info = _architecture_info(sam, image_size, channels)
+    extra: dict[str, Any] = {"architecture": _architecture_info(sam, image_size, channels)}
+    if model_type in RECOMMENDED_SETTINGS:
+        extra[RECOMMENDED_SETTINGS_KEY] = dict(RECOMMENDED_SETTINGS[model_type])
     return SamManifest(model_type=model_type, files=files, encoder=encoder, decoder=decoder, opset=opset,
-                       precision="fp16" if fp16 else "fp32", validation=validation, source=source,
-                       extra={"architecture": architecture_info})
+                       precision="fp16" if fp16 else "fp32", validation=validation, source=source, extra=extra)
 
 
 def export_sam_model(

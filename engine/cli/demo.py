@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ...kernels.prompts import PROMPT_SCHEDULES
 from ..methods import method_names
 from .options import add_session_args, model_help, non_negative_int, resolve_models, runtime_from_args
 from .report import plot_notice, summary_lines
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concepts", choices=CONCEPT_SOURCES, default=CONCEPT_SOURCES[0],
                    help="sam: the SAM shipped in the package (or --sam DIR); superpixels: SLIC superpixels")
     p.add_argument("--sam", default=None, help=model_help("sam", "use this SAM folder instead of the shipped one"))
+    p.add_argument("--prompt-schedule", choices=PROMPT_SCHEDULES, default=None,
+                   help="SAM prompts: coarse-to-fine (what the shipped SAM recommends) or grid (the reference: "
+                        "every point of the 32×32 grid); default: the SAM folder's recommendation, else grid")
     p.add_argument("--method", default="eac", choices=method_names())
     p.add_argument("--seed", type=non_negative_int, default=0, help="which generated scene")
     p.add_argument("--image", default=None, help="explain this image instead of a generated scene")
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sam and args.concepts == "superpixels":
         raise ConfigError("--sam names a SAM folder, but --concepts superpixels uses none; drop one of them")
+    if args.prompt_schedule and args.concepts == "superpixels":
+        raise ConfigError("--prompt-schedule sets SAM's prompts, but --concepts superpixels uses no SAM; drop one")
     resolve_models(args)
     out = Path(args.out)
     check_output_folder(out)
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.concepts == "sam":
         from ..sam import SamConceptGenerator
 
-        source = SamConceptGenerator.from_folder(args.sam or demo_sam_path(), session_options=runtime)
+        schedule = {} if args.prompt_schedule is None else {"prompt_schedule": args.prompt_schedule}
+        source = SamConceptGenerator.from_folder(args.sam or demo_sam_path(), session_options=runtime, **schedule)
     else:
         source = SuperpixelSource(DEMO_SEGMENTS)
     explanation = Explainer(classifier, method=args.method, seed=args.seed).explain(image, source)

@@ -125,17 +125,19 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
                    help="remove masks (and holes) smaller than this, in pixels")
     g.add_argument("--crop-n-layers", type=int_at_least(0), default=0,
                    help="extra layers of overlapping crops (0: the image only, as EAC uses)")
-    g.add_argument("--prompt-schedule", choices=PROMPT_SCHEDULES, default=PROMPT_SCHEDULES[0],
+    g.add_argument("--prompt-schedule", choices=PROMPT_SCHEDULES, default=None,
                    help="grid: decode every grid point (the reference); coarse-to-fine: decode every 4th, then "
                         "every 2nd row/column, then the rest, skipping points inside masks already kept with "
-                        "predicted IoU >= --skip-iou-thresh (bench/results/prompts.md)")
+                        "predicted IoU >= --skip-iou-thresh (bench/results/prompts.md). Default: what the SAM "
+                        "folder's manifest recommends (the shipped scene SAM: coarse-to-fine), else grid")
     g.add_argument("--skip-iou-thresh", type=unit, default=DEFAULT_SKIP_IOU,
                    help="coarse-to-fine: predicted IoU a kept mask needs to skip the points inside it")
 
 
 def sam_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The SAM generator's settings from :func:`add_sam_args` flags."""
-    return {
+    """The SAM generator's settings from :func:`add_sam_args` flags (a flag left unset is left out, so the
+    SAM folder's recommended value applies)."""
+    settings = {
         "points_per_side": args.points_per_side,
         "points_per_batch": args.points_per_batch,
         "pred_iou_thresh": args.pred_iou_thresh,
@@ -146,6 +148,7 @@ def sam_settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_schedule": args.prompt_schedule,
         "skip_iou_thresh": args.skip_iou_thresh,
     }
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def add_verify_arg(p: argparse.ArgumentParser) -> None:

@@ -17,20 +17,39 @@ def _write_scene(path, seed):
     return scene
 
 
+def _masks(folder):
+    """The concept masks an explanation folder holds (masks.npz, bit-packed), K×H×W bool."""
+    masks = np.load(folder / "masks.npz")
+    shape = tuple(masks["shape"])
+    return np.unpackbits(masks["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
 def test_demo_finds_the_red_shape(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)["results"][0]
     scene = make_scene(np.random.default_rng(0), 128)
     assert data["labels"] == [SHAPES[scene.label]]
-    masks = np.load(tmp_path / "d" / "masks.npz")
-    shape = tuple(masks["shape"])
-    masks = np.unpackbits(masks["packed"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+    masks = _masks(tmp_path / "d")
     top = data["ranking"][0]
     on_key = (masks[top] & scene.key_mask).sum() / masks[top].sum()
     assert on_key > 0.8
     assert data["info"]["metrics"]["insertion_auc"] > data["info"]["metrics"]["deletion_auc"]
     for name in ("overlay.png", "concept_1.png", "input.png", "explanation.json"):
         assert (tmp_path / "d" / name).is_file()
+    # the shipped SAM's recommended prompts, recorded with the explanation; the reference grid is one flag away
+    assert data["info"]["concept_settings"]["prompt_schedule"] == "coarse-to-fine"
+    assert main(["demo", "--out", str(tmp_path / "g"), "--json", "--prompt-schedule", "grid"]) == 0
+    grid = json.loads(capsys.readouterr().out)["results"][0]
+    assert grid["info"]["concept_settings"]["prompt_schedule"] == "grid"
+    assert grid["num_concepts"] == data["num_concepts"]  # this scene: the same objects either way
+    grid_top = _masks(tmp_path / "g")[grid["ranking"][0]]
+    assert (grid_top & scene.key_mask).sum() / grid_top.sum() > 0.8
+
+
+def test_demo_prompt_schedule_without_sam_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--concepts", "superpixels", "--prompt-schedule", "grid", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--prompt-schedule" in err[0] and "superpixels" in err[0]
 
 
 def test_explain_folder_skips_bad_images_and_keeps_the_rest(tmp_path, demo_classifier_folder, capsys):
