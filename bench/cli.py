@@ -90,8 +90,8 @@ eac.bench.study_ort_options measures what each buys on this machine.
 how long (2-core AMD EPYC, one repeat, models already exported; alone on the machine
 2026-12-03, a day this VM ran about twice as slow as 2026-11-22): explain --int8 ≈ 11 min
 (the reference ≈ 9 min of it), concepts ≈ 10.5 min (segment-anything ≈ 3.5 min of it),
-end-to-end ≈ 17 min (the reference ≈ 13 min of it), serve ≈ 2.5 min; fidelity ≈ 3 min and
-peers ≈ 12 min (measured under load 2026-11-22). The first run exports the models into $EAC_CACHE/bench (ResNet-50
+end-to-end ≈ 17 min (the reference ≈ 13 min of it), serve ≈ 2.5 min, peers --warmup 1 ≈ 4.5 min;
+fidelity ≈ 3 min (measured under load 2026-11-22). The first run exports the models into $EAC_CACHE/bench (ResNet-50
 ≈ 20 s, SAM ViT-B ≈ 2-4 min, EfficientViT-SAM-L0 ≈ 1 min, fitting a scene head: ResNet-50
 features of 1200 scenes ≈ 1 min; the scene classifier's training: minutes).
 --quick runs tiny models with fewer evaluations in about a minute (plus a one-time
