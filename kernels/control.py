@@ -173,7 +173,7 @@ class OddLinearSurrogate:
 def fit_logistic_surrogates(x: np.ndarray, y: np.ndarray, train: np.ndarray,
                             pairs: Sequence[Sequence[tuple[int, int]]] | None = None,
                             max_iter: int = LOGISTIC_MAX_ITER,
-                            init: Sequence[LogisticSurrogate] | None = None) -> list[LogisticSurrogate]:
+                            init: Sequence[LogisticSurrogate] | None = None) -> FoldModels:
     """One logistic surrogate per row subset, all fitted at once (BCE, Newton).
 
     Parameters
@@ -221,7 +221,7 @@ def fit_logistic_surrogates(x: np.ndarray, y: np.ndarray, train: np.ndarray,
         start = np.concatenate([_start(g, list(pairs[j])) for j, g in enumerate(init)])
     coef, intercept = fit_logistic_batch(design, prob, np.repeat(weight, t, axis=0), max_iter=max_iter, init=start,
                                          intercept_column=True)
-    out = []
+    out = FoldModels()
     for j in range(jn):
         c = coef[j * t:(j + 1) * t].T  # (N+P)×T
         ii = np.array([a for a, _ in pairs[j]], dtype=np.int64)
@@ -290,6 +290,15 @@ def _fit_linear_odd(x: np.ndarray, y: np.ndarray) -> OddLinearSurrogate:
     return OddLinearSurrogate(a, y.mean(axis=0))
 
 
+class FoldModels(list):
+    """The logistic fold surrogates of one fit, with their stacked parameters once computed (``stacked``,
+    see :func:`_stacked_logistic`); the surrogates are not changed after their fit."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.stacked: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
 @dataclass
 class SurrogateFits:
     """The fold surrogates of one fit (``models``), and for ``"pairwise"`` the additive fits that ranked its pairs
@@ -355,24 +364,18 @@ def fit_surrogates(kind: str, x: np.ndarray, y: np.ndarray, train: np.ndarray, f
 # --------------------------------------------------------------------------- evaluation of all folds
 
 
-#: The last models stacked by :func:`_stacked_logistic` and the result: the same fold surrogates are evaluated
-#: several times between refits (on the evaluated coalitions every round, on the Monte-Carlo rows at checks).
-_last_stacked: tuple[tuple[LogisticSurrogate, ...], tuple] | None = None
-
-
 def _stacked_logistic(models: Sequence[LogisticSurrogate]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All models' parameters side by side (columns j·T + t): α N×(J·T), β J·T, the union of their pairs
     (ii, jj: U each) and γ on that union U×(J·T) (0 where a model lacks the pair).
 
-    The models are not changed after their fit, so the result for the same model objects is reused.
+    The fold surrogates of one fit (:class:`FoldModels`) keep the result: they are evaluated several times
+    between refits (on the evaluated coalitions every round, on the Monte-Carlo rows at checks).
     """
-    global _last_stacked
-    last = _last_stacked
-    if last is not None and len(last[0]) == len(models) and all(a is b for a, b in zip(last[0], models, strict=True)):
-        return last[1]
-    out = _stack_parameters(models)
-    _last_stacked = (tuple(models), out)
-    return out
+    if isinstance(models, FoldModels):
+        if models.stacked is None:
+            models.stacked = _stack_parameters(models)
+        return models.stacked
+    return _stack_parameters(models)
 
 
 def _stack_parameters(models: Sequence[LogisticSurrogate]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
