@@ -24,6 +24,7 @@ import numpy as np
 
 from ..engine.demo import demo_sam_path
 from ..engine.object_scenes import held_out_scenes
+from .agreement import mask_agreement
 from .harness import RunRecord, SideResult, measure
 from .reference import ReferenceSamConcepts, SamReferenceSettings
 from .train_sam import CHECKPOINT_NAME
@@ -49,17 +50,6 @@ class SceneSamRows:
     sides: dict[str, SideResult] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     table: tuple | None = None
-
-
-def mean_best_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over the masks of ``a`` (N×H×W) of their best IoU with a mask of ``b`` (nan if either is empty)."""
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return float((inter / np.maximum(union, 1.0)).max(axis=1).mean())
 
 
 def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Path | None = None) -> SceneSamRows:
@@ -130,20 +120,18 @@ def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Pat
              REFERENCE_SIDE: measure(REFERENCE_SIDE, reference_run, opts.warmup, opts.repeat, opts.log),
              DEFAULT_SIDE: measure(DEFAULT_SIDE, engine_run_of(folder_default, DEFAULT_SIDE), opts.warmup,
                                    opts.repeat, opts.log)}
-    theirs = last[REFERENCE_SIDE]
-    agreement = {**_agreement(last[ENGINE_SIDE], theirs),
-                 DEFAULT_SIDE: _agreement(last[DEFAULT_SIDE], theirs),
+    found = {name: _agreement(last[name], last[REFERENCE_SIDE]) for name in (ENGINE_SIDE, DEFAULT_SIDE)}
+    agreement = {**found[ENGINE_SIDE], DEFAULT_SIDE: found[DEFAULT_SIDE],
                  "folder_default_settings": {"prompt_schedule": folder_default.settings.prompt_schedule,
                                              "skip_iou_thresh": folder_default.settings.skip_iou_thresh}}
     rows = []
     for name in (REFERENCE_SIDE, ENGINE_SIDE, DEFAULT_SIDE):
-        side = sides[name]
-        found = agreement if name == ENGINE_SIDE else agreement.get(name)
+        side, kept = sides[name], found.get(name)
         rows.append([name] + [f"{side.detail[s].median:.3f}" for s in STAGES]
                     + [f"{side.stages['total'].median:.3f}", str(int(side.counts["prompts decoded"])),
                        str(int(side.counts["masks"])),
-                       "" if found is None else f"{found['mean_best_iou_reference_in_engine']:.3f} / "
-                                                f"{found['mean_best_iou_engine_in_reference']:.3f}"])
+                       "" if kept is None else f"{kept['mean_best_iou_reference_in_engine']:.3f} / "
+                                               f"{kept['mean_best_iou_engine_in_reference']:.3f}"])
     table = (f"trained scene SAM (model type scene, default filters 0.88/0.95/NMS 0.7, {settings.points_per_side}² "
              f"grid, {len(scenes)} held-out 128×128 scene(s); seconds summed over the scenes; "
              f"{DEFAULT_SIDE}: the folder's recommended {folder_default.settings.prompt_schedule} prompts)",
@@ -155,12 +143,14 @@ def scene_sam_rows(opts, folder: str | Path | None = None, checkpoint: str | Pat
 
 
 def _agreement(ours: list[np.ndarray], theirs: list[np.ndarray]) -> dict[str, Any]:
-    """Masks kept per side and their mean best IoU both ways, over the scenes (per-scene N×H×W masks)."""
+    """Masks kept per side over the scenes, and the scenes' mean of :func:`~eac.bench.agreement.mask_agreement`'s
+    mean best IoU both ways (per-scene N×H×W masks)."""
+    scenes = [mask_agreement(a, b) for a, b in zip(ours, theirs)]
+    both_ways = ("mean_best_iou_reference_in_engine", "mean_best_iou_engine_in_reference")
     return {
         "engine_masks": int(sum(len(m) for m in ours)), "reference_masks": int(sum(len(m) for m in theirs)),
         "largest_count_difference_per_scene": int(max(abs(len(a) - len(b)) for a, b in zip(ours, theirs))),
-        "mean_best_iou_reference_in_engine": float(np.nanmean([mean_best_iou(b, a) for a, b in zip(ours, theirs)])),
-        "mean_best_iou_engine_in_reference": float(np.nanmean([mean_best_iou(a, b) for a, b in zip(ours, theirs)])),
+        **{key: float(np.nanmean([s[key] for s in scenes])) for key in both_ways},
     }
 
 
