@@ -86,8 +86,14 @@ def as_matrix(out: np.ndarray) -> np.ndarray:
     return out[:, None] if out.ndim == 1 else out
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+def _sigmoid(z: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """1 / (1 + e^(−z)) elementwise; with ``inplace`` written over z (a float64 array the caller owns)."""
+    if not inplace:
+        return 1.0 / (1.0 + np.exp(-z))
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z += 1.0
+    return np.divide(1.0, z, out=z)
 
 
 def pair_products(b: np.ndarray, ii: np.ndarray, jj: np.ndarray, bt: np.ndarray | None = None) -> np.ndarray:
@@ -252,24 +258,27 @@ def top_pairs(x: np.ndarray, y: np.ndarray, bases: Sequence[Model], count: int,
 
     The score is |Σ_m (p_m − p̄)·r_m| / ‖p − p̄‖ over the model's ``train`` rows (J×M bool), for the product
     column p of each pair and the centred residual r (summed over targets); with binary columns both come
-    from N×N products (one matrix product for all models).
+    from N×N products: Σ_m b_i·b_j·r_m from one matrix product for all models, Σ_m b_i·b_j (= Σ of the squared
+    product column) as counts of all rows less those of the rows a model leaves out.
     """
     xf = np.asarray(x, dtype=np.float64)
-    n = xf.shape[1]
+    rows, n = xf.shape
     jn = len(bases)
     w = train.astype(np.float64)  # J×M
     m = w.sum(axis=1)
     resid = (y[None] - evaluate(bases, x)).sum(axis=2)  # J×M
     resid = (resid - ((w * resid).sum(axis=1) / m)[:, None]) * w
-    wide = np.concatenate([xf * resid[j][:, None] for j in range(jn)]
-                          + [xf * w[j][:, None] for j in range(jn)], axis=1)  # M×(2·J·N)
-    sums = (xf.T @ wide).reshape(n, 2, jn, n)  # Σ_m b_i·b_j·r and Σ_m b_i·b_j (= Σ of the squared product column)
+    scaled = np.empty((rows, jn, n))  # b·r of every model side by side, M×J×N (written in place: no concatenation)
+    np.multiply(xf[:, None, :], resid.T[:, :, None], out=scaled)
+    inner = (xf.T @ scaled.reshape(rows, jn * n)).reshape(n, jn, n)  # Σ_m b_i·b_j·r_m
+    counts = xf.T @ xf  # Σ_m b_i·b_j over all rows: integers, so exact in any order
     iu, ju = np.triu_indices(n, 1)
     out = []
     for j in range(jn):
-        together = sums[:, 1, j, :][iu, ju]
+        left_out = xf[~train[j]]
+        together = (counts - left_out.T @ left_out)[iu, ju]
         norm = np.sqrt(np.maximum(together - together**2 / m[j], 0.0)) + PAIR_SCORE_EPS
-        score = np.abs(sums[:, 0, j, :][iu, ju]) / norm
+        score = np.abs(inner[:, j, :][iu, ju]) / norm
         best = np.argsort(-score)[:count]
         out.append([(int(iu[p]), int(ju[p])) for p in best])
     return out
@@ -407,7 +416,7 @@ def evaluate(models: Sequence[Model], b: np.ndarray) -> np.ndarray:
         z = bf @ alpha + beta
         if len(ii):
             z += pair_products(b, ii, jj) @ gamma
-        return _split(_sigmoid(z), len(models))
+        return _split(_sigmoid(z, inplace=True), len(models))
     return np.stack([as_matrix(g(b)) for g in models])
 
 
@@ -433,7 +442,9 @@ def evaluate_pairs(models: Sequence[Model], s: np.ndarray, sf: np.ndarray | None
             both = pair_products(s, ii, jj, st) @ gamma
             z_in += both
             z_out += both
-        return _split(_sigmoid(z_in) - _sigmoid(z_out), len(models))
+        diff = _sigmoid(z_in, inplace=True)
+        diff -= _sigmoid(z_out, inplace=True)
+        return _split(diff, len(models))
     return np.stack([as_matrix(g(s)) - as_matrix(g(~s)) for g in models])
 
 
@@ -567,32 +578,41 @@ class WindowsMC:
 
     def __init__(self, n: int, rows: int = SURROGATE_MC_ROWS):
         self.n, self.rows = n, rows
-        self.windows: np.ndarray | None = None  # (n//2)×rows×n bool: stratum k's windows at index k − 1
+        self.pos: np.ndarray | None = None  # rows×n int32: each concept's position in the row's permutation
+        self._at: np.ndarray | None = None  # rows×n int64: the same positions as flat indices into a rows×n array
         self._stacked: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
         self._last: tuple[Sequence[Model], tuple[int, ...], np.ndarray] | None = None  # models, strata, their d_g
 
     def draw(self, strata: Sequence[int], rng: np.random.Generator) -> None:
         """One permutation per row, once per run; stratum k's window starts at Σ_{l<k} l (mod n)."""
-        if self.windows is not None:
+        if self.pos is not None:
             return
         n = self.n
         perm = rng.random((self.rows, n)).argsort(axis=1)
-        pos = np.empty(perm.shape, dtype=np.int32)
-        pos[np.arange(self.rows)[:, None], perm] = np.arange(n, dtype=np.int32)[None, :]
-        ks = np.arange(1, n // 2 + 1, dtype=np.int32)
-        offsets = (ks * (ks - 1) // 2) % n
-        # (pos − o_k) mod n < k, i.e. o_k ≤ pos < o_k + k, or pos < o_k + k − n where the window wraps around
-        end = (offsets + ks)[:, None, None]
-        self.windows = ((pos[None] >= offsets[:, None, None]) & (pos[None] < end)) | (pos[None] < end - n)
+        self.pos = np.empty(perm.shape, dtype=np.int32)
+        self.pos[np.arange(self.rows)[:, None], perm] = np.arange(n, dtype=np.int32)[None, :]
+        self._at = self.pos + n * np.arange(self.rows)[:, None]
+
+    def _cover(self, strata: Sequence[int]) -> np.ndarray:
+        """The positions of the strata's windows in the permutations, S×n bool: stratum k covers o_k … o_k + k − 1
+        (cyclically), o_k = Σ_{l<k} l mod n."""
+        ks = np.array(strata, dtype=np.int32)[:, None]
+        offsets = (ks * (ks - 1) // 2) % self.n
+        at = np.arange(self.n)
+        # (at − o_k) mod n < k, i.e. o_k ≤ at < o_k + k, or at < o_k + k − n where the window wraps around
+        return ((at >= offsets) & (at < offsets + ks)) | (at < offsets + ks - self.n)
 
     def _rows(self, strata: Sequence[int]) -> tuple[np.ndarray, ...]:
         """The strata's windows stacked (S·rows)×n: as bool, as ±1 (x = 2b − 1), as 0/1 float64 and as bool
         transposed (n×(S·rows), C-contiguous)."""
         key = tuple(strata)
         if key not in self._stacked:
-            flat = self.windows[[k - 1 for k in strata]].reshape(-1, self.n)
+            # row r of stratum k holds concept i when k's window covers i's position pos[r, i]
+            flat = np.take(self._cover(strata), self.pos, axis=1).reshape(-1, self.n)
             flat_f = flat.astype(np.float64)
-            self._stacked[key] = (flat, 2.0 * flat - 1.0, flat_f, np.ascontiguousarray(flat.T))
+            signs = flat_f * 2.0
+            signs -= 1.0
+            self._stacked[key] = (flat, signs, flat_f, np.ascontiguousarray(flat.T))
         return self._stacked[key]
 
     def terms(self, models: Sequence[Model], frac: dict[int, np.ndarray], strata: Sequence[int],
@@ -622,11 +642,15 @@ class WindowsMC:
         resid = np.einsum("jkmt,kj->kmt", resid_all.reshape(jn, ns, m, t), share)  # S×m×T
         inside = w * (1.0 / ks + 1.0 / (n - ks))  # c = inside·b − outside on a window
         outside = w / (n - ks)
-        win = flat_f.reshape(ns, m, n)  # float64: the same products and sums as bool, without a cast per call
+        # Σ_k inside_k·r_k over the windows that hold a concept, summed by position in the permutation (a window
+        # is the same positions in every row: an S×N 0/1 matrix), then read at each concept's position: each term
+        # is exact (r or 0) and they are added in stratum order, the same sums as over each row's windows.
+        cover = self._cover(strata).astype(np.float64)
         units = np.empty((m, n, t))
         for tt in range(t):
             r = resid[:, :, tt]
-            units[:, :, tt] = (np.einsum("kmi,km->mi", win, inside[:, None] * r)
+            by_position = (inside[:, None] * r).T @ cover  # rows×N
+            units[:, :, tt] = (by_position.take(self._at)
                                - (outside[:, None] * r).sum(axis=0)[:, None])
         values += units.mean(axis=0)
         var = units.var(axis=0, ddof=1) / m

@@ -491,7 +491,11 @@ class _Run:
                 self.models, self.fitted_on = self.fits.models, len(store)
                 if self.terms_source is not None:
                     self.terms_source.draw(self.sampled(), self.rng)
-            preds = evaluate(self.models, x)  # J×M×T
+                preds = evaluate(self.models, x)  # J×M×T
+            elif self.preds.shape[1] < len(store):  # the same surrogates: only the rows evaluated since are new
+                preds = np.concatenate([self.preds, evaluate(self.models, x[self.preds.shape[1]:])], axis=1)
+            else:
+                preds = self.preds
             self.terms = None
             self.clock.stop()
         self.preds = preds
@@ -577,8 +581,8 @@ class _Units:
         self.k = ks
         self.w = np.array([stratum_weight(n, k) for k in strata])
         self.m = np.bincount(group, minlength=len(strata)).astype(np.float64)
-        kp = ks[group][:, None]
-        self.wc = self.w[group][:, None] * np.where(s, 1.0 / kp, -1.0 / (n - kp))  # P×N: w_k·c(S_p)
+        inside, outside = self.w * (1.0 / ks), self.w * (-1.0 / (n - ks))  # w_k·c on either side, per stratum
+        self.wc = np.where(s, inside[group][:, None], outside[group][:, None])  # P×N: w_k·c(S_p)
         self.onehot = (group[:, None] == np.arange(len(strata))[None, :]).astype(np.float64)  # P×K
         self.mean_r2 = (self.onehot.T @ resid**2) / self.m[:, None]  # K×T: E_k[r²]
         self._sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -298,8 +298,9 @@ def fit_logistic_batch(
     reg = np.full(n + 1, ridge)
     reg[-1] = 0.0
     damp = np.diag(reg + LOGISTIC_DAMPING)
+    roots = np.empty(x1.shape)  # the Hessian's factor x1·√(w·q·(1 − q)) of every step, written in place
     if init is None:  # least squares on the log-odds (exact when the data are logistic-linear)
-        xwt = np.swapaxes(x1 * w[..., None], 1, 2)
+        xwt = np.swapaxes(np.multiply(x1, w[..., None], out=roots), 1, 2)
         theta = np.linalg.solve(xwt @ x1 + damp, (xwt @ np.log(p / (1.0 - p))[..., None]))[..., 0]
     else:
         theta = np.array(init, dtype=np.float64)
@@ -319,7 +320,7 @@ def fit_logistic_batch(
             xa, za, pa, wa, ta = x1[active], z[active], p[active], w[active], theta[active]
         q = 1.0 / (1.0 + np.exp(-za))
         grad = (np.swapaxes(xa, 1, 2) @ (wa * (q - pa))[..., None])[..., 0] + reg * ta
-        root = xa * np.sqrt(wa * q * (1.0 - q))[..., None]
+        root = np.multiply(xa, np.sqrt(wa * q * (1.0 - q))[..., None], out=roots[:len(active)])
         step = np.linalg.solve(np.swapaxes(root, 1, 2) @ root + damp, grad[..., None])  # Hessian: rank-M product
         z_step = (xa @ step)[..., 0]
         step = step[..., 0]
