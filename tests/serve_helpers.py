@@ -42,14 +42,15 @@ def scene_png(seed: int, size: int = 128) -> bytes:
     return buf.tobytes()
 
 
-def multipart(fields: dict[str, Any], image: bytes | None, filename: str = "scene.png") -> tuple[bytes, str]:
-    """A multipart/form-data body and its content type."""
+def multipart(fields: dict[str, Any], image: bytes | None, filename: str = "scene.png",
+              image_field: str = "image") -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type (the image as a file part named ``image_field``)."""
     boundary = secrets.token_hex(12)
     parts = []
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     if image is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{image_field}"; filename="{filename}"\r\n'
                      "Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

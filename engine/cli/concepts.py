@@ -25,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz file (masks, scores, timings)")
     p.add_argument("--classifier", default=None,
                    help=model_help("classifier", "classifier folder: masks in its crop frame"))
-    p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
     add_sam_args(p)
     add_session_args(p)
     add_verify_arg(p)
@@ -34,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check_sam_limits(args: argparse.Namespace) -> None:
     """Refuse a point grid whose cost would be unbounded, unless --allow-large."""
-    if args.points_per_side > MAX_POINTS_PER_SIDE and not getattr(args, "allow_large", False):
+    if args.points_per_side > MAX_POINTS_PER_SIDE and not args.allow_large:
         raise ConfigError(f"--points-per-side {args.points_per_side} means {args.points_per_side ** 2} decoder "
                           f"prompts; the limit is {MAX_POINTS_PER_SIDE} (pass --allow-large to go beyond)")
 

@@ -36,7 +36,6 @@ from ..methods import get_method, method_names, registry
 from ..sources import DEFAULT_SEGMENTS
 from .concepts import check_sam_limits
 from .options import (
-    MAX_POINTS_PER_SIDE,
     add_sam_args,
     add_session_args,
     add_verify_arg,
@@ -129,8 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default: %(default)s)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this (default: %(default)s)")
-    p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines on stderr")
     add_dataset_args(p)
     add_sam_args(p)
     add_session_args(p)

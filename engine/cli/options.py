@@ -117,6 +117,8 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("SAM automatic mask generation (reference defaults)")
     g.add_argument("--points-per-side", type=positive_int, default=SAM_FLAGS["points_per_side"],
                    help=f"point grid side (at most {MAX_POINTS_PER_SIDE} unless --allow-large)")
+    g.add_argument("--allow-large", action="store_true",
+                   help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE} (memory and time grow with its square)")
     g.add_argument("--points-per-batch", type=positive_int, default=SAM_FLAGS["points_per_batch"])
     g.add_argument("--pred-iou-thresh", type=unit, default=SAM_FLAGS["pred_iou_thresh"])
     g.add_argument("--stability-score-thresh", type=unit, default=SAM_FLAGS["stability_score_thresh"])

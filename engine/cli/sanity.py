@@ -24,12 +24,13 @@ from ..methods import method_names
 from ..sanity import SIGNIFICANCE
 from .explain import CONCEPT_KINDS, concept_source_from_args, method_options
 from .options import (
-    MAX_POINTS_PER_SIDE,
     add_sam_args,
     add_session_args,
     add_verify_arg,
+    model_help,
     non_negative_int,
     positive_int,
+    resolve_models,
     runtime_from_args,
 )
 
@@ -49,9 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "when the fully randomised model's explanation is no more similar to the original's than an "
                     f"unrelated ranking (one-sided {SIGNIFICANCE:.0%} critical value of Spearman for N concepts).")
     p.add_argument("image", help="an image file")
-    p.add_argument("--classifier", required=True, help="folder from `eac export classifier` or `eac import-onnx`")
+    p.add_argument("--classifier", required=True,
+                   help=model_help("classifier", "folder from `eac export classifier` or `eac import-onnx`"))
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--sam", default=None, help="SAM folder: concepts from SAM")
+    src.add_argument("--sam", default=None, help=model_help("sam", "SAM folder: concepts from SAM"))
     src.add_argument("--concepts", default=None, choices=CONCEPT_KINDS, help="concepts without SAM")
     src.add_argument("--masks", default=None, help="N×H×W .npy/.npz masks or a label image (PNG/.npy)")
     p.add_argument("--method", action="append", default=None, choices=(*method_names(), ALL_METHODS),
@@ -79,7 +81,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse images with more concepts than this")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this")
-    p.add_argument("--allow-large", action="store_true", help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE}")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     add_sam_args(p)
     add_session_args(p)
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from .concepts import check_sam_limits
 
     log = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    resolve_models(args)  # shipped names ("demo") to their folders
     verify = not args.no_verify
     randomiser = ModelRandomiser(args.classifier, seed=args.randomise_seed, verify=verify)
     if args.list_layers:

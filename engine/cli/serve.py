@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 
+from ..batching import DEFAULT_BATCH_SIZE
 from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..errors import ConfigError
 from ..methods import method_names
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     config, settings = configs_from_args(args)
     describe = (f"classifier {args.classifier}, concepts {config.concept_kind}, method {config.method}, "
                 + ("batching off" if not settings.batching else
-                   f"batching up to {settings.batch_size or config.batch_size or 'default'} rows"))
+                   f"batching up to {settings.batch_size or config.batch_size or DEFAULT_BATCH_SIZE} rows"))
     if args.ray is not None:
         from ..serve.ray_serve import run_on_ray
 

@@ -196,6 +196,9 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
                 if len(items) > 1:
                     raise ServiceError(STATUS_BAD_REQUEST, "bad_request", f"form field {key!r} given more than once")
                 item = items[0]
+                if key != "image" and key not in FIELDS:
+                    fields[key] = ""  # parse_request names every unknown field, file part or text, in one line
+                    continue
                 if key == "image":
                     if isinstance(item, str):
                         raise ServiceError(STATUS_BAD_REQUEST, "bad_request",

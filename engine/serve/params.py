@@ -85,11 +85,11 @@ def parse_request(image: bytes | None, name: str | None, fields: Mapping[str, st
     method_names : tuple of str
         Registered methods.
     """
-    if image is None:
-        raise bad_request("no image: send the image file as the multipart form field 'image'")
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise bad_request(f"unknown form field(s) {', '.join(unknown)}; the fields are image, {', '.join(FIELDS)}")
+    if image is None:
+        raise bad_request("no image: send the image file as the multipart form field 'image'")
     values: dict[str, Any] = {}
     if fields.get("target", "").strip():
         text = fields["target"].strip()

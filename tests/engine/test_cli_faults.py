@@ -332,3 +332,23 @@ def test_two_concurrent_runs_into_one_destination_stay_consistent(workspace):
     for proc in runs:
         assert proc.wait(timeout=120) == 0
     assert _consistent(out)
+
+
+@pytest.mark.parametrize("command", [
+    ["explain", "x.png", "--classifier", "demo", "--out", "o"],
+    ["concepts", "x.png", "--sam", "demo", "--out", "o.npz"],
+    ["sanity", "x.png", "--classifier", "demo"],
+    ["serve", "--classifier", "demo"],
+])
+def test_every_command_with_a_point_grid_takes_the_flag_its_refusal_names(command):
+    """The refusal of a large grid says "pass --allow-large": every command that can print it accepts that flag
+    (``eac serve`` once did not)."""
+    from eac.engine.cli import build_parser
+    from eac.engine.cli.concepts import check_sam_limits
+    from eac.engine.errors import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args([*command, "--points-per-side", "200"])
+    with pytest.raises(ConfigError, match="pass --allow-large"):
+        check_sam_limits(args)
+    check_sam_limits(parser.parse_args([*command, "--points-per-side", "200", "--allow-large"]))

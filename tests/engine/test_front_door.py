@@ -326,6 +326,6 @@ def test_readme_says_where_the_checksum_cache_lives_and_how_to_move_it():
 
 
 def test_readme_shows_the_demo_classifier_by_name_and_how_to_get_torchvision():
-    assert "eac explain eac-demo/input.png --classifier demo --out explained" in README
+    assert "eac explain eac-demo/input.png --classifier demo --sam demo --out explained" in README
     assert "pip install torch==2.14.1 torchvision==0.29.1" in README
     assert "explain-any-concept" in README and "pip install eac" in README  # the name, and why not eac

@@ -135,3 +135,14 @@ def test_cli_sanity_report_and_figures(trained_classifier, tmp_path, capsys, mon
     printed = capsys.readouterr().out
     assert "(from a source checkout: pip install '.[plot]') adds the curve" in printed
     assert {p.name for p in bare.iterdir()} == {"sanity.json"}
+
+
+def test_cli_sanity_takes_the_shipped_classifier_by_name(tmp_path, capsys):
+    """``--classifier demo`` works as in every other command (it once said "demo: no such model folder")."""
+    from eac.engine.demo import demo_classifier_path
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    assert main(["sanity", str(image), "--classifier", "demo", "--list-layers"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == len(ModelRandomiser(str(demo_classifier_path())).layers) > 0

@@ -149,6 +149,13 @@ def test_bad_requests_get_400_with_one_line_and_leave_nothing(server, fields, im
     assert_counters_add_up(after)
 
 
+def test_an_image_under_another_field_name_is_named_as_unknown(server):
+    """curl -F file=@photo.png: the reply names the field and the right one (it once said "'file' must be text")."""
+    body, kind = multipart({}, scene_png(2), image_field="file")
+    message = assert_one_line_error(request("POST", f"{server.url}/v1/explanations", body, {"Content-Type": kind}), 400)
+    assert "unknown form field(s) file" in message and "the fields are image" in message
+
+
 def test_a_body_that_is_not_a_form_or_has_two_images_is_400(server):
     reply = request("POST", f"{server.url}/v1/explanations", b'{"image": 1}', {"Content-Type": "application/json"})
     assert "no image" in assert_one_line_error(reply, 400)
