@@ -994,6 +994,8 @@ def run_dataset(
         The engine cannot start (models, providers), or a worker process died.
     """
     _pyarrow()
+    if ray is not None:
+        _ray()  # missing Ray Data is said before the output folder is touched
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if part_images < 1 or not part_seconds > 0:

@@ -149,6 +149,15 @@ def test_missing_pyarrow_is_one_line(tmp_path, monkeypatch):
         ds.run_dataset([], tmp_path / "out", config())
 
 
+def test_missing_ray_is_one_line_before_the_output_is_touched(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    images = write_scenes(tmp_path / "images", 1)
+    with pytest.raises(ConfigError, match="--ray needs Ray Data"):
+        ds.run_dataset(images, tmp_path / "out", config(), ray="")
+    assert not (tmp_path / "out").exists()  # it once left an empty table folder and a summary behind
+
+
 def test_sigkill_leaves_a_readable_table_and_a_rerun_finishes(tmp_path):
     count = 10
     write_scenes(tmp_path / "images", count)
