@@ -81,6 +81,8 @@ CPU_PROVIDER = "CPUExecutionProvider"
 #: ``prompt_schedule="coarse-to-fine"``: a kept mask covers a grid point only this many output pixels inside
 #: its edge (a point on the boundary between two regions is still decoded).
 SKIP_EROSION_PX = 1
+#: Candidates upsampled to full-frame masks at a time in post-processing (bounds its memory on large photos).
+MASK_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -461,7 +463,7 @@ class SamConceptGenerator:
                 counts["prompts_skipped"] += int(skip.sum())
                 level = level[~skip]
             counts["prompts"] += len(level)
-            confident: list[np.ndarray] = []
+            newly = np.zeros((h, w), bool) if len(levels) > 1 else None  # read from the next level on
             for start in range(0, len(level), s.points_per_batch):
                 index = level[start:start + s.points_per_batch]
                 clock = time.perf_counter()
@@ -470,25 +472,26 @@ class SamConceptGenerator:
 
                 clock = time.perf_counter()
                 part = self._filter_batch(low_res, iou, grid[index], (h, w), valid_hw, (valid_rows, valid_cols),
-                                          None if full else box, (img_h, img_w), counts)
+                                          None if full else box, (img_h, img_w), counts, newly)
                 if part is not None:
                     kept.append(part)
-                    if len(levels) > 1:
-                        confident.append(part["masks"][part["iou"] >= s.skip_iou_thresh])
                 timings["postprocess"] += time.perf_counter() - clock
-            if confident:
-                clock = time.perf_counter()
-                covered |= pr.covered_map(np.concatenate(confident), (h, w), SKIP_EROSION_PX)
-                timings["postprocess"] += time.perf_counter() - clock
+            if newly is not None:
+                covered |= newly
 
         clock = time.perf_counter()
         empty = _empty_mask_data((h, w))
         empty.pop("crop_index")
+        empty.pop("masks")
+        empty.update(logits=np.zeros((0, self.low_res_size, self.low_res_size), np.float32),
+                     boxes=np.zeros((0, 4), np.int64))
         data = MaskData.cat(kept, empty)
         counts["after_filters"] += len(data)
-        keep = mk.nms(mk.masks_to_boxes(data["masks"]), data["iou"], s.box_nms_thresh)
+        keep = mk.nms(data["boxes"], data["iou"], s.box_nms_thresh)
         counts["after_nms"] += len(keep)
         data = data.filter(keep)
+        data = MaskData(masks=self._masks(data["logits"], (h, w), valid_hw),
+                        **{name: data[name] for name in ("iou", "stability", "points")})
         if not full:
             placed = np.zeros((len(data), img_h, img_w), bool)
             placed[:, y0:y1, x0:x1] = data["masks"]
@@ -499,8 +502,9 @@ class SamConceptGenerator:
 
     def _filter_batch(self, low_res: np.ndarray, iou: np.ndarray, points: np.ndarray, hw: tuple[int, int],
                       valid_hw: tuple[float, float], valid_rc: tuple[int, int], crop_box: np.ndarray | None,
-                      image_hw: tuple[int, int], counts: dict[str, int]) -> MaskData | None:
-        """The candidates of one decoder batch that pass the filters, as masks in the sub-image frame.
+                      image_hw: tuple[int, int], counts: dict[str, int],
+                      covered: np.ndarray | None = None) -> MaskData | None:
+        """The candidates of one decoder batch that pass the filters, with their boxes in the sub-image frame.
 
         Parameters
         ----------
@@ -516,11 +520,17 @@ class SamConceptGenerator:
             The crop box when the sub-image is a crop (masks near its inner edges are dropped).
         image_hw : (int, int)
             Whole image size.
+        counts : dict
+            Candidate counts, updated.
+        covered : ndarray of bool, h×w, optional
+            Coarse-to-fine's map of points inside confidently kept masks: the kept masks of predicted IoU ≥
+            ``skip_iou_thresh``, shrunk by :data:`SKIP_EROSION_PX`, are added to it in place.
 
         Returns
         -------
         MaskData or None
-            ``masks`` K×h×w bool, ``iou``, ``stability``, ``points``; None when nothing passed.
+            ``logits`` K×L×L (low-res), ``boxes`` K×4 (x0, y0, x1, y1 of the mask in the sub-image frame),
+            ``iou``, ``stability``, ``points``; None when nothing passed.
         """
         s = self.settings
         n_masks = low_res.shape[1]
@@ -536,12 +546,32 @@ class SamConceptGenerator:
             candidates = candidates.filter(candidates["stability"] >= s.stability_score_thresh)
         if not len(candidates):
             return None
-        masks = mk.logits_to_frame(candidates["logits"], hw, valid_hw) > self.mask_threshold
-        ok = masks.reshape(len(masks), -1).any(axis=1)  # empty masks are no concepts
-        if crop_box is not None:
-            ok &= ~mk.boxes_near_crop_edge(mk.masks_to_boxes(masks), crop_box, image_hw)
-        return MaskData(masks=masks[ok], iou=candidates["iou"][ok], stability=candidates["stability"][ok],
-                        points=candidates["points"][ok])
+        # Full-frame masks a few at a time, only for their boxes (and the covered map): what is kept is the low-res
+        # logits, upsampled again once NMS has chosen (a 12-megapixel photo's mask is 48 MB as float32 logits).
+        ok = np.zeros(len(candidates), bool)
+        boxes = np.zeros((len(candidates), 4), np.int64)
+        for start in range(0, len(candidates), MASK_CHUNK):
+            part = slice(start, start + MASK_CHUNK)
+            masks = self._masks(candidates["logits"][part], hw, valid_hw)
+            ok[part] = masks.reshape(len(masks), -1).any(axis=1)  # empty masks are no concepts
+            boxes[part] = mk.masks_to_boxes(masks)
+            if crop_box is not None:
+                ok[part] &= ~mk.boxes_near_crop_edge(boxes[part], crop_box, image_hw)
+            if covered is not None:
+                confident = ok[part] & (candidates["iou"][part] >= self.settings.skip_iou_thresh)
+                covered |= pr.covered_map(masks[confident], hw, SKIP_EROSION_PX)
+        if not ok.any():
+            return None
+        return MaskData(logits=candidates["logits"][ok], boxes=boxes[ok], iou=candidates["iou"][ok],
+                        stability=candidates["stability"][ok], points=candidates["points"][ok])
+
+    def _masks(self, logits: np.ndarray, hw: tuple[int, int], valid_hw: tuple[float, float]) -> np.ndarray:
+        """Low-res logits K×L×L → K×h×w bool masks of the sub-image, :data:`MASK_CHUNK` at a time."""
+        out = np.empty((len(logits), *hw), bool)
+        for start in range(0, len(logits), MASK_CHUNK):
+            part = logits[start:start + MASK_CHUNK]
+            out[start:start + len(part)] = mk.logits_to_frame(part, hw, valid_hw) > self.mask_threshold
+        return out
 
 
 def _static_side(shape: list[Any]) -> int | None:
