@@ -456,14 +456,14 @@ class SamConceptGenerator:
 
         kept: list[MaskData] = []
         levels = pr.schedule_levels(max(per_side, 1), s.prompt_schedule)
-        covered = np.zeros((h, w), bool)  # inside a confidently kept mask (coarse-to-fine only)
+        # inside a confidently kept mask (coarse-to-fine only): filled in by each batch, read at each level's start
+        covered = np.zeros((h, w), bool)
         for level in levels:
             if len(levels) > 1 and covered.any():
                 skip = pr.covered_points(covered, grid[level])
                 counts["prompts_skipped"] += int(skip.sum())
                 level = level[~skip]
             counts["prompts"] += len(level)
-            newly = np.zeros((h, w), bool) if len(levels) > 1 else None  # read from the next level on
             for start in range(0, len(level), s.points_per_batch):
                 index = level[start:start + s.points_per_batch]
                 clock = time.perf_counter()
@@ -472,12 +472,11 @@ class SamConceptGenerator:
 
                 clock = time.perf_counter()
                 part = self._filter_batch(low_res, iou, grid[index], (h, w), valid_hw, (valid_rows, valid_cols),
-                                          None if full else box, (img_h, img_w), counts, newly)
+                                          None if full else box, (img_h, img_w), counts,
+                                          covered if len(levels) > 1 else None)
                 if part is not None:
                     kept.append(part)
                 timings["postprocess"] += time.perf_counter() - clock
-            if newly is not None:
-                covered |= newly
 
         clock = time.perf_counter()
         empty = _empty_mask_data((h, w))
@@ -558,7 +557,7 @@ class SamConceptGenerator:
             if crop_box is not None:
                 ok[part] &= ~mk.boxes_near_crop_edge(boxes[part], crop_box, image_hw)
             if covered is not None:
-                confident = ok[part] & (candidates["iou"][part] >= self.settings.skip_iou_thresh)
+                confident = ok[part] & (candidates["iou"][part] >= s.skip_iou_thresh)
                 covered |= pr.covered_map(masks[confident], hw, SKIP_EROSION_PX)
         if not ok.any():
             return None
