@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from eac.engine.cli import main
 from eac.engine.scenes import SHAPES, make_scene
 
@@ -44,6 +45,18 @@ def test_demo_finds_the_red_shape(tmp_path, capsys):
     assert grid["num_concepts"] == data["num_concepts"]  # this scene: the same objects either way
     grid_top = _masks(tmp_path / "g")[grid["ranking"][0]]
     assert (grid_top & scene.key_mask).sum() / grid_top.sum() > 0.8
+
+
+@pytest.mark.parametrize("method", ["cam", "secam"])
+def test_demo_runs_every_listed_method(tmp_path, capsys, method):
+    # the shipped demo classifier has a feature_map output; before it had one, cam/secam were listed by
+    # `eac demo --method` and refused ("this model folder has no feature_map output")
+    assert main(["demo", "--method", method, "--out", str(tmp_path / "d"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["results"][0]
+    assert data["method"] == method
+    scene = make_scene(np.random.default_rng(0), 128)
+    top = _masks(tmp_path / "d")[data["ranking"][0]]
+    assert (top & scene.key_mask).sum() / top.sum() > 0.8
 
 
 def test_demo_prompt_schedule_without_sam_is_one_line(tmp_path, capsys):

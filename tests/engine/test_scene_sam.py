@@ -172,7 +172,10 @@ def test_coarse_to_fine_decodes_fewer_prompts_and_keeps_the_objects(scenes, pari
 
 
 @pytest.mark.slow
-def test_demo_red_shape_is_the_top_concept():
+@pytest.mark.parametrize("method", ["eac", "cam", "secam"])
+def test_demo_red_shape_is_the_top_concept(method):
+    # cam/secam: the shipped demo classifier exports its feature map (the last conv block's output,
+    # whose average is the features), so every method `eac demo --method` lists runs on it
     from eac.engine.classifier import Classifier
     from eac.engine.explainer import Explainer
     from eac.engine.scenes import make_scene
@@ -182,7 +185,7 @@ def test_demo_red_shape_is_the_top_concept():
     tops = []
     for seed in range(20):
         scene = make_scene(np.random.default_rng(seed), 128)  # what `eac demo --seed SEED` explains
-        explanation = Explainer(classifier, method="eac", seed=seed).explain(scene.image, source)
+        explanation = Explainer(classifier, method=method, seed=seed).explain(scene.image, source)
         overlap = sm.iou_matrix(explanation.masks, scene.key_mask[None])[:, 0]
         top = int(explanation.ranking[0])
         tops.append(float(overlap[top]))
