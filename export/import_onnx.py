@@ -94,10 +94,13 @@ POOL_RTOL = 1e-4
 POOL_ATOL = 1e-5
 #: Ops that pass a tensor through unchanged in value (walked back to find a Softmax).
 _PASSTHROUGH_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Dropout")
-#: Ops allowed between the final linear layer and the logits output.
-_HEAD_TAIL_OPS = ("Softmax", "Flatten", "Reshape", "Identity", "Squeeze", "Dropout")
-#: Ops allowed between the global pooling and the final linear layer's input.
-_POOL_TAIL_OPS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout")
+#: Ops allowed between the final linear layer and the logits output (``Cast`` only to float32 or float64,
+#: which keeps the values: eac's own exporter ends its graphs with such casts).
+_HEAD_TAIL_OPS = ("Softmax", "Flatten", "Reshape", "Identity", "Squeeze", "Dropout", "Cast")
+#: Ops allowed between the global pooling and the final linear layer's input (``Cast`` as above).
+_POOL_TAIL_OPS = ("Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast")
+#: ONNX element types a ``Cast`` on the head's or the pooling's path may convert to (FLOAT, DOUBLE).
+_WIDE_FLOAT_TYPES = (1, 11)
 #: Spatial axes of a global ReduceMean on a 4-D map, by the map's layout.
 _REDUCE_AXES = {frozenset({2, 3}): "NCHW", frozenset({1, 2}): "NHWC"}
 _MAP_RANK = 4
@@ -814,13 +817,20 @@ def _producers(proto) -> dict[str, Any]:
     return {o: n for n in proto.graph.node for o in n.output}
 
 
-def _walk_back(producers: dict[str, Any], name: str, ops: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Follow ``name`` back through nodes of ``ops`` (first input); returns the tensor reached and the ops."""
+def _walk_back(producers: dict[str, Any], name: str, ops: Sequence[str],
+               any_cast: bool = False) -> tuple[str, tuple[str, ...]]:
+    """Follow ``name`` back through nodes of ``ops`` (first input); returns the tensor reached and the ops.
+
+    A ``Cast`` in ``ops`` is passed only when it converts to float32/float64 (the values unchanged),
+    unless ``any_cast``.
+    """
     passed: list[str] = []
     for _ in range(len(producers) + 1):
         node = producers.get(name)
         if node is None or node.op_type not in ops or not node.input:
             break
+        if node.op_type == "Cast" and not any_cast and _attributes(node).get("to") not in _WIDE_FLOAT_TYPES:
+            break  # a cast that may change the values (to float16, an integer) ends the path
         passed.append(node.op_type)
         name = node.input[0]
     return name, tuple(reversed(passed))
@@ -883,7 +893,7 @@ def _onnx_type_of(value: np.ndarray) -> int:
 
 def _producer_is_softmax(proto, output: str) -> bool:
     producers = _producers(proto)
-    name, _ = _walk_back(producers, output, _PASSTHROUGH_OPS)
+    name, _ = _walk_back(producers, output, _PASSTHROUGH_OPS, any_cast=True)
     node = producers.get(name)
     return node is not None and node.op_type == "Softmax"
 

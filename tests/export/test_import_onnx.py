@@ -41,7 +41,8 @@ def _graph_classifier(
 ) -> Path:
     """Write a tiny classifier with onnx.helper: 1×1 conv → ReLU → global pool → flatten → Gemm → tail.
 
-    tail: "none" (logits), "softmax" (a Softmax node), "manual_softmax" (Exp/ReduceSum/Div),
+    tail: "none" (logits), "softmax" (a Softmax node), "manual_softmax" (Exp/ReduceSum/Div), "cast" (a Cast
+    to float32), "float16_round_trip" (Casts to float16 and back: the values change),
     "conv_head" (the classifier is a 1×1 conv: output B×K×1×1).
     head: "gemm" (Gemm, weight K×D, transB=1), "matmul" (MatMul by a D×K weight, then Add).
     pool: "gap" (GlobalAveragePool → Flatten), "reducemean" (ReduceMean over H, W, keepdims=0).
@@ -84,6 +85,12 @@ def _graph_classifier(
         if tail == "softmax":
             nodes.append(helper.make_node("Softmax", ["fc:0"], ["prob:0"], axis=1))
             final = "prob:0"
+        elif tail in ("cast", "float16_round_trip"):  # eac's own exporter ends with a Cast to float32
+            if tail == "float16_round_trip":
+                nodes.append(helper.make_node("Cast", ["fc:0"], ["half"], to=TensorProto.FLOAT16))
+            nodes.append(helper.make_node("Cast", ["half" if tail == "float16_round_trip" else "fc:0"],
+                                          ["logits"], to=TensorProto.FLOAT))
+            final = "logits"
         elif tail == "manual_softmax":
             nodes += [
                 helper.make_node("Exp", ["fc:0"], ["e"]),
@@ -446,6 +453,7 @@ def test_integer_outputs_are_not_logits(tmp_path):
         ("matmul", "gap", "none", 11),
         ("matmul", "reducemean", "softmax", 11),
         ("gemm", "reducemean", "none", 13),
+        ("gemm", "gap", "cast", 13),
     ],
 )
 def test_head_features_and_feature_map_are_found(tmp_path, head, pool, tail, opset):
@@ -454,7 +462,7 @@ def test_head_features_and_feature_map_are_found(tmp_path, head, pool, tail, ops
     m = import_onnx(src, tmp_path / "out")
     assert m["feature_dim"] == D and m["outputs"]["feature_map"] == "r"
     assert m["source"]["head"]["op"] == ("Gemm" if head == "gemm" else "MatMul+Add")
-    assert m["source"]["head"]["then"] == (["Softmax"] if tail == "softmax" else [])
+    assert m["source"]["head"]["then"] == {"softmax": ["Softmax"], "cast": ["Cast"]}.get(tail, [])
     assert m["validation"]["head_max_abs_diff"] < ATOL
     assert m["validation"]["feature_map_pool_max_abs_diff"] < ATOL
     x = _batch(3)
@@ -470,6 +478,14 @@ def test_head_features_and_feature_map_are_found(tmp_path, head, pool, tail, ops
     # the folder runs in the engine with its head
     clf = Classifier.from_folder(tmp_path / "out")
     assert clf.head is not None and clf.run(x).features.shape == (3, D)
+
+
+def test_a_cast_that_changes_the_values_ends_the_head_search(tmp_path):
+    # float32 → float16 → float32 rounds the logits: the Gemm before it is not taken as their linear layer
+    src = _graph_classifier(tmp_path / "m.onnx", tail="float16_round_trip", opset=13)
+    m = import_onnx(src, tmp_path / "out")
+    assert m["source"]["head"]["file"] is None and "Cast" in m["source"]["head"]["reason"]
+    assert m["outputs"]["feature_map"] is None
 
 
 def test_torch_exported_cnn_opset11_with_softmax(tmp_path):
