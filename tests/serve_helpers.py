@@ -189,4 +189,11 @@ def running(settings: dict[str, Any] | None = None, config=None, service_class=N
 
 
 def wait_ready(base: str) -> None:
-    wait_for(lambda: request("GET", f"{base}/readyz").status == 200, "the service to be ready")
+    """Until ``/readyz`` answers 200 (a socket bound but not yet listening refuses: not ready yet either)."""
+    def ready() -> bool:
+        try:
+            return request("GET", f"{base}/readyz", timeout=WAIT_S).status == 200
+        except ConnectionRefusedError:
+            return False
+
+    wait_for(ready, "the service to be ready")

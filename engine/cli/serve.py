@@ -5,7 +5,9 @@ python-multipart); without it the command says so in one line. Settings are
 checked before anything is loaded (a non-loopback ``--host`` needs
 ``--api-key`` or ``--insecure``; model folders, method options and providers
 must be usable); the models then load while the server already answers
-``/healthz`` (``/readyz`` turns 200 when they are loaded).
+``/healthz`` (``/readyz`` turns 200 when they are loaded). SIGTERM or Ctrl-C
+stops it after the requests in flight (exit 0); a second Ctrl-C stops it at
+once, answering those 503 (exit 130, interrupted).
 """
 
 from __future__ import annotations
@@ -175,11 +177,18 @@ def run(args: argparse.Namespace) -> int:
 
     def on_ready() -> None:
         print(f"eac serve: ready at {url} (the page at {url}/); Ctrl-C or SIGTERM stops it after the requests "
-              "in flight", file=sys.stderr, flush=True)
+              "in flight (a second Ctrl-C: at once)", file=sys.stderr, flush=True)
 
     service = Service(config, settings)
-    stopped_by = server.run(service, sock, on_ready)
+    stopped = server.run(service, sock, on_ready)
     answered = service.metrics.answered_count()
-    print(f"eac serve: stopped{f' on {stopped_by}' if stopped_by else ''} after answering {answered} explanation "
-          "request(s)", file=sys.stderr, flush=True)
+    if stopped.forced:
+        from . import EXIT_INTERRUPTED
+
+        print(f"eac serve: stopped at once on a second SIGINT: {stopped.cut_off} request(s) in flight answered 503 "
+              f"and their work cancelled; {answered} explanation request(s) answered in all",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    print(f"eac serve: stopped{f' on {stopped.signal}' if stopped.signal else ''} after answering {answered} "
+          "explanation request(s)", file=sys.stderr, flush=True)
     return 0

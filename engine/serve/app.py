@@ -22,8 +22,10 @@ Errors are JSON on one line, ``{"error": "<one line>", "status": <code>}``:
 400 bad parameter or image, 401 missing or wrong API key (``/v1`` and
 ``/metrics`` when the service has one), 404 unknown route or forgotten id, 405,
 413 body over ``max_upload_bytes`` (checked from ``Content-Length`` before
-reading, and while reading), 503 + ``Retry-After`` queue full or not ready,
-504 timeout, 500 engine failure.
+reading, and while reading), 503 + ``Retry-After`` queue full, not ready, or cut
+off because the server is stopping at once (a second Ctrl-C; the server
+cancels the requests in flight and :attr:`Service.stopping` says so), 504
+timeout, 500 engine failure.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from .limits import (
 from .metrics import SERVE_HINT
 from .params import FIELDS, parse_request
 from .results import crop_png, masks_npz, overlay_png
-from .service import Service
+from .service import Service, shutting_down
 from .settings import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
@@ -230,9 +232,13 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
         except ClientDisconnect:  # gone while uploading: nobody to answer, still one outcome
             ticket.answer("cancelled")
             return error(ServiceError(STATUS_CLIENT_GONE, "cancelled", "the client closed the connection"))
-        except asyncio.CancelledError:  # the server cancelled the handler: the client went away
-            ticket.answer("cancelled")
-            raise
+        except asyncio.CancelledError:
+            if not service.stopping:  # Ray Serve cancels the handler when the client went away: nobody to answer
+                ticket.answer("cancelled")
+                raise
+            cut_off = shutting_down()  # the server cut it off (stopping at once): the client still waits for an answer
+            ticket.answer(cut_off.outcome)
+            return error(cut_off)
         except Exception as exc:  # a bug: still exactly one answer, on one line
             log.exception("unexpected error in POST /v1/explanations")
             ticket.answer("error")
@@ -301,6 +307,31 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
         return Response(error_body(status, message.get(status, getattr(exc, "detail", "error"))),
                         status_code=status, media_type="application/json")
 
+    class AnswerWhenCutOff:
+        """Every other route: a request the stopping server cancels still gets the 503 of :func:`shutting_down`."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] != "http":
+                await self.app(scope, receive, send)
+                return
+            started = False
+
+            async def watched(message: dict) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, watched)
+            except asyncio.CancelledError:
+                if not service.stopping:
+                    raise
+                if not started:  # an answer already begun cannot be replaced: the server closes its connection
+                    await error(shutting_down())(scope, receive, send)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         await service.start(on_failure, on_ready)
@@ -325,5 +356,6 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+    middleware.append(Middleware(AnswerWhenCutOff))
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                      exception_handlers={STATUS_NOT_FOUND: not_found, STATUS_METHOD_NOT_ALLOWED: not_found})

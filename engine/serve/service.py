@@ -10,7 +10,8 @@ checks the form's fields (400 on anything wrong) → :meth:`Service.explain` che
 (503 when full) and hands it to one of ``concurrency`` threads, then waits for
 the first of: the result (200), the deadline (504: the request's
 :class:`~eac.engine.serve.batcher.CancelToken` is cancelled and its work
-dropped), the client going away (cancelled likewise). In the thread: decode the
+dropped), the client going away (cancelled likewise), the server stopping at
+once (503 :func:`shutting_down`; cancelled likewise). In the thread: decode the
 image (400 when it cannot be), explain it on the shared engine with a
 :class:`~eac.engine.serve.batcher.BatchedClassifier` whose evaluations join
 other requests' classifier batches, store the result under a random id.
@@ -51,6 +52,12 @@ SAM_CALLS_AT_ONCE = 1
 CLIENT_ERRORS = (ImageError, ExplainError, ConceptError, InputShapeError, ConfigError)
 #: Service states (``/readyz`` answers 200 only when ``ready``).
 LOADING, READY, DRAINING, FAILED = "loading", "ready", "draining", "failed"
+
+
+def shutting_down() -> ServiceError:
+    """503 ``not_ready`` + Retry-After: a request the stopping server cuts off, or one too late for its threads."""
+    return ServiceError(STATUS_UNAVAILABLE, "not_ready", "the server is shutting down",
+                        {"Retry-After": str(RETRY_AFTER_S)})
 
 
 class Ticket:
@@ -100,6 +107,11 @@ class Service:
         ``loading``, ``ready``, ``draining`` or ``failed``.
     failure : EacError or None
         Why loading failed.
+    stopping : bool
+        Set by the server (:mod:`eac.engine.serve.server`) when it begins to stop: a request it cancels
+        from then on is cut off by the server, not given up by its client, and is answered
+        :func:`shutting_down` (503) rather than counted ``cancelled`` (499). Never set on Ray Serve,
+        which cancels a request's handler when its client goes away.
     metrics : ServiceMetrics
     store : ResultStore
     """
@@ -118,6 +130,7 @@ class Service:
         self.executor: cf.ThreadPoolExecutor | None = None
         self.state = LOADING
         self.failure: EacError | None = None
+        self.stopping = False
         self._concept_slots: threading.Semaphore | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,6 +243,9 @@ class Service:
         ServiceError
             400 bad parameters or image, 503 not ready or queue full, 504 timeout,
             499 client gone, 500 engine failure.
+        asyncio.CancelledError
+            The caller was cancelled (the client went away, or the server is stopping: :attr:`stopping`);
+            the request's work is cancelled too.
         """
         if self.state != READY:
             why = "the models are still loading" if self.state == LOADING else f"the service is {self.state}"
@@ -247,16 +263,16 @@ class Service:
         except RuntimeError as exc:  # the executor is shut down: the service is stopping
             self.admission.started()
             self.admission.finished()
-            raise ServiceError(STATUS_UNAVAILABLE, "not_ready", "the service is shutting down",
-                               {"Retry-After": str(RETRY_AFTER_S)}) from exc
+            raise shutting_down() from exc
         # The thread always runs to its end (it must release its admission); nobody may cancel the future.
         future.add_done_callback(lambda f: f.exception())
         watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
             done, _ = await asyncio.wait({future, watch} - {None}, timeout=self.settings.timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server cancelled the handler (Ray Serve: the client went away)
-            work.token.cancel("cancelled: the client went away")
+        except asyncio.CancelledError:  # Ray Serve: the client went away; uvicorn: the server is stopping at once
+            work.token.cancel("cancelled: the server is shutting down" if self.stopping
+                              else "cancelled: the client went away")
             raise
         finally:
             if watch is not None:

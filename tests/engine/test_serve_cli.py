@@ -1,4 +1,5 @@
-"""``eac serve`` from the command line: safe by default, one-line failures, SIGTERM drains then exits."""
+"""``eac serve`` from the command line: safe by default, one-line failures, SIGTERM drains then exits, a second
+Ctrl-C stops at once and still answers."""
 
 from __future__ import annotations
 
@@ -9,31 +10,39 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 pytest.importorskip("starlette", reason="eac serve needs the serve extra")
 pytest.importorskip("uvicorn", reason="eac serve needs the serve extra")
 
-from eac.engine.cli import build_parser, main
+from eac.engine.cli import EXIT_INTERRUPTED, build_parser, main
 from eac.engine.errors import ConfigError
 from eac.engine.serve.app import authorized
 from eac.engine.serve.settings import ServeSettings, is_loopback
 
 from ..serve_helpers import (
     GRID,
+    SLOW_EVALUATIONS,
     assert_counters_add_up,
+    assert_one_line_error,
     metrics,
     outcome,
     post_image,
     request,
     scene_png,
     wait_for,
+    wait_ready,
 )
 
 #: A request of the SIGTERM test: long enough to be in flight when the signal comes (a second or so).
 DRAIN_REQUEST = {"method": "kernelshap", "evaluations": 600}
 SERVE = ["serve", "--concepts", "grid", "--n-segments", str(GRID), "--threads", "1"]
+#: A request still explaining long after two Ctrl-C (many seconds of classifier work).
+SLOW_REQUEST = {"method": "kernelshap", "evaluations": SLOW_EVALUATIONS}
+#: Seconds a forced stop may take, from the second Ctrl-C to the process' end.
+FORCED_STOP_S = 5.0
 
 
 def test_loopback_only_unless_a_key_or_insecure():
@@ -112,6 +121,42 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_then_exits(demo_
         assert "stopped on SIGTERM after answering 1 explanation request(s)" in rest
         assert outcome(before, "ok") == 0 and before["eac_requests_in_flight"] == 1
         assert_counters_add_up(before)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_answers_the_request_in_flight_503(demo_classifier_folder):
+    """uvicorn alone force-quits on a second SIGINT: the request in flight got a plain-text 500 and the server printed
+    tracebacks. Now it gets the service's one-line 503, its work is cancelled, and the command says so in one line."""
+    code = ("import sys; from eac.engine.cli import main; sys.exit(main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, *SERVE, "--classifier", str(demo_classifier_folder),
+                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = re.search(r"listening on (http://\S+);", process.stderr.readline()).group(1)
+        wait_ready(url)
+        reply: list = []
+        client = threading.Thread(target=lambda: reply.append(post_image(url, scene_png(1), SLOW_REQUEST)))
+        client.start()
+        wait_for(lambda: metrics(url)["eac_requests_explaining"] == 1, "the request to be in flight")
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: _refused(url), "the first Ctrl-C to close the listening socket")  # now draining
+        process.send_signal(signal.SIGINT)
+        forced = time.monotonic()
+        exit_code = process.wait(FORCED_STOP_S)
+        stopped_in = time.monotonic() - forced
+        client.join(FORCED_STOP_S)
+        assert reply, "the request in flight got no answer"
+        assert assert_one_line_error(reply[0], 503) == "the server is shutting down"
+        assert reply[0].headers["content-type"] == "application/json" and int(reply[0].headers["retry-after"]) >= 1
+        err = process.stderr.read()
+        assert "Traceback" not in err and "ERROR" not in err, err
+        assert exit_code == EXIT_INTERRUPTED and stopped_in < FORCED_STOP_S
+        # one line for the forced stop; the 503 counted once (the only answer: its kernelshap would take seconds)
+        assert [line for line in err.splitlines() if not line.startswith("eac serve: ready at")] == [
+            "eac serve: stopped at once on a second SIGINT: 1 request(s) in flight answered 503 and their work "
+            "cancelled; 1 explanation request(s) answered in all"]
     finally:
         if process.poll() is None:
             process.kill()

@@ -8,8 +8,10 @@ half-done (no result stored, the work dropped) and that the metrics add up.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import io
+import json
 import socket
 import threading
 import time
@@ -32,7 +34,9 @@ from eac.kernels.rle import decode_masks
 
 from ..serve_helpers import (
     EVALUATIONS,
+    POLL_S,
     SLOW_EVALUATIONS,
+    WAIT_S,
     RawUpload,
     assert_counters_add_up,
     assert_one_line_error,
@@ -381,3 +385,114 @@ def test_an_engine_failure_is_500_with_one_line_and_the_service_goes_on():
         values = metrics(srv.url)
         assert outcome(values, "error") == 2 and outcome(values, "ok") == 1 and len(srv.service.store) == 1
         assert_counters_add_up(values)
+
+
+def _asgi_request(app, method: str, path: str, body: bytes = b"", content_type: str | None = None):
+    """Call the ASGI application as uvicorn would, in the running loop: (the task, the messages it sent).
+    The client stays connected (no ``http.disconnect``) until the task ends."""
+    headers = [(b"content-length", str(len(body)).encode())]
+    if content_type:
+        headers.append((b"content-type", content_type.encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    sent, body_sent = [], []
+
+    async def receive():
+        if not body_sent:
+            body_sent.append(True)
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+
+    async def send(message):
+        sent.append(message)
+
+    return asyncio.ensure_future(app(scope, receive, send)), sent
+
+
+async def _cancel_when(task, ready) -> bool:
+    """Cancel ``task`` once ``ready()``; whether the cancellation came out of it (nobody answered)."""
+    while not ready():
+        assert not task.done(), "the request ended before it could be cancelled"
+        await asyncio.sleep(POLL_S)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
+def _answer(sent) -> tuple[int, dict[str, str], dict]:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert b"\n" not in body
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
+def test_a_cancelled_request_counts_as_its_clients_unless_the_server_is_stopping(monkeypatch):
+    """Ray Serve cancels the handler when the client went away: nobody to answer, counted ``cancelled``. Once the
+    server stops at once (``Service.stopping``) the cancellation is its own: the client gets the 503 JSON line. Both
+    drop the work through its token; other routes cut off the same way answer the same 503."""
+    from eac.engine.serve import app as app_module
+    from eac.engine.serve.settings import ServeSettings
+
+    service = Service(demo_config(), ServeSettings(port=0)).load()
+    app = app_module.create_app(service)
+    body, kind = multipart(SLOW, scene_png(3))
+    registry = service.metrics.registry
+
+    def rows() -> float:
+        return registry.get_sample_value("eac_classifier_batch_rows_total") or 0.0
+
+    def explaining() -> bool:
+        return service.admission.explaining == 1 and rows() > 0
+
+    async def post_and_cancel():
+        task, sent = _asgi_request(app, "POST", "/v1/explanations", body, kind)
+        return await _cancel_when(task, explaining), sent
+
+    try:
+        raised, sent = asyncio.run(post_and_cancel())  # the client went away
+        assert raised and sent == []
+        wait_for(lambda: service.admission.in_service == 0, "the cancelled work to unwind")
+        assert rows() < DROPPED_ROWS
+        assert registry.get_sample_value("eac_requests_total", {"outcome": "cancelled"}) == 1
+
+        service.stopping = True  # the server's own stop from here on
+        before = rows()
+        raised, sent = asyncio.run(post_and_cancel())
+        assert not raised
+        status, headers, error = _answer(sent)
+        assert (status, error) == (503, {"error": "the server is shutting down", "status": 503})
+        assert headers["content-type"] == "application/json" and int(headers["retry-after"]) >= 1
+        wait_for(lambda: service.admission.in_service == 0, "the cut-off work to unwind")
+        assert rows() - before < DROPPED_ROWS
+        values = {f"{s.name}{s.labels}": s.value for m in registry.collect() for s in m.samples}
+        assert values["eac_requests_total{'outcome': 'not_ready'}"] == 1
+        assert values["eac_requests_received_total{}"] == 2 and values["eac_requests_in_flight{}"] == 0
+
+        # a route other than the explanation: cut off while it draws an overlay
+        async def quick_then_overlay():
+            task, sent = _asgi_request(app, "POST", "/v1/explanations", *multipart({"evaluations": EVALUATIONS},
+                                                                                   scene_png(4)))
+            await task
+            result_id = _answer(sent)[2]["id"]
+            task, sent = _asgi_request(app, "GET", f"/v1/explanations/{result_id}/overlay.png")
+            try:
+                return await _cancel_when(task, drawing.is_set), sent
+            finally:
+                release.set()  # (asyncio.run waits for the drawing thread)
+
+        drawing, release = threading.Event(), threading.Event()
+
+        def slow_overlay(*args):
+            drawing.set()
+            release.wait(WAIT_S)
+            return b""
+
+        monkeypatch.setattr(app_module, "overlay_png", slow_overlay)
+        raised, sent = asyncio.run(quick_then_overlay())
+        assert not raised and _answer(sent)[0] == 503
+    finally:
+        service.close()
