@@ -38,6 +38,8 @@ from .options import (
 
 #: Packages of the serve extra (import names).
 SERVE_MODULES = ("starlette", "uvicorn", "prometheus_client", "python_multipart")
+#: Import name of ONNX Runtime (the cpu extra's onnxruntime and the gpu extra's onnxruntime-gpu alike).
+ONNXRUNTIME_MODULE = "onnxruntime"
 #: Environment variable read for the API key when --api-key is not given (keeps it out of `ps`).
 API_KEY_VARIABLE = "EAC_API_KEY"
 MIB = 1024 * 1024
@@ -118,12 +120,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def require_serve_extra() -> None:
-    """ConfigError naming the extra when a package of it is missing."""
+    """ConfigError naming what to install when a package of the serve extra, or ONNX Runtime, is missing.
+
+    Both are named in one line (``[cpu,serve]``), so one install fixes it.
+    """
+    from ..distribution import install_hint
     from ..serve.metrics import SERVE_HINT
 
     missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    no_runtime = importlib.util.find_spec(ONNXRUNTIME_MODULE) is None
+    if missing and no_runtime:
+        raise ConfigError(f"eac serve needs the serve extra and ONNX Runtime: {install_hint('cpu', 'serve')} "
+                          f"(missing: {', '.join([*missing, ONNXRUNTIME_MODULE])}; on NVIDIA GPUs the gpu extra "
+                          "instead of cpu)")
     if missing:
         raise ConfigError(f"{SERVE_HINT} (missing: {', '.join(missing)})")
+    if no_runtime:
+        raise ConfigError(f"eac serve needs ONNX Runtime: {install_hint('cpu')} (on NVIDIA GPUs the gpu extra "
+                          "instead)")
 
 
 def configs_from_args(args: argparse.Namespace):

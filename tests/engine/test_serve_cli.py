@@ -80,6 +80,22 @@ def test_missing_serve_extra_is_one_line(demo_classifier_folder, capsys, monkeyp
                    "(from a source checkout: pip install '.[serve]') (missing: uvicorn)")
 
 
+@pytest.mark.parametrize("absent, expected", [
+    (("uvicorn", "onnxruntime"), "eac: error: eac serve needs the serve extra and ONNX Runtime: pip install "
+     "'explain-any-concept[cpu,serve]' (from a source checkout: pip install '.[cpu,serve]') (missing: uvicorn, "
+     "onnxruntime; on NVIDIA GPUs the gpu extra instead of cpu)"),
+    (("onnxruntime",), "eac: error: eac serve needs ONNX Runtime: pip install 'explain-any-concept[cpu]' (from a "
+     "source checkout: pip install '.[cpu]') (on NVIDIA GPUs the gpu extra instead)"),
+])
+def test_missing_onnxruntime_is_named_with_the_serve_extra(demo_classifier_folder, capsys, monkeypatch, absent,
+                                                            expected):
+    # one line names everything to install (`pip install '.[serve]'` alone left the next run without a runtime)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name, *a))
+    assert main([*SERVE, "--classifier", str(demo_classifier_folder)]) == 2
+    assert capsys.readouterr().err.strip() == expected
+
+
 def test_a_bad_classifier_folder_fails_before_listening(tmp_path, capsys):
     assert main([*SERVE, "--classifier", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
