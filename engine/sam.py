@@ -389,14 +389,11 @@ class SamConceptGenerator:
                  for box, layer in zip(boxes, layers, strict=True)]
 
         clock = time.perf_counter()
-        for i, part in enumerate(parts):
-            part["crop_index"] = np.full(len(part), i, np.int64)
-        data = MaskData.cat(parts, _empty_mask_data((h, w)))
-        if len(boxes) > 1 and len(data):
-            # Duplicates between crops: prefer masks from smaller crops (as the reference).
-            crop_area = mk.box_area(boxes)[data["crop_index"]]
-            keep = mk.nms(mk.masks_to_boxes(data["masks"]), 1.0 / crop_area, s.crop_nms_thresh)
-            data = data.filter(keep[np.argsort(-data["iou"][keep], kind="stable")])
+        if len(boxes) == 1:  # no crop layers: the crop is the whole image
+            data = parts[0]
+            data["crop_index"] = np.zeros(len(data), np.int64)
+        else:
+            data = _merge_crops(parts, boxes, (h, w), s.crop_nms_thresh)
         if s.min_mask_region_area > 0 and len(data):
             data["masks"], changed = mk.remove_small_regions(data["masks"], s.min_mask_region_area)
             # As the reference: prefer unchanged masks, then remove new duplicates.
@@ -422,11 +419,12 @@ class SamConceptGenerator:
 
     def _process_crop(self, image: np.ndarray, box: np.ndarray, layer: int, timings: dict[str, float],
                       counts: dict[str, int]) -> MaskData:
-        """Masks of one crop box (the whole image for layer 0), in the image frame.
+        """Masks of one crop box (the whole image for layer 0).
 
-        Returns MaskData with ``masks`` N×H×W bool, ``iou`` N, ``stability`` N and
-        ``points`` N×2 (prompt of each mask, image frame), NMS-filtered within
-        the crop and ordered by predicted IoU.
+        Returns MaskData with ``masks`` N×h×w bool (the crop box's size: placed in
+        the image frame only for the masks that survive the merge between crops),
+        ``iou`` N, ``stability`` N and ``points`` N×2 (prompt of each mask, image
+        frame), NMS-filtered within the crop and ordered by predicted IoU.
         """
         s = self.settings
         img_h, img_w = image.shape[:2]
@@ -492,9 +490,6 @@ class SamConceptGenerator:
         data = MaskData(masks=self._masks(data["logits"], (h, w), valid_hw),
                         **{name: data[name] for name in ("iou", "stability", "points")})
         if not full:
-            placed = np.zeros((len(data), img_h, img_w), bool)
-            placed[:, y0:y1, x0:x1] = data["masks"]
-            data["masks"] = placed
             data["points"] = data["points"] + np.array([x0, y0], np.float64)
         timings["postprocess"] += time.perf_counter() - clock
         return data
@@ -600,6 +595,51 @@ def _check_sizes(manifest: SamManifest, encoder, decoder) -> None:
             f"decoder.onnx returns {low}×{low} masks but the manifest (model type {manifest.model_type}) says "
             f"low_res_size {manifest.decoder.low_res_size}: the manifest belongs to another SAM size; "
             "re-run the export")
+
+
+def _merge_crops(parts: list[MaskData], boxes: np.ndarray, hw: tuple[int, int], nms_thresh: float) -> MaskData:
+    """Join the masks of several crop boxes, drop duplicates between crops, place the rest in the image frame.
+
+    Parameters
+    ----------
+    parts : list of MaskData
+        One per crop box: ``masks`` n×h_c×w_c (the box's size), ``iou``, ``stability``, ``points``.
+    boxes : ndarray of int, C×4
+        The crop boxes, ``x0, y0, x1, y1`` in the image frame.
+    hw : (int, int)
+        The image's height and width.
+    nms_thresh : float
+        Box IoU above which the mask of the larger crop is dropped (segment-anything's
+        ``crop_nms_thresh``: masks from smaller crops are preferred).
+
+    Returns
+    -------
+    MaskData
+        ``masks`` K×H×W bool, ``iou``, ``stability``, ``points``, ``crop_index``, ordered by
+        predicted IoU. Only the K survivors are ever held at the image's size.
+    """
+    offsets = np.asarray(boxes, np.int64)[:, [0, 1, 0, 1]]
+    fields = ("iou", "stability", "points")
+    joined = []
+    for i, part in enumerate(parts):
+        frame_boxes = mk.masks_to_boxes(part["masks"]) + offsets[i]
+        empty = ~part["masks"].reshape(len(part), -1).any(axis=1) if len(part) else np.zeros(0, bool)
+        frame_boxes[empty] = 0  # an empty mask's box, as masks_to_boxes gives it in the image frame
+        joined.append(MaskData(**{name: part[name] for name in fields}, boxes=frame_boxes,
+                               crop_index=np.full(len(part), i, np.int64), local=np.arange(len(part))))
+    empty_data = _empty_mask_data(hw)
+    empty_data.pop("masks")
+    data = MaskData.cat(joined, {**empty_data, "boxes": np.zeros((0, 4), np.int64),
+                                 "local": np.zeros(0, np.int64)})
+    if len(data):
+        crop_area = mk.box_area(boxes)[data["crop_index"]]
+        keep = mk.nms(data["boxes"], 1.0 / crop_area, nms_thresh)
+        data = data.filter(keep[np.argsort(-data["iou"][keep], kind="stable")])
+    masks = np.zeros((len(data), *hw), bool)
+    for k, (i, j) in enumerate(zip(data["crop_index"], data["local"], strict=True)):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        masks[k, y0:y1, x0:x1] = parts[i]["masks"][j]
+    return MaskData(masks=masks, **{name: data[name] for name in (*fields, "crop_index")})
 
 
 def _empty_mask_data(hw: tuple[int, int]) -> dict[str, np.ndarray]:
