@@ -24,6 +24,7 @@ import errno
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,8 @@ TMP_PREFIX = ".tmp-"
 #: Tags of a folder's hidden siblings: ``.<name><tag><pid>-<random hex>``.
 TMP_TAG = ".tmp-"
 OLD_TAG = ".old-"
+#: Name prefix of the empty folder :func:`check_destination` creates and removes to learn it can write.
+PROBE_PREFIX = ".eac-probe-"
 #: Random bytes in a temporary file's name (collisions only matter within one process id).
 FILE_RANDOM_BYTES = 4
 #: Random bytes in a temporary folder's name.
@@ -129,7 +132,10 @@ def write_folder(dest: Path, write: Callable[[Path], None], *, what: str = "resu
 
 def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = True,
                       what: str = "result", error: type[EacError] = EacError) -> Path:
-    """Check, without writing anything, that :func:`write_folder` can write ``path``.
+    """Check, before any work, that :func:`write_folder` can write ``path``.
+
+    Nothing is left behind: the writability check creates an empty probe folder
+    in the nearest existing folder and removes it.
 
     Parameters
     ----------
@@ -172,12 +178,28 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
         nearest = nearest.parent
     if not nearest.is_dir():
         raise error(f"{dest}: cannot create the output folder, {nearest} is a file")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise error(f"{dest}: cannot write there, {nearest} is not writable; give another output folder")
+    reason = _cannot_create_in(nearest)
+    if reason is not None:
+        raise error(f"{dest}: cannot write there: nothing can be created in {nearest} ({reason}); "
+                    "give another output folder")
     if replace and _holds_foreign_files(dest, marker):
         raise error(f"{dest}: folder holds files that are not {a_what} and saving replaces the folder whole; "
                     "give a new or empty folder")
     return dest
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (one line), or None when a probe entry was made and removed.
+
+    A real attempt, not ``os.access``: the permission bits say yes to root, while a read-only
+    filesystem or a pseudo-filesystem (``/proc``) still refuses.
+    """
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=folder))
+    except OSError as exc:
+        return os_reason(exc)
+    probe.rmdir()
+    return None
 
 
 def _holds_foreign_files(folder: Path, marker: str) -> bool:

@@ -434,7 +434,7 @@ def _normalise_ties(ties: Any, n: int) -> list[list[int]]:
 
 # ---------------------------------------------------------------------- folders
 def check_output_folder(path: str | os.PathLike, *, replace: bool = True) -> Path:
-    """Check, without writing anything, that an explanation can be saved at ``path``.
+    """Check, before any work and leaving nothing behind, that an explanation can be saved at ``path``.
 
     Call it before computing, so a bad destination fails at once.
 

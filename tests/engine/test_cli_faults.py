@@ -68,6 +68,10 @@ class Case:
 CASES = [
     Case("out is a file", lambda ws: _explain(ws, "--out", str(ws / "afile")), 2, "is a file"),
     Case("out under a file", lambda ws: _explain(ws, "--out", str(ws / "afile" / "sub")), 2, "is a file"),
+    # /proc: a folder nothing can be created in, even by root (os.access said yes to root: the run did all
+    # its work and then failed with exit 1)
+    *([Case("out where nothing can be created", lambda ws: _explain(ws, "--out", "/proc/eac-out"), 2,
+            "nothing can be created in /proc")] if Path("/proc/self").is_dir() else []),
     Case("out is a folder of other files", lambda ws: _explain(ws, "--out", str(ws / "images")), 2,
          "not an explanation", exists=("images/s0.png", "images/s1.png")),
     Case("corrupt image in a batch", lambda ws: _explain(ws, "--out", str(ws / "o"), images="images"), 1,
