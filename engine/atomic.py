@@ -178,7 +178,7 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
         nearest = nearest.parent
     if not nearest.is_dir():
         raise error(f"{dest}: cannot create the output folder, {nearest} is a file")
-    reason = _cannot_create_in(nearest)
+    reason = cannot_create_in(nearest)
     if reason is not None:
         raise error(f"{dest}: cannot write there: nothing can be created in {nearest} ({reason}); "
                     "give another output folder")
@@ -188,7 +188,7 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
     return dest
 
 
-def _cannot_create_in(folder: Path) -> str | None:
+def cannot_create_in(folder: Path) -> str | None:
     """Why nothing can be created in ``folder`` (one line), or None when a probe entry was made and removed.
 
     A real attempt, not ``os.access``: the permission bits say yes to root, while a read-only

@@ -65,7 +65,10 @@ import cv2
 import numpy as np
 
 from ..kernels import rle
-from .atomic import TMP_PREFIX  # hidden temporary files (pyarrow.dataset ignores names starting with ".")
+from .atomic import (
+    TMP_PREFIX,  # hidden temporary files (pyarrow.dataset ignores names starting with ".")
+    cannot_create_in,
+)
 from .atomic import fsync_dir as _fsync_dir
 from .atomic import write_file as _write_atomic
 from .concepts import DEFAULT_MAX_CONCEPTS
@@ -935,8 +938,10 @@ def _check_out(out: Path) -> None:
         table_path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"{out}: not writable; give another output folder")
+    reason = cannot_create_in(out)
+    if reason is not None:
+        raise ConfigError(f"{out}: cannot write there: nothing can be created in it ({reason}); "
+                          "give another output folder")
 
 
 def run_dataset(
