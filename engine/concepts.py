@@ -8,8 +8,9 @@ SAM-free superpixels or grids (:mod:`eac.engine.sources`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -132,8 +133,8 @@ class Concepts:
         """Pixel count per mask (N,)."""
         return self.masks.sum(axis=(1, 2))
 
-    def save(self, path: str) -> None:
-        """Write masks, scores, frame and timings to an ``.npz`` file."""
+    def save(self, path: str | os.PathLike | BinaryIO) -> None:
+        """Write masks, scores, frame and timings to an ``.npz`` file (a path, or a file opened for writing)."""
         import json
 
         np.savez_compressed(

@@ -67,6 +67,9 @@ def load_image(source: str | os.PathLike | np.ndarray, max_pixels: int = DEFAULT
         _check_pixels(source.shape[:2], max_pixels, "image")
         return to_rgb_uint8(source)
     path = Path(source)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file; give one image "
+                         "(`eac explain FOLDER` explains every image of a folder)")
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:

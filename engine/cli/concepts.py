@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import cannot_create_in, write_file
 from ..errors import ConfigError
 from .options import (
     MAX_POINTS_PER_SIDE,
@@ -44,6 +45,23 @@ def npz_path(out: str) -> Path:
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
+def check_npz_destination(out: Path) -> None:
+    """ConfigError (one line) unless ``out`` can be written, its missing parent folders created.
+
+    Nothing is written: the nearest existing folder gets a probe entry, removed at once.
+    """
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a folder; give a file path for the concepts (.npz)")
+    nearest = out.parent
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise ConfigError(f"{out}: cannot create its folder, {nearest} is a file")
+    reason = cannot_create_in(nearest)
+    if reason is not None:
+        raise ConfigError(f"{out}: cannot write there: nothing can be created in {nearest} ({reason})")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..images import load_image
     from ..sam import SamConceptGenerator
@@ -51,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     check_sam_limits(args)
     resolve_models(args)
     out = npz_path(args.out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise ConfigError(f"{out}: cannot write there (a folder has that name, or the parent folder is missing)")
+    check_npz_destination(out)  # before any work
     image = load_image(args.image)
     runtime = runtime_from_args(args)
     generator = SamConceptGenerator.from_folder(args.sam, session_options=runtime, verify=not args.no_verify,
@@ -65,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
         concepts = generator(crop, frame)
     else:
         concepts = generator.generate(image)
-    concepts.save(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: numpy would append ".npz" to the temporary name
+            concepts.save(handle)
+
+    write_file(out, write)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in concepts.timings.items())
     print(f"{len(concepts)} concepts ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
     return 0

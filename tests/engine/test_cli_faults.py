@@ -288,6 +288,33 @@ def test_concepts_reports_the_file_it_writes(tmp_path):
     assert npz_path(str(tmp_path / "b.npz")) == tmp_path / "b.npz"
 
 
+def _concepts(ws: Path, out: str, image: str = "images/s0.png") -> list[str]:
+    return ["concepts", str(ws / image), "--sam", "demo", "--out", out]
+
+
+def test_concepts_creates_the_folders_of_its_file(workspace, capsys):
+    # explain made missing parent folders, concepts refused them ("the parent folder is missing")
+    out = workspace / "a" / "b" / "c.npz"
+    assert main(_concepts(workspace, str(out))) == 0
+    assert str(out) in capsys.readouterr().out
+    from eac.engine.concepts import Concepts
+
+    assert len(Concepts.load(str(out))) >= 2
+    assert [p.name for p in out.parent.iterdir()] == ["c.npz"]  # no temporary file left
+
+
+@pytest.mark.parametrize("out, image, fragment", [
+    ("images.npz", "images/s0.png", "is a folder; give a file path"),  # a folder of that name
+    ("afile/c.npz", "images/s0.png", "cannot create its folder, "),  # under a file
+    ("c.npz", "images", "is a folder, not an image file; give one image (`eac explain FOLDER`"),
+])
+def test_concepts_destination_and_image_errors_are_one_line(workspace, capsys, out, image, fragment):
+    (workspace / "images.npz").mkdir()
+    assert main(_concepts(workspace, str(workspace / out), image)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+
+
 # --------------------------------------------------------------------------- kills and races
 _RUN = textwrap.dedent(
     """
