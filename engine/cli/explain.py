@@ -257,9 +257,10 @@ def run(args: argparse.Namespace) -> int:
             record.pop("masks_file", None)
             record.pop("crop_file", None)
         results.append(record)
-        print(f"{path} → {folder}" if folder is not None else f"{path}:", file=log)
+        # through tqdm: the bar (stderr) is cleared for each line and redrawn below it, never written into
+        tqdm.write(f"{path} → {folder}" if folder is not None else f"{path}:", file=log)
         for line in summary_lines(explanation, args.top_k):
-            print(line, file=log)
+            tqdm.write(line, file=log)
         if explanation.num_concepts == 0:
             _fail(failures, path, f"no concepts; {zero_concepts_hint(args)}", args)
     seconds = time.perf_counter() - start
@@ -286,7 +287,7 @@ def _fail(failures: list[dict[str, str]], path: Path, message: str, args: argpar
     prefix = f"{path}: "
     message = message[len(prefix):] if message.startswith(prefix) else message
     failures.append({"image": str(path), "error": message})
-    print(f"eac: error: {path}: {message}", file=sys.stderr)
+    tqdm.write(f"eac: error: {path}: {message}", file=sys.stderr)  # clears the progress bar first
 
 
 # ---------------------------------------------------------------------- many images: one table

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -130,3 +133,31 @@ def test_evaluation_budget_flag(tmp_path, demo_classifier_folder, capsys):
     assert "raise --evaluations to" in capsys.readouterr().err
     assert main([*base, str(tmp_path / "c"), "--evaluations", "64", "--method", "loo"]) != 0
     assert "does not apply" in capsys.readouterr().err
+
+
+def _as_shown(line: str) -> str:
+    """What a terminal shows for one output line: each carriage return goes back to column 0 and overwrites."""
+    shown: list[str] = []
+    for part in line.split("\r"):
+        shown = list(part) + shown[len(part):]
+    return "".join(shown).rstrip()
+
+
+def test_per_image_lines_are_not_written_into_the_progress_bar(tmp_path):
+    # the bar (stderr) and the per-image lines (stdout) share a terminal: printed plainly, a line began
+    # right after the bar's text ("…[00:00<?, ?image/s, s1.png]imgs/s1.png → out/s1")
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(3):
+        cv2.imwrite(str(images / f"s{seed}.png"), make_scene(np.random.default_rng(seed), 128).image[..., ::-1])
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from eac.engine.cli import main; raise SystemExit(main(sys.argv[1:]))",
+         "explain", str(images), "--classifier", "demo", "--concepts", "grid", "--n-segments", "4",
+         "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})  # both streams in the order written, as on a terminal
+    assert proc.returncode == 0, proc.stdout
+    assert "explaining:" in proc.stdout  # the bar was drawn
+    shown = [_as_shown(line) for line in proc.stdout.split("\n")]
+    arrows = [line for line in shown if "→" in line]
+    assert len(arrows) == 3 and all(line.startswith(str(images)) for line in arrows), arrows
