@@ -153,7 +153,9 @@ class Classifier:
         Parameters
         ----------
         folder : path-like
-            Written by ``eac export classifier`` or ``eac import-onnx``.
+            Written by ``eac export classifier`` or ``eac import-onnx``; or the name of a
+            shipped classifier (``"demo"`` exactly; a folder of that name is ``"./demo"``), as on
+            the command line.
         session_options : Runtime or SessionOptions, optional
             Providers and threads (default: ``"auto"`` providers).
         verify : bool
@@ -171,6 +173,9 @@ class Classifier:
         ManifestVersionError
             The manifest comes from a newer eac.
         """
+        from .shipped import resolve_model_folder
+
+        folder = resolve_model_folder("classifier", folder)
         manifest = ClassifierManifest.read(folder)
         if verify:
             verify_files(folder, manifest)

@@ -233,6 +233,8 @@ class SamConceptGenerator:
         Parameters
         ----------
         folder : path-like
+            Written by ``eac export sam``; or the name of a shipped SAM (``"demo"``
+            exactly; a folder of that name is ``"./demo"``), as on the command line.
         session_options : Runtime or SessionOptions, optional
             Providers and their options (``auto`` by default).
         verify : bool
@@ -250,6 +252,9 @@ class SamConceptGenerator:
         ModelFolderError
             Not a SAM folder, missing, damaged or unloadable files.
         """
+        from .shipped import resolve_model_folder
+
+        folder = resolve_model_folder("sam", folder)
         manifest = SamManifest.read(folder)
         recommended = manifest.recommended_settings
         where = f"{Path(folder) / MANIFEST_NAME}: {RECOMMENDED_SETTINGS_KEY}"

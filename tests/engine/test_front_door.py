@@ -96,6 +96,18 @@ def test_names_resolve_to_the_shipped_folders_even_beside_a_folder_of_that_name(
         resolve_model_folder("tokenizer", "demo")
 
 
+def test_the_python_api_takes_the_shipped_names_too(tmp_path, monkeypatch):
+    # Classifier.from_folder("demo") said "demo: no such model folder" while every command took the name
+    from eac.engine import Classifier, SamConceptGenerator
+
+    monkeypatch.chdir(tmp_path)
+    assert Classifier.from_folder("demo").folder == demo_classifier_path()
+    assert SamConceptGenerator.from_folder("demo").settings.prompt_schedule == "coarse-to-fine"  # its manifest's
+    (tmp_path / "demo").mkdir()
+    with pytest.raises(ModelFolderError, match="no manifest.json"):  # a folder of that name, given as a path
+        Classifier.from_folder("./demo")
+
+
 def test_explain_takes_the_demo_classifier_by_name(tmp_path, capsys):
     image = scene_png(tmp_path / "s.png", 1)
     assert main(["explain", str(image), "--classifier", "demo", *FAST, "--out", str(tmp_path / "o"),
