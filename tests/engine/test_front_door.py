@@ -104,7 +104,7 @@ def test_the_python_api_takes_the_shipped_names_too(tmp_path, monkeypatch):
     assert Classifier.from_folder("demo").folder == demo_classifier_path()
     assert SamConceptGenerator.from_folder("demo").settings.prompt_schedule == "coarse-to-fine"  # its manifest's
     (tmp_path / "demo").mkdir()
-    with pytest.raises(ModelFolderError, match="no manifest.json"):  # a folder of that name, given as a path
+    with pytest.raises(ModelFolderError, match=r"no manifest\.json"):  # a folder of that name, given as a path
         Classifier.from_folder("./demo")
 
 
