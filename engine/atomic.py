@@ -197,8 +197,14 @@ def cannot_create_in(folder: Path) -> str | None:
     try:
         probe = Path(tempfile.mkdtemp(prefix=PROBE_PREFIX, dir=folder))
     except OSError as exc:
+        if exc.errno == errno.ENOENT and folder.is_dir():
+            # /proc answers "No such file or directory" for a folder that is plainly there
+            return "its filesystem does not allow new entries"
         return os_reason(exc)
-    probe.rmdir()
+    try:
+        probe.rmdir()
+    except OSError:  # pragma: no cover - removed by someone else meanwhile; nothing of ours is left
+        pass
     return None
 
 

@@ -315,6 +315,33 @@ def test_concepts_destination_and_image_errors_are_one_line(workspace, capsys, o
     assert len(err.splitlines()) == 1 and fragment in err, err
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc: where nothing can be created, even by root")
+@pytest.mark.parametrize("argv", [
+    lambda ws: ["explain", str(ws / "images/s0.png"), "--classifier", "demo", "--sam", "demo", "--out", "/proc/eac-o"],
+    lambda ws: _concepts(ws, "/proc/eac-c.npz"),
+], ids=["explain", "concepts"])
+def test_an_out_nothing_can_be_created_in_fails_before_any_model_is_loaded(argv, workspace, capsys, monkeypatch):
+    # os.access said yes to root for /proc: `eac explain IMG --sam demo --out /proc/x` loaded both models,
+    # explained the image and only then failed (exit 1)
+    from eac.engine.classifier import Classifier
+    from eac.engine.sam import SamConceptGenerator
+
+    loaded: list[str] = []
+    for cls in (Classifier, SamConceptGenerator):
+        real = cls.from_folder
+
+        def counted(owner, *args, _real=real, **kwargs):
+            loaded.append(owner.__name__)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_folder", classmethod(counted))
+    code = main(argv(workspace))
+    err = capsys.readouterr().err
+    assert (code, loaded) == (2, []), err
+    assert err.splitlines() == [err.strip()] and "nothing can be created in /proc (its filesystem does not " \
+        "allow new entries)" in err, err  # one line, and not /proc's own "No such file or directory"
+
+
 # --------------------------------------------------------------------------- kills and races
 _RUN = textwrap.dedent(
     """
