@@ -25,6 +25,7 @@ import argparse  # noqa: E402 - after the BLAS setting above
 import sys  # noqa: E402 - after the BLAS setting above
 import traceback  # noqa: E402 - after the BLAS setting above
 from collections.abc import Sequence  # noqa: E402 - after the BLAS setting above
+from typing import NoReturn  # noqa: E402 - after the BLAS setting above
 
 from ..errors import EacError  # noqa: E402 - after the BLAS setting above
 from . import bench, concepts, demo, explain, export, runreport, sanity, serve  # noqa: E402 - after the BLAS setting
@@ -35,9 +36,20 @@ EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line (``eac: error: ...``) instead of the usage block.
+
+    Subcommand parsers are made of the same class, so ``eac explain --workers 0`` prints
+    ``eac: error: argument --workers: must be at least 1, got 0 (see `eac explain --help`)``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"eac: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``eac`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="eac",
         description="Explain Any Concept with ONNX Runtime: SAM concepts, Shapley values, no torch at run time.",
     )

@@ -60,7 +60,7 @@ class Case:
     exists: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
     err_lines: int = 1
-    usage: bool = False  # argparse usage errors print a usage line before the error line
+    usage: bool = False  # a parser error (SystemExit): one line too, no usage block (it printed ~20 lines)
     setup: object = None
     extra: dict = field(default_factory=dict)
 
@@ -119,6 +119,9 @@ def test_fault_table(case, workspace, capsys):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == case.err_lines, err
+    if case.usage:
+        assert err.strip().splitlines() == errors and errors[0].startswith("eac: error: argument "), err
+        assert errors[0].endswith("(see `eac explain --help`)"), err
     assert case.err in errors[0], err
     for rel in case.exists:
         assert (workspace / rel).exists(), rel
