@@ -138,6 +138,9 @@ class Eac(Method):
         least = minimum_evaluations(n)
         if cap < least and 2**n > cap:
             if o["max_evaluations"] is not None:
+                if 2**n < least:  # every coalition is fewer: enumerated, the values are exact
+                    raise ExplainError(f"eac needs at least {2**n} evaluations for {n} concepts (every coalition, "
+                                       f"2^{n}: exact values); raise --evaluations to {2**n}")
                 raise ExplainError(f"eac needs at least {least} evaluations for {n} concepts "
                                    f"({MIN_STRATUM_DRAWS} coalition pairs per size); raise --evaluations to {least}")
             info["budget_raised_to"] = least  # the default budget, too small for this many concepts

@@ -135,6 +135,19 @@ def test_evaluation_budget_flag(tmp_path, demo_classifier_folder, capsys):
     assert "does not apply" in capsys.readouterr().err
 
 
+def test_a_budget_below_the_minimum_asks_for_what_is_needed(tmp_path, demo_classifier_folder, capsys):
+    # 4 concepts: 16 coalitions are all of them (exact values); the message asked for 18
+    _write_scene(tmp_path / "scene.png", 11)
+    base = ["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+            "--concepts", "grid", "--n-segments", "4", "--json", "--out"]
+    assert main([*base, str(tmp_path / "a"), "--evaluations", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "raise --evaluations to 16" in err and "every coalition" in err, err
+    assert main([*base, str(tmp_path / "b"), "--evaluations", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["num_concepts"] == 4 and result["info"]["stop_reason"] == "enumerated"
+
+
 def _as_shown(line: str) -> str:
     """What a terminal shows for one output line: each carriage return goes back to column 0 and overwrites."""
     shown: list[str] = []
