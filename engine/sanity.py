@@ -105,6 +105,15 @@ def critical_similarity(concept_counts: Sequence[int]) -> float:
     return float(z * math.sqrt(sum(1.0 / (n - 1) for n in counts)) / len(counts))
 
 
+def fewest_testable_concepts() -> int:
+    """The fewest concepts at which a verdict can be ``pass``: :func:`critical_similarity` below 1 (4 at 5 %).
+
+    With fewer, no Spearman correlation is significant and every verdict is ``inconclusive``.
+    """
+    z = NormalDist().inv_cdf(1.0 - SIGNIFICANCE)
+    return max(MIN_CONCEPTS, math.floor(1.0 + z * z) + 1)
+
+
 def similarity(values: np.ndarray, reference: np.ndarray) -> float:
     """Spearman's ρ of two value vectors (N); 0 when ``values`` is constant, NaN when ``reference`` is."""
     values, reference = np.asarray(values, np.float64), np.asarray(reference, np.float64)
@@ -308,7 +317,12 @@ class SanityReport:
                          f"{_fmt(r.top_k_kept, 2):>11} {_fmt(self.probabilities[i], 3):>9} {r.scale:>11.3g}  "
                          f"{step.label}")
         kinds = [kind for kind in ("cascading", "data") if self.indices(kind)]
+        few = self.critical >= 1.0  # no correlation can be significant: inconclusive whatever the values
         for kind in kinds:
+            if few:
+                lines.append(f"  {kind}: INCONCLUSIVE (too few concepts: {self.n_concepts}; the check needs at "
+                             f"least {fewest_testable_concepts()})")
+                continue
             lines.append(f"  {kind}: {self.verdict(method, kind).upper()} (final Spearman "
                          f"{_fmt(self.final_similarity(method, kind), 3)}, pass below {self.critical:.2f}; "
                          f"rerun {_fmt(self.rerun_similarity(method), 3)})")
@@ -447,6 +461,7 @@ __all__ = [
     "StepResult",
     "compare_models",
     "critical_similarity",
+    "fewest_testable_concepts",
     "fixed_budget_options",
     "randomised_models",
     "registered_method",

@@ -21,7 +21,7 @@ from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..errors import ConfigError, ExplainError
 from ..images import DEFAULT_MAX_PIXELS
 from ..methods import method_names
-from ..sanity import SIGNIFICANCE
+from ..sanity import SIGNIFICANCE, fewest_testable_concepts
 from .explain import CONCEPT_KINDS, concept_source_from_args, method_options
 from .options import (
     add_sam_args,
@@ -177,8 +177,13 @@ def run(args: argparse.Namespace) -> int:
     log(f"{args.image}: {report.n_concepts} concepts, class {report.target}{label} "
         f"(p={report.probabilities[0]:.3f} on the original), {len(randomiser.layers)} layers, "
         f"{' and '.join(modes)} randomisation (seed {args.randomise_seed})")
-    log(f"pass: final Spearman below {report.critical:.2f}, the one-sided {SIGNIFICANCE:.0%} critical value for "
-        f"an unrelated ranking of {report.n_concepts} concepts")
+    if report.critical >= 1.0:
+        log(f"criterion: none can be met with {report.n_concepts} concepts (the one-sided {SIGNIFICANCE:.0%} "
+            f"critical value of Spearman is {report.critical:.2f}, above 1): every verdict is inconclusive; "
+            f"give an image or concepts with at least {fewest_testable_concepts()} (e.g. --concepts grid)")
+    else:
+        log(f"criterion: pass when the final Spearman is below {report.critical:.2f}, the one-sided "
+            f"{SIGNIFICANCE:.0%} critical value for an unrelated ranking of {report.n_concepts} concepts")
     for name in report.methods:
         log("")
         log(f"method {name}")

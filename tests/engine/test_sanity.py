@@ -22,6 +22,7 @@ from eac.engine.sanity import (
     top_k_kept,
     verdict,
 )
+from eac.engine.scenes import make_scene
 
 #: Random rankings drawn to check the threshold's false-alarm rate, and the band it must fall in.
 NULL_DRAWS = 4000
@@ -146,3 +147,21 @@ def test_cli_sanity_takes_the_shipped_classifier_by_name(tmp_path, capsys):
     assert main(["sanity", str(image), "--classifier", "demo", "--list-layers"]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
     assert len(listed) == len(ModelRandomiser(str(demo_classifier_path())).layers) > 0
+
+
+def test_too_few_concepts_say_so_instead_of_a_threshold_above_one(tmp_path, capsys):
+    """3 concepts: the 5 % critical value of Spearman is 1.16, so no verdict can be ``pass``; the output said
+    "pass: final Spearman below 1.16" and "INCONCLUSIVE (final Spearman -1.000, pass below 1.16 ...)"."""
+    from eac.engine.sanity import critical_similarity, fewest_testable_concepts
+
+    assert fewest_testable_concepts() == 4
+    assert critical_similarity([4]) < 1.0 <= critical_similarity([3])
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), make_scene(np.random.default_rng(0), 128).image[..., ::-1])  # `eac demo`'s scene
+    assert main(["sanity", str(image), "--classifier", "demo", "--sam", "demo", "--method", "eac",
+                 "--out", str(tmp_path / "s")]) == 0
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "3 concepts" in text and "criterion: none can be met with 3 concepts" in text, text
+    assert "cascading: INCONCLUSIVE (too few concepts: 3; the check needs at least 4)" in text, text
+    assert "below 1.16" not in text
