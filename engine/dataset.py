@@ -707,20 +707,36 @@ def part_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def _winners(files: list[Path]) -> list[Any]:
-    """Per file, the row indices to keep: the newest row of each key, ok rows before failed ones."""
+    """Per file, the row indices to keep: the newest row of each key, ok rows before failed ones.
+
+    A failure is also dropped when a later row exists for the same image path, settings and
+    target with other bytes: the file was repaired or replaced and tried again.
+    """
     _, pq = _pyarrow()
     best: dict[tuple, tuple] = {}
+    newest: dict[tuple, tuple] = {}  # (image, settings_hash, target_index) → its latest row's stamp
     for f, path in enumerate(files):
         keys = pq.read_table(path, columns=[*KEY_COLUMNS, "status", "finished_at"]).to_pylist()
         for r, row in enumerate(keys):
             key = tuple(row[c] for c in KEY_COLUMNS)
-            rank = (row["status"] == STATUS_OK, row["finished_at"] or "", f, r)
+            stamp = (row["finished_at"] or "", f, r)
+            rank = (row["status"] == STATUS_OK, *stamp)
             if key not in best or rank > best[key]:
                 best[key] = rank
+            path_key = _path_key(row)
+            if path_key not in newest or stamp > newest[path_key]:
+                newest[path_key] = stamp
     keep: list[list[int]] = [[] for _ in files]
-    for _, _, f, r in best.values():
-        keep[f].append(r)
+    for key, (ok, *stamp) in best.items():
+        if not ok and newest[_path_key(dict(zip(KEY_COLUMNS, key, strict=True)))] != tuple(stamp):
+            continue
+        keep[stamp[1]].append(stamp[2])
     return [sorted(k) for k in keep]
+
+
+def _path_key(row: dict[str, Any]) -> tuple:
+    """A row's image path, settings and target: its key without the image's bytes."""
+    return tuple(row[c] for c in KEY_COLUMNS if c != "image_sha256")
 
 
 def read_table(out: str | os.PathLike, columns: Sequence[str] | None = None) -> Any:

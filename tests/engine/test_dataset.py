@@ -107,6 +107,11 @@ def test_a_bad_image_is_a_failure_row_and_the_run_goes_on(tmp_path, capsys):
     summary = json.loads((out / ds.SUMMARY_NAME).read_text())
     assert summary["counts"]["skipped"] == 2 and summary["counts"]["failed"] == 1
     assert ds.read_table(out).num_rows == 3
+    # repaired (other bytes, same path): its result replaces the failure in the table and the report's rows
+    write_scenes(tmp_path / "fixed", 1, first_seed=7)[0].replace(images / "broken.png")
+    assert main(explain_args(images, out, "--format", "parquet")) == 0
+    rows = ds.read_table(out).to_pylist()
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "ok"], rows  # the failure row was kept beside it
 
 
 def test_rle_masks_and_values_match_the_python_api(tmp_path):
