@@ -49,6 +49,52 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+
+def resolve_targets(target: TargetLike, num_classes: int, labels: Sequence[str] | None) -> tuple[list[int], bool]:
+    """Class indices of a target given as an index, a label (any case), a digit string, or several of them.
+
+    Parameters
+    ----------
+    target : int, str or sequence of them
+    num_classes : int
+        K, the classifier's number of classes.
+    labels : sequence of str, optional
+        The classifier's class names (K), if it has them.
+
+    Returns
+    -------
+    (list of int, bool)
+        The indices, and whether one target was given (not a sequence).
+
+    Raises
+    ------
+    ExplainError
+        An empty sequence, an unknown name, a name without labels, or an index outside 0..K-1 (one line).
+    """
+    k = int(num_classes)
+    single = isinstance(target, (int, np.integer, str))
+    items = [target] if single else list(target)
+    if not items:
+        raise ExplainError("no target class given; name at least one or leave the target out for the top-1 class")
+    out = []
+    for t in items:
+        if isinstance(t, str):
+            if t.strip().lstrip("-").isdigit():
+                t = int(t)
+            elif labels:
+                lowered = [str(lab).lower() for lab in labels]
+                if t.lower() not in lowered:
+                    raise ExplainError(f"class name {t!r} is not one of the classifier's labels "
+                                       f"(e.g. {', '.join(map(str, labels[:5]))})")
+                t = lowered.index(t.lower())
+            else:
+                raise ExplainError(f"class name {t!r} given but the classifier has no labels; give a class index")
+        if not isinstance(t, (int, np.integer)) or not 0 <= int(t) < k:
+            raise ExplainError(f"target class {t} is out of range: the classifier has {k} classes (0..{k - 1})")
+        out.append(int(t))
+    return out, single
+
+
 class Explainer:
     """Explain a classifier's predictions with concepts; reusable across images and threads.
 
@@ -121,31 +167,9 @@ class Explainer:
         return Concepts(masks, None, "masks", frame)
 
     def _targets(self, target: TargetLike, full_logits: np.ndarray) -> tuple[list[int], bool]:
-        k = int(self.classifier.num_classes)
-        labels = getattr(self.classifier, "labels", None)
         if target is None:
             return [int(np.argmax(full_logits))], True
-        single = isinstance(target, (int, np.integer, str))
-        items = [target] if single else list(target)
-        if not items:
-            raise ExplainError("no target class given; name at least one or leave the target out for the top-1 class")
-        out = []
-        for t in items:
-            if isinstance(t, str):
-                if t.strip().lstrip("-").isdigit():
-                    t = int(t)
-                elif labels:
-                    lowered = [str(lab).lower() for lab in labels]
-                    if t.lower() not in lowered:
-                        raise ExplainError(f"class name {t!r} is not one of the classifier's labels "
-                                           f"(e.g. {', '.join(map(str, labels[:5]))})")
-                    t = lowered.index(t.lower())
-                else:
-                    raise ExplainError(f"class name {t!r} given but the classifier has no labels; give a class index")
-            if not isinstance(t, (int, np.integer)) or not 0 <= int(t) < k:
-                raise ExplainError(f"target class {t} is out of range: the classifier has {k} classes (0..{k - 1})")
-            out.append(int(t))
-        return out, single
+        return resolve_targets(target, int(self.classifier.num_classes), getattr(self.classifier, "labels", None))
 
     # ------------------------------------------------------------------ main
     def explain(self, image: Any, concepts: ConceptsLike, target: TargetLike = None) -> Explanation:

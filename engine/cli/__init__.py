@@ -34,6 +34,8 @@ from . import bench, concepts, demo, explain, export, runreport, sanity, serve  
 SUBCOMMANDS = (export, concepts, explain, demo, runreport, sanity, serve, bench)
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
+#: Exit code when the output's reader closed the pipe (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -95,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eac: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`eac ... | head`): stop quietly, as other commands do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit must not fail again
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

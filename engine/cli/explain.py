@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..batching import DEFAULT_BATCH_SIZE
 from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..distribution import install_hint
-from ..errors import ConfigError, EacError, ImageError
+from ..errors import ConfigError, EacError, ExplainError, ImageError
 from ..images import DEFAULT_MAX_PIXELS, list_images, load_image
 from ..methods import get_method, method_names, registry
 from ..sources import DEFAULT_SEGMENTS
@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ImageError(f"no images found in {' '.join(args.images)}")
     resolve_models(args)
+    check_target_flag(args)
     if _dataset_mode(args):
         if args.out is None:
             raise ConfigError("--format parquet writes a table: give --out FOLDER")
@@ -274,6 +275,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"eac: {done} of {len(paths)} images explained in {seconds:.1f}s"
           + (f"; {len(failures)} failed" if failures else "") + where, file=sys.stderr)
     return EXIT_SOME_FAILED if failures else 0
+
+
+def check_target_flag(args: argparse.Namespace) -> None:
+    """ConfigError (exit 2, before any work) when ``--target`` names no class of the classifier.
+
+    The classifier's manifest has its class count and labels; nothing is loaded. (Refused per
+    image, a wrong name was one failure per image, exit 1.)
+    """
+    if not args.target:
+        return
+    from ..explainer import resolve_targets
+    from ..manifest import ClassifierManifest
+
+    manifest = ClassifierManifest.read(args.classifier)
+    target = args.target[0] if len(args.target) == 1 else list(args.target)
+    try:
+        resolve_targets(target, manifest.num_classes, manifest.labels)
+    except ExplainError as exc:
+        raise ConfigError(f"--target: {exc}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
