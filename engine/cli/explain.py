@@ -343,6 +343,9 @@ def run_dataset_command(args: argparse.Namespace, paths: list[Path]) -> int:
         if total > todo:
             print(f"eac: {total - todo} of {total} images already in {table_path(args.out)} (or their bytes, under "
                   "another name: their rows are copied); skipping them", file=sys.stderr)
+            if args.overlays:
+                print(f"eac: --overlays draws the images explained now, not those {total - todo} (`eac report "
+                      f"{args.out}` draws every row's overlay; or explain into a new --out)", file=sys.stderr)
         if todo:
             bars.append(tqdm(total=todo, desc="explaining", unit="image", disable=args.no_progress,
                              file=sys.stderr))

@@ -114,6 +114,19 @@ def test_a_bad_image_is_a_failure_row_and_the_run_goes_on(tmp_path, capsys):
     assert sorted(r["status"] for r in rows) == ["ok", "ok", "ok"], rows  # the failure row was kept beside it
 
 
+def test_overlays_asked_on_a_rerun_say_which_images_get_none(tmp_path, capsys):
+    # --overlays added on a re-run drew nothing for the images already done, without a word
+    images = tmp_path / "images"
+    write_scenes(images, 2)
+    out = tmp_path / "out"
+    assert main(explain_args(images, out, "--format", "parquet")) == 0
+    capsys.readouterr()
+    assert main(explain_args(images, out, "--format", "parquet", "--overlays")) == 0
+    err = capsys.readouterr().err
+    assert "--overlays draws the images explained now, not those 2" in err and f"eac report {out}" in err
+    assert not (out / ds.OVERLAY_DIR).exists()
+
+
 def test_rle_masks_and_values_match_the_python_api(tmp_path):
     from eac.engine import Classifier, Explainer
     from eac.engine.sources import make_source
