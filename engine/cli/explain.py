@@ -356,10 +356,25 @@ def run_dataset_command(args: argparse.Namespace, paths: list[Path]) -> int:
         if not result.ok:
             tqdm.write(f"eac: error: {result.image}: {result.error}", file=sys.stderr)
 
+    done: list[int] = []  # images with a row written during this run
+
+    def on_result_counted(result) -> None:
+        done.append(1)
+        on_result(result)
+
     try:
         summary = run_dataset(paths, args.out, config, workers=args.workers or 1, ray=args.ray,
                               ray_actors=args.workers if args.ray is not None else None,
-                              part_images=args.part_images, on_plan=on_plan, on_result=on_result)
+                              part_images=args.part_images, on_plan=on_plan, on_result=on_result_counted)
+    except KeyboardInterrupt:
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        print(f"eac: interrupted after {len(done)} image(s) of this run; what was saved stays in "
+              f"{table_path(args.out)}: the same command resumes where it stopped", file=sys.stderr)
+        from . import EXIT_INTERRUPTED
+
+        return EXIT_INTERRUPTED
     finally:
         for bar in bars:
             bar.close()

@@ -127,6 +127,34 @@ def test_overlays_asked_on_a_rerun_say_which_images_get_none(tmp_path, capsys):
     assert not (out / ds.OVERLAY_DIR).exists()
 
 
+def test_ctrl_c_says_what_was_saved_and_that_the_command_resumes(tmp_path):
+    # it printed only "eac: interrupted"
+    images = tmp_path / "images"
+    write_scenes(images, 8)
+    out = tmp_path / "out"
+    argv = [*explain_args(images, out, "--format", "parquet", "--part-images", "1")]
+    argv[argv.index("--evaluations") + 1] = "2048"  # slow enough to be stopped midway
+    argv[argv.index("--n-segments") + 1] = "24"
+    run = [sys.executable, "-c", "import sys; from eac.engine.cli import main; raise SystemExit(main(sys.argv[1:]))"]
+    proc = subprocess.Popen([*run, *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ds.table_path(out).is_dir() and ds.read_table(out).num_rows >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eac: interrupted after ") and "resumes" in lines[0], err
+    saved = ds.read_table(out).num_rows
+    assert 1 <= saved < 8
+    assert main(argv) == 0
+    assert ds.read_table(out).num_rows == 8
+
+
 def test_rle_masks_and_values_match_the_python_api(tmp_path):
     from eac.engine import Classifier, Explainer
     from eac.engine.sources import make_source
