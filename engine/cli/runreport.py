@@ -44,5 +44,11 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     extra = "".join([f", {summary.failed} failed" if summary.failed else "",
                      f", {summary.problems} images not shown (see the page)" if summary.problems else ""])
-    print(f"wrote {summary.page} ({summary.images} images, {summary.rows} rows{extra}); it opens offline")
+    print(f"wrote {summary.page} ({_count(summary.images, 'image')}, {_count(summary.rows, 'row')}{extra}); "
+          "it opens offline")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
