@@ -124,9 +124,10 @@ def _pictures(run: Run, data: PageData, folder: Path, top_k: int, concepts: int,
               progress: Callable[[int, int], None] | None) -> None:
     """Overlays and thumbnails of every explained row; the best concepts' cut-outs."""
     best: list[tuple[float, int, int, bytes, list[str], int, int]] = []  # a min-heap of (value, row, rank, ...)
+    names = short_names([row.image for row in run.rows])
     for k, row in enumerate(run.rows):
         if row.ok:
-            _row_pictures(row, k, data, folder, top_k, concepts, best)
+            _row_pictures(row, names[row.image], k, data, folder, top_k, concepts, best)
         if progress is not None:
             progress(k + 1, len(run.rows))
     for j, (_, _, _, png, caption, w, h) in enumerate(sorted(best, reverse=True)):
@@ -135,7 +136,29 @@ def _pictures(run: Run, data: PageData, folder: Path, top_k: int, concepts: int,
         data.concepts.append(Card(f"{FILES_NAME}/{name}", f"{FILES_NAME}/{name}", caption, w, h))
 
 
-def _row_pictures(row: ReportRow, k: int, data: PageData, folder: Path, top_k: int, concepts: int,
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Each image path's shortest ending (whole path components) that no other path of the run ends with.
+
+    Captions name images by it: ``s1.png`` while it is unique, ``imgs/s1.png`` and ``imgs2/s1.png`` when two
+    folders hold an ``s1.png``.
+
+    Examples
+    --------
+    >>> short_names(["a/s1.png", "b/s1.png", "a/s2.png"])
+    {'a/s1.png': 'a/s1.png', 'b/s1.png': 'b/s1.png', 'a/s2.png': 's2.png'}
+    """
+    parts = {p: Path(p).parts or (p,) for p in dict.fromkeys(paths)}  # first-seen order
+    out = {}
+    for path, own in parts.items():
+        for depth in range(1, len(own) + 1):
+            tail = own[-depth:]
+            if not any(other != path and theirs[-depth:] == tail for other, theirs in parts.items()):
+                break
+        out[path] = str(Path(*tail))
+    return out
+
+
+def _row_pictures(row: ReportRow, name: str, k: int, data: PageData, folder: Path, top_k: int, concepts: int,
                   best: list) -> None:
     try:
         expl = row.explanation()
@@ -153,8 +176,7 @@ def _row_pictures(row: ReportRow, k: int, data: PageData, folder: Path, top_k: i
     _write_jpeg(folder / f"t{k}.jpg", cv2.resize(picture, size, interpolation=cv2.INTER_AREA), JPEG_QUALITY)
     p = "" if row.probability is None else f"p = {row.probability:.3g}, "
     top = "" if row.top_value is None else f"top {format_value(row.top_value, row.top_stderr)}"
-    data.thumbs[k] = Card(f"{FILES_NAME}/t{k}.jpg", f"{FILES_NAME}/{full}", [Path(row.image).name, f"{p}{top}"],
-                          *size)
+    data.thumbs[k] = Card(f"{FILES_NAME}/t{k}.jpg", f"{FILES_NAME}/{full}", [name, f"{p}{top}"], *size)
     if row.image_problem or not concepts:
         return
     values = expl.values_2d[0]
@@ -168,7 +190,7 @@ def _row_pictures(row: ReportRow, k: int, data: PageData, folder: Path, top_k: i
         if not ok:
             continue
         se = None if stderr is None else float(stderr[0][i])
-        caption = [format_value(value, se), f"{row.class_name}: #{rank} of {Path(row.image).name}"]
+        caption = [format_value(value, se), f"{row.class_name}: #{rank} of {name}"]
         entry = (value, -k, -rank, buf.tobytes(), caption, cut.shape[1], cut.shape[0])
         if len(best) < concepts:
             heapq.heappush(best, entry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -230,3 +231,27 @@ def test_numbers_in_the_table_are_exact():
     value = 0.1 + 0.2
     assert float(exact(value)) == value and exact(None) == "" and exact(math.nan) == ""
     assert shown(0.30000000000000004, signed=True) == "+0.3" and shown(None) == ""
+
+
+def test_captions_name_images_by_their_shortest_unique_path():
+    from eac.engine.report.build import short_names
+
+    assert short_names(["a/s1.png", "b/s1.png", "a/s2.png"]) == {
+        "a/s1.png": "a/s1.png", "b/s1.png": "b/s1.png", "a/s2.png": "s2.png"}
+    assert short_names(["/x/a/s1.png", "/y/a/s1.png"]) == {"/x/a/s1.png": "x/a/s1.png", "/y/a/s1.png": "y/a/s1.png"}
+    assert short_names(["s1.png", "a/s1.png"]) == {"s1.png": "s1.png", "a/s1.png": "a/s1.png"}
+    assert short_names(["s1.png", "s1.png"]) == {"s1.png": "s1.png"}  # two rows (targets) of one image
+
+
+def test_a_run_over_two_folders_with_the_same_names_is_captioned_apart(tmp_path):
+    # captions said "scene0.png" for both folders' scene0.png: the gallery read as duplicates
+    for name in ("day1", "day2"):
+        _scenes(tmp_path / name, 1)
+    out = tmp_path / "run"
+    assert main(["explain", str(tmp_path / "day1"), str(tmp_path / "day2"), "--classifier",
+                 str(demo_classifier_path()), "--concepts", "grid", "--n-segments", SEGMENTS, "--out", str(out),
+                 "--format", "parquet", "--no-progress"]) == 0
+    assert main(["report", str(out), "--no-progress"]) == 0
+    html = (out / REPORT_NAME).read_text()
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html, flags=re.S)
+    assert captions and all(("day1/scene0.png" in c) != ("day2/scene0.png" in c) for c in captions), captions
