@@ -173,19 +173,36 @@ def check_destination(path: str | os.PathLike, marker: str, *, replace: bool = T
         raise error(f"{dest}: cannot write {a_what} as the filesystem root; give a folder below it")
     if dest.exists() and not dest.is_dir():
         raise error(f"{dest}: is a file, not a folder; give a folder path for the output")
-    nearest = dest.parent if replace else dest
-    while not nearest.exists():
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise error(f"{dest}: cannot create the output folder, {nearest} is a file")
-    reason = cannot_create_in(nearest)
-    if reason is not None:
+    blocked = creation_blocker(dest.parent if replace else dest)
+    if blocked is not None:
+        nearest, reason = blocked
+        if reason is None:
+            raise error(f"{dest}: cannot create the output folder, {nearest} is a file")
         raise error(f"{dest}: cannot write there: nothing can be created in {nearest} ({reason}); "
                     "give another output folder")
     if replace and _holds_foreign_files(dest, marker):
         raise error(f"{dest}: folder holds files that are not {a_what} and saving replaces the folder whole; "
                     "give a new or empty folder")
     return dest
+
+
+def creation_blocker(path: Path) -> tuple[Path, str | None] | None:
+    """What stops ``path`` (and its missing parent folders) from being created, or None when nothing does.
+
+    Returns
+    -------
+    (Path, str or None) or None
+        The nearest existing ancestor (or ``path`` itself) and, when it is a folder, why
+        nothing can be created in it (:func:`cannot_create_in`); None for the reason when it
+        is a file.
+    """
+    nearest = Path(path)
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return nearest, None
+    reason = cannot_create_in(nearest)
+    return None if reason is None else (nearest, reason)
 
 
 def cannot_create_in(folder: Path) -> str | None:

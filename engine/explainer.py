@@ -49,7 +49,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-
 def resolve_targets(target: TargetLike, num_classes: int, labels: Sequence[str] | None) -> tuple[list[int], bool]:
     """Class indices of a target given as an index, a label (any case), a digit string, or several of them.
 

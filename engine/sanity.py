@@ -267,6 +267,11 @@ class SanityReport:
         """The pass threshold of this image (:func:`critical_similarity`)."""
         return critical_similarity([self.n_concepts])
 
+    @property
+    def too_few_concepts(self) -> bool:
+        """No correlation can be significant (the threshold is 1 or more): inconclusive whatever the values."""
+        return self.critical >= 1.0
+
     def indices(self, kind: str) -> list[int]:
         """Step indices of one kind, in order."""
         return [i for i, s in enumerate(self.steps) if s.kind == kind]
@@ -317,9 +322,8 @@ class SanityReport:
                          f"{_fmt(r.top_k_kept, 2):>11} {_fmt(self.probabilities[i], 3):>9} {r.scale:>11.3g}  "
                          f"{step.label}")
         kinds = [kind for kind in ("cascading", "data") if self.indices(kind)]
-        few = self.critical >= 1.0  # no correlation can be significant: inconclusive whatever the values
         for kind in kinds:
-            if few:
+            if self.too_few_concepts:
                 lines.append(f"  {kind}: INCONCLUSIVE (too few concepts: {self.n_concepts}; the check needs at "
                              f"least {fewest_testable_concepts()})")
                 continue

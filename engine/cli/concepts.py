@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import cannot_create_in, write_file
+from ..atomic import creation_blocker, write_file
 from ..errors import ConfigError
 from .options import (
     MAX_POINTS_PER_SIDE,
@@ -52,13 +52,11 @@ def check_npz_destination(out: Path) -> None:
     """
     if out.is_dir():
         raise ConfigError(f"{out}: is a folder; give a file path for the concepts (.npz)")
-    nearest = out.parent
-    while not nearest.exists():
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise ConfigError(f"{out}: cannot create its folder, {nearest} is a file")
-    reason = cannot_create_in(nearest)
-    if reason is not None:
+    blocked = creation_blocker(out.parent)
+    if blocked is not None:
+        nearest, reason = blocked
+        if reason is None:
+            raise ConfigError(f"{out}: cannot create its folder, {nearest} is a file")
         raise ConfigError(f"{out}: cannot write there: nothing can be created in {nearest} ({reason})")
 
 

@@ -350,34 +350,30 @@ def run_dataset_command(args: argparse.Namespace, paths: list[Path]) -> int:
             bars.append(tqdm(total=todo, desc="explaining", unit="image", disable=args.no_progress,
                              file=sys.stderr))
 
+    done = [0]  # images with a row written during this run
+
     def on_result(result) -> None:
+        done[0] += 1
         for bar in bars:
             bar.update(1)
         if not result.ok:
             tqdm.write(f"eac: error: {result.image}: {result.error}", file=sys.stderr)
 
-    done: list[int] = []  # images with a row written during this run
-
-    def on_result_counted(result) -> None:
-        done.append(1)
-        on_result(result)
-
     try:
         summary = run_dataset(paths, args.out, config, workers=args.workers or 1, ray=args.ray,
                               ray_actors=args.workers if args.ray is not None else None,
-                              part_images=args.part_images, on_plan=on_plan, on_result=on_result_counted)
+                              part_images=args.part_images, on_plan=on_plan, on_result=on_result)
     except KeyboardInterrupt:
+        summary = None
+    finally:
         for bar in bars:
             bar.close()
-        bars.clear()
-        print(f"eac: interrupted after {len(done)} image(s) of this run; what was saved stays in "
+    if summary is None:
+        print(f"eac: interrupted after {done[0]} image(s) of this run; what was saved stays in "
               f"{table_path(args.out)}: the same command resumes where it stopped", file=sys.stderr)
         from . import EXIT_INTERRUPTED
 
         return EXIT_INTERRUPTED
-    finally:
-        for bar in bars:
-            bar.close()
     counts = summary["counts"]
     if args.json:
         json.dump(summary, sys.stdout, indent=1, allow_nan=False)

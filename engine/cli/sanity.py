@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"{args.image}: {report.n_concepts} concepts, class {report.target}{label} "
         f"(p={report.probabilities[0]:.3f} on the original), {len(randomiser.layers)} layers, "
         f"{' and '.join(modes)} randomisation (seed {args.randomise_seed})")
-    if report.critical >= 1.0:
+    if report.too_few_concepts:
         log(f"criterion: none can be met with {report.n_concepts} concepts (the one-sided {SIGNIFICANCE:.0%} "
             f"critical value of Spearman is {report.critical:.2f}, above 1): every verdict is inconclusive; "
             f"give an image or concepts with at least {fewest_testable_concepts()} (e.g. --concepts grid)")
