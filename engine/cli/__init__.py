@@ -81,6 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``eac`` with ``argv`` (default: the process arguments); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        code = _run(parser, args)
+        # Output to a pipe is buffered: a reader that went away shows at this flush, where it is handled, rather
+        # than at the interpreter's exit ("Exception ignored ... BrokenPipeError", exit 120).
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # the reader went away (`eac ... | head`): stop quietly, as other commands do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit must not fail again
+        return EXIT_BROKEN_PIPE
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command ``args`` names; eac's errors and Ctrl-C as one line and an exit code."""
     if not args.version and not getattr(args, "func", None):
         parser.print_help()
         return 1
@@ -97,10 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eac: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (`eac ... | head`): stop quietly, as other commands do
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's flush of stdout at exit must not fail again
-        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

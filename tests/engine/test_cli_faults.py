@@ -419,3 +419,25 @@ def test_every_command_with_a_point_grid_takes_the_flag_its_refusal_names(comman
     with pytest.raises(ConfigError, match="pass --allow-large"):
         check_sam_limits(args)
     check_sam_limits(parser.parse_args([*command, "--points-per-side", "200", "--allow-large"]))
+
+
+#: What the ``eac`` console script runs.
+_CONSOLE_SCRIPT = "import sys; from eac.engine.cli import main; sys.argv[0] = 'eac'; sys.exit(main())"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["demo", "--concepts", "superpixels"]],
+                         ids=["version", "demo"])
+def test_a_reader_that_went_away_ends_the_command_quietly(argv, tmp_path):
+    """``eac ... | head``: stdout is a pipe nobody reads any more. Without PYTHONUNBUFFERED (a user's shell) the
+    output sits in Python's buffer until exit, where the failed flush printed "Exception ignored ...
+    BrokenPipeError" and exited 120; it must end with the shell's code for SIGPIPE and say nothing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == 141
