@@ -28,8 +28,9 @@ from .values import plot_available, render_values_figure
 OVERLAY_NAME = "overlay.png"
 HEATMAP_NAME = "heatmap.png"
 VALUES_NAME = "values.png"
-#: Cut-out of the concept at a rank (1-based).
-CUTOUT_PATTERN = "concept_{rank}.png"
+#: Cut-out of a top concept: its rank (1-based) and its index, the number the ranking, the JSON and the overlay
+#: give it (``top1_concept2.png``: concept 2, ranked first).
+CUTOUT_PATTERN = "top{rank}_concept{index}.png"
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -62,7 +63,7 @@ def write_pictures(expl: Explanation, folder: Path, top_k: int) -> list[str]:
     if plot_available():
         pictures[VALUES_NAME] = render_values_figure(expl, top_k=top_k)
     for rank, i in enumerate(expl.top(top_k), start=1):
-        pictures[CUTOUT_PATTERN.format(rank=rank)] = cutout(expl.crop, expl.masks[i])
+        pictures[CUTOUT_PATTERN.format(rank=rank, index=i)] = cutout(expl.crop, expl.masks[i])
     for name, image in pictures.items():
         write_png(folder / name, image)
     return list(pictures)

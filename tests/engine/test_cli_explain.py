@@ -38,8 +38,8 @@ def test_demo_finds_the_red_shape(tmp_path, capsys):
     on_key = (masks[top] & scene.key_mask).sum() / masks[top].sum()
     assert on_key > 0.8
     assert data["info"]["metrics"]["insertion_auc"] > data["info"]["metrics"]["deletion_auc"]
-    for name in ("overlay.png", "concept_1.png", "input.png", "explanation.json"):
-        assert (tmp_path / "d" / name).is_file()
+    for name in ("overlay.png", f"top1_concept{top}.png", "input.png", "explanation.json"):
+        assert (tmp_path / "d" / name).is_file()  # the cut-out is named by rank and by the index the ranking prints
     # the shipped SAM's recommended prompts, recorded with the explanation; the reference grid is one flag away
     assert data["info"]["concept_settings"]["prompt_schedule"] == "coarse-to-fine"
     assert main(["demo", "--out", str(tmp_path / "g"), "--json", "--prompt-schedule", "grid"]) == 0

@@ -164,9 +164,9 @@ def test_json_has_one_shape_for_one_and_many_images(workspace, capsys):
 def test_rerun_into_the_same_out_leaves_no_stale_files(workspace, capsys):
     out = workspace / "o"
     assert main(_explain(workspace, "--out", str(out), "--top-k", "5")) == 0
-    assert (out / "concept_5.png").is_file()
+    assert len(list(out.glob("top5_concept*.png"))) == 1
     assert main(_explain(workspace, "--out", str(out), "--top-k", "2")) == 0
-    assert sorted(p.name for p in out.glob("concept_*.png")) == ["concept_1.png", "concept_2.png"]
+    assert sorted(p.name[:5] for p in out.glob("top*_concept*.png")) == ["top1_", "top2_"]
     assert not [p for p in workspace.iterdir() if p.name.startswith(".o")]  # no temporary folders left
 
 

@@ -110,8 +110,9 @@ def test_files_overlay_and_cutouts(expl, tmp_path):
     shown = overlay[MARGIN : MARGIN + h, MARGIN : MARGIN + w].astype(int)
     assert np.abs(shown - plain.astype(int))[best].mean() > 10
     for rank in (1, 2, 3):
-        cut = cv2.imread(str(tmp_path / f"concept_{rank}.png"), cv2.IMREAD_UNCHANGED)
-        mask = expl.masks[expl.top(3)[rank - 1]]
+        index = expl.top(3)[rank - 1]
+        cut = cv2.imread(str(tmp_path / f"top{rank}_concept{index}.png"), cv2.IMREAD_UNCHANGED)
+        mask = expl.masks[index]
         ys, xs = np.nonzero(mask)
         h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
         k = math.ceil(MIN_CUTOUT_SIDE / max(h, w))
@@ -150,7 +151,7 @@ def test_negative_top_k_is_refused(tmp_path):
         e.top(-2)
     assert list(tmp_path.iterdir()) == []
     e.save(tmp_path / "out", top_k=0)  # no cut-outs, an overlay without concepts drawn
-    assert not (tmp_path / "out" / "concept_1.png").exists()
+    assert not list((tmp_path / "out").glob("top*_concept*.png"))
 
 
 def test_bad_value_type_and_shape():
@@ -206,12 +207,12 @@ def test_zero_concepts_json_is_strict(tmp_path):
 def test_resave_replaces_the_folder_whole(expl, tmp_path):
     out = tmp_path / "out"
     expl.save(out, top_k=7)  # two targets, seven cut-outs
-    assert (out / "concept_7.png").is_file()
-    small = _made_up([0.2, -0.1])
+    assert len(list(out.glob("top7_concept*.png"))) == 1
+    small = _made_up([0.2, -0.1])  # concept 0 ranks first
     small.save(out, top_k=7)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [JSON_NAME, MASKS_NAME, "crop.png", "overlay.png", "heatmap.png", "values.png", "concept_1.png",
-         "concept_2.png"]
+        [JSON_NAME, MASKS_NAME, "crop.png", "overlay.png", "heatmap.png", "values.png", "top1_concept0.png",
+         "top2_concept1.png"]
     )
     assert Explanation.load(out).num_concepts == 2
     assert _hidden_siblings(out) == []  # no temporary or set-aside folders left
@@ -245,8 +246,10 @@ def _assert_consistent(folder):
         assert str(z["save_id"]) == data["save_id"]
         assert int(z["shape"][0]) == data["num_concepts"]
     n = data["num_concepts"]
-    cutouts = sorted(p.name for p in folder.iterdir() if p.name.startswith("concept_"))
-    assert cutouts == sorted(CUTOUT_PATTERN.format(rank=r) for r in range(1, n + 1))
+    cutouts = sorted(p.name for p in folder.iterdir() if p.name.startswith("top"))
+    ranked = data["ranking"][0] if data["ranking"] and isinstance(data["ranking"][0], list) else data["ranking"]
+    ranked = ranked[:n]  # the first target's (one target: a flat list)
+    assert cutouts == sorted(CUTOUT_PATTERN.format(rank=r, index=i) for r, i in enumerate(ranked, start=1))
     assert Explanation.load(folder).num_concepts == n
 
 
