@@ -80,6 +80,27 @@ def test_cpp_host_explains_from_two_threads_like_the_python_api(host, tmp_path):
         np.testing.assert_allclose(result["probabilities"], expected["probabilities"], rtol=1e-6)
 
 
+def test_cpp_host_reports_each_threads_error_in_one_line(host, tmp_path):
+    """An explanation that fails (too few evaluations for the concepts) is the exception's type and message
+    on one line per thread (``what()`` of pybind11 adds the Python traceback on further lines)."""
+    image = make_scene(np.random.default_rng(3), 128).image
+    raw = tmp_path / "image.rgb"
+    raw.write_bytes(image.tobytes())
+    env = dict(os.environ, EAC_PYTHON=sys.executable)
+    run = subprocess.run([str(host), str(demo_classifier_path()), str(raw), str(image.shape[0]),
+                          str(image.shape[1]), str(SEGMENTS), "4"],
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
+    assert run.returncode == 1, run.stderr[-4000:]  # a thread failed
+    printed = json.loads(run.stdout)
+    assert printed["results"] == [None, None]
+    for error in printed["errors"]:
+        assert error.startswith("ExplainError: eac needs at least") and "\n" not in error
+    missing = subprocess.run([str(host), str(tmp_path / "no_model"), str(raw), "128", "128"],
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "ModelFolderError: " in missing.stderr
+
+
 def test_host_source_is_package_data():
     assert HOST_SOURCE.is_file()
     text = HOST_SOURCE.read_text()

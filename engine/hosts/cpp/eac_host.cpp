@@ -46,6 +46,14 @@ constexpr int kChannels = 3;
 constexpr int kDefaultSegments = 8;
 constexpr int kUsageError = 2;
 
+// The Python exception as one line, "<type>: <message>" (what() adds pybind11's traceback on further lines).
+// Call with the GIL held.
+std::string one_line(const py::error_already_set& e) {
+    std::string message = py::str(e.value()).cast<std::string>();
+    message = message.substr(0, message.find('\n'));
+    return py::str(e.type().attr("__name__")).cast<std::string>() + ": " + message;
+}
+
 std::vector<std::uint8_t> read_pixels(const std::string& path, std::size_t expected) {
     std::ifstream in(path, std::ios::binary);
     std::vector<std::uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -118,7 +126,7 @@ int main(int argc, char** argv) {
             explainer = engine.attr("Explainer")(classifier, **options);
             source = py::module_::import("eac.engine.sources").attr("make_source")("grid", segments);
         } catch (const py::error_already_set& e) {
-            std::cerr << "eac_host: cannot create the engine: " << e.what() << "\n";
+            std::cerr << "eac_host: cannot create the engine: " << one_line(e) << "\n";
             return 1;
         }
 
@@ -137,7 +145,7 @@ int main(int argc, char** argv) {
                         py::object explanation = explainer.attr("explain")(image, source);
                         results[i] = json.attr("dumps")(explanation.attr("to_dict")()).cast<std::string>();
                     } catch (const py::error_already_set& e) {
-                        errors[i] = e.what();
+                        errors[i] = one_line(e);
                     }
                 });
             }
