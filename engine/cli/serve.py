@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_PORT,
         DEFAULT_RESULTS,
         DEFAULT_TIMEOUT_S,
+        DEFAULT_UPLOAD_TIMEOUT_S,
     )
 
     p = sub.add_parser("serve", help="serve explanations over HTTP (the serve extra)",
@@ -89,24 +90,29 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="allow browser calls from this origin (repeatable; default: no CORS)")
     g = p.add_argument_group("load and limits")
     g.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
-                   help="requests explained at once")
+                   help="requests explained at once (default: %(default)s)")
     g.add_argument("--max-queue", type=non_negative_int, default=DEFAULT_MAX_QUEUE,
-                   help="admitted requests allowed to wait beyond those; more get 503 + Retry-After")
+                   help="admitted requests allowed to wait beyond those; more get 503 + Retry-After "
+                        "(default: %(default)s)")
     g.add_argument("--timeout", type=float_between(1e-3, MAX_TIMEOUT_S), default=DEFAULT_TIMEOUT_S,
-                   help="seconds from admission to answer; later: 504 and the work is dropped")
+                   help="seconds from admission to answer; later: 504 and the work is dropped "
+                        "(default: %(default)g)")
+    g.add_argument("--upload-timeout", type=float_between(1e-3, MAX_TIMEOUT_S), default=DEFAULT_UPLOAD_TIMEOUT_S,
+                   help="seconds a client has to send its whole request body; later: 408 (default: %(default)g)")
     g.add_argument("--max-upload-mb", type=float_between(1e-3, 1e6), default=DEFAULT_MAX_UPLOAD_BYTES / MIB,
-                   help="largest request body (413 above)")
-    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="largest decoded image")
+                   help="largest request body in MiB (413 above; default: %(default)g)")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="largest decoded image, in pixels (default: %(default)s)")
     g.add_argument("--max-evaluations", type=positive_int, default=DEFAULT_MAX_EVALUATIONS,
-                   help="largest evaluation budget a request may ask for")
+                   help="largest evaluation budget a request may ask for (default: %(default)s)")
     g.add_argument("--max-concepts", type=positive_int, default=DEFAULT_MAX_CONCEPTS,
-                   help="refuse images with more concepts than this")
+                   help="refuse images with more concepts than this (default: %(default)s)")
     g.add_argument("--results", type=positive_int, default=DEFAULT_RESULTS,
-                   help="recent results kept in memory for the overlay/masks endpoints")
+                   help="recent results kept in memory for the overlay/masks endpoints (default: %(default)s)")
     g = p.add_argument_group("batching")
     g.add_argument("--batch-size", type=positive_int, default=None, help="rows per classifier batch (default 32)")
     g.add_argument("--max-wait-ms", type=float_between(0.0, MAX_WAIT_MS), default=DEFAULT_MAX_WAIT_S * MS,
-                   help="longest a part-full batch waits for other requests' rows")
+                   help="longest a part-full batch waits for other requests' rows (default: %(default)g)")
     g.add_argument("--no-batching", action="store_true",
                    help="each request runs its own classifier batches (for comparison)")
     g = p.add_argument_group("Ray Serve (more than one machine)")
@@ -161,7 +167,8 @@ def configs_from_args(args: argparse.Namespace):
     settings = ServeSettings(
         host=args.host, port=args.port, api_key=api_key, insecure=args.insecure,
         cors_origins=tuple(args.cors_origin or ()), concurrency=args.concurrency, max_queue=args.max_queue,
-        timeout_s=args.timeout, max_upload_bytes=max(1, int(args.max_upload_mb * MIB)), max_pixels=args.max_pixels,
+        timeout_s=args.timeout, upload_timeout_s=args.upload_timeout,
+        max_upload_bytes=max(1, int(args.max_upload_mb * MIB)), max_pixels=args.max_pixels,
         max_evaluations=args.max_evaluations, results=args.results, batching=not args.no_batching,
         batch_size=args.batch_size, max_wait_s=args.max_wait_ms / MS).check()
     return config, settings

@@ -21,6 +21,7 @@ replica:
 Errors are JSON on one line, ``{"error": "<one line>", "status": <code>}``:
 400 bad parameter or image, 401 missing or wrong API key (``/v1`` and
 ``/metrics`` when the service has one), 404 unknown route or forgotten id, 405,
+408 the body did not arrive within ``upload_timeout_s`` (a stalled upload),
 413 body over ``max_upload_bytes`` (checked from ``Content-Length`` before
 reading, and while reading), 503 + ``Retry-After`` queue full, not ready, or cut
 off because the server is stopping at once (a second Ctrl-C; the server
@@ -48,6 +49,7 @@ from .limits import (
     STATUS_ERROR,
     STATUS_METHOD_NOT_ALLOWED,
     STATUS_NOT_FOUND,
+    STATUS_REQUEST_TIMEOUT,
     STATUS_TOO_LARGE,
     STATUS_UNAUTHORIZED,
     ServiceError,
@@ -158,6 +160,17 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
                                {"WWW-Authenticate": "Bearer"})
 
     async def read_body(request: Request) -> bytes:
+        """The whole body, within ``upload_timeout_s`` (a client that stops sending gets 408, not a slot held
+        for ever)."""
+        try:
+            async with asyncio.timeout(settings.upload_timeout_s):
+                return await read_body_now(request)
+        except TimeoutError:
+            raise ServiceError(STATUS_REQUEST_TIMEOUT, "upload_timeout",
+                               f"the request body did not arrive within {settings.upload_timeout_s:g} s "
+                               "(--upload-timeout)", {"Connection": "close"}) from None
+
+    async def read_body_now(request: Request) -> bytes:
         limit = settings.max_upload_bytes
         too_large = ServiceError(STATUS_TOO_LARGE, "too_large",
                                  f"the upload is larger than the limit of {limit} bytes (--max-upload-mb)",
@@ -182,6 +195,14 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
     async def parse(request: Request, body: bytes):
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
+
+        kind, _, params = request.headers.get("content-type", "").partition(";")
+        if kind.strip().lower() == "multipart/form-data":
+            boundary = next((v.strip().strip('"') for k, _, v in (p.partition("=") for p in params.split(";"))
+                             if k.strip().lower() == "boundary"), "")
+            if boundary and f"--{boundary}--".encode("latin-1", "replace") not in body:
+                raise ServiceError(STATUS_BAD_REQUEST, "bad_request",
+                                   "the multipart body ends before its closing boundary: the upload was cut short")
 
         try:
             form = await Request(request.scope, replay).form(max_files=1, max_fields=MAX_FORM_PARTS,
@@ -305,7 +326,8 @@ def create_app(service: Service, on_failure: Callable[[EacError], None] | None =
         message = {STATUS_NOT_FOUND: f"no route {request.url.path}",
                    STATUS_METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}"}
         return Response(error_body(status, message.get(status, getattr(exc, "detail", "error"))),
-                        status_code=status, media_type="application/json")
+                        status_code=status, headers=getattr(exc, "headers", None),  # 405: Allow
+                        media_type="application/json")
 
     class AnswerWhenCutOff:
         """Every other route: a request the stopping server cancels still gets the 503 of :func:`shutting_down`."""

@@ -35,8 +35,8 @@ from ..distribution import install_hint
 from ..errors import ConfigError
 
 #: How an explanation request ended; one counter per outcome.
-OUTCOMES = ("ok", "bad_request", "unauthorized", "too_large", "queue_full", "not_ready", "timeout", "cancelled",
-            "error")
+OUTCOMES = ("ok", "bad_request", "unauthorized", "too_large", "upload_timeout", "queue_full", "not_ready", "timeout",
+            "cancelled", "error")
 #: Stages of ``eac_stage_seconds``.
 STAGES = ("queue", "concepts", "evaluations", "fit", "values", "total")
 #: Histogram buckets: seconds (1 ms .. 5 min), batch fill fractions, requests per batch.

@@ -26,6 +26,8 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_QUEUE = 16
 #: Seconds from admission to answer (queueing included) before 504; the work is dropped then.
 DEFAULT_TIMEOUT_S = 60.0
+#: Seconds a client has to send its whole request body (a stalled upload holds a connection and a request slot).
+DEFAULT_UPLOAD_TIMEOUT_S = 60.0
 #: Largest request body. A 24-megapixel JPEG is under 15 MB; the decoded size has its own limit.
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Largest decoded image (pixels): 50 MP is 150 MB of RGB per request being decoded.
@@ -78,6 +80,8 @@ class ServeSettings:
         Admitted requests waiting beyond those; more get 503.
     timeout_s : float
         Seconds from admission to answer before 504.
+    upload_timeout_s : float
+        Seconds from the request's headers to the end of its body before 408 (stalled uploads).
     max_upload_bytes, max_pixels, max_evaluations : int
         Request limits (413 for the body, 400 for the others).
     results : int
@@ -98,6 +102,7 @@ class ServeSettings:
     concurrency: int = DEFAULT_CONCURRENCY
     max_queue: int = DEFAULT_MAX_QUEUE
     timeout_s: float = DEFAULT_TIMEOUT_S
+    upload_timeout_s: float = DEFAULT_UPLOAD_TIMEOUT_S
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
@@ -127,6 +132,8 @@ class ServeSettings:
             raise ConfigError(f"max-queue must be 0 or more, got {self.max_queue}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout must be positive, got {self.timeout_s}")
+        if not self.upload_timeout_s > 0:
+            raise ConfigError(f"upload-timeout must be positive, got {self.upload_timeout_s}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch-size must be at least 1, got {self.batch_size}")
         if self.max_wait_s < 0:

@@ -121,7 +121,9 @@ def test_health_readiness_page_and_unknown_routes(server):
     assert b'data-methods="eac,' in page.body and "script-src 'self'" in page.headers["content-security-policy"]
     assert request("GET", f"{server.url}/page.js").headers["content-type"].startswith("text/javascript")
     assert_one_line_error(request("GET", f"{server.url}/nowhere"), 404)
-    assert_one_line_error(request("GET", f"{server.url}/v1/explanations"), 405)
+    not_allowed = request("GET", f"{server.url}/v1/explanations")
+    assert_one_line_error(not_allowed, 405)
+    assert not_allowed.headers["allow"] == "POST"  # what the client may use instead (RFC 9110 requires it)
     # ids are random tokens looked up in memory only: anything else is simply unknown
     for bad in ("AAAAAAAAAAAAAAAAAAAAAA", "x" * 200, "..%2F..%2Fetc%2Fpasswd"):
         assert_one_line_error(request("GET", f"{server.url}/v1/explanations/{bad}/overlay.png"), 404)
@@ -277,6 +279,45 @@ def test_a_client_that_disconnects_cancels_its_work():
         values = metrics(srv.url)
         assert outcome(values, "cancelled") == 2 and values["eac_requests_received_total"] == 2
         assert_counters_add_up(values)
+
+
+def test_a_stalled_upload_is_answered_408_and_lets_go_of_its_slot():
+    """A client that sends headers and a few body bytes, then nothing: without a deadline it held a request in
+    flight for ever (a walkthrough left 25 such connections open for over a minute)."""
+    with running({"upload_timeout_s": 0.5}) as srv:
+        wait_ready(srv.url)
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/explanations HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                         b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            sock.settimeout(30)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                part = sock.recv(4096)
+                if not part:
+                    break
+                answer += part
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408")
+        error = json.loads(body)
+        assert error["status"] == 408 and "--upload-timeout" in error["error"] and "\n" not in body.decode().strip()
+        values = metrics(srv.url)
+        assert outcome(values, "upload_timeout") == 1 and values["eac_requests_in_flight"] == 0
+        assert_counters_add_up(values)
+        # a whole upload is not affected
+        assert post_image(srv.url, scene_png(9), {"evaluations": EVALUATIONS}).status == 200
+
+
+def test_a_body_cut_short_is_named_as_such(server):
+    """A multipart body without its closing boundary was answered "no image: send the image file as ..."."""
+    host, port = server.url.removeprefix("http://").split(":")
+    part = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n" + scene_png(10)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/explanations", body=part, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    reply = conn.getresponse()
+    body = reply.read()
+    assert reply.status == 400
+    assert "cut short" in json.loads(body)["error"]
 
 
 def test_a_full_queue_answers_503_with_retry_after():
