@@ -33,6 +33,8 @@ MASKED_FRACTION = 0.5
 KEEP_PROBABILITY = 0.5
 #: Scene side of the shipped demo classifier (its network input).
 DEMO_SIZE = 128
+#: What the demo folder's manifest records as its checkpoint: a temporary file of the training command.
+TEMPORARY_CHECKPOINT = "scene_cnn.pt (a temporary file of python -m eac.bench.train_demo)"
 DEMO_CHANNELS = (16, 32, 64, 64)
 
 
@@ -190,6 +192,7 @@ def evaluate(model: nn.Module, rng: np.random.Generator, size: int, n: int = 400
 
 def export_folder(model: SceneCNN, out: str | Path, size: int, validate: bool = True) -> dict:
     """Write an eac classifier folder for a trained :class:`SceneCNN` (no resize, ``size`` crop)."""
+    from ..engine.manifest import read_manifest, write_manifest
     from ..export.classifier import export_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,10 +204,16 @@ def export_folder(model: SceneCNN, out: str | Path, size: int, validate: bool = 
             raise ValueError(f"no factory for channel layout {channels}; use one of {list(_FACTORIES)}")
         labels = Path(tmp) / "labels.txt"
         labels.write_text("\n".join(SHAPES) + "\n")
-        return export_classifier(
+        export_classifier(
             out=str(out), module=factory, checkpoint=str(ckpt), input_size=size, resize=size,
             mean=MEAN, std=STD, channel_order="RGB", labels=str(labels), validate=validate,
         )
+    # The checkpoint was a temporary file: record its name and where it came from, not a path that no longer exists
+    # (and names the machine that trained it).
+    recorded = read_manifest(out)
+    recorded["source"]["checkpoint"]["path"] = TEMPORARY_CHECKPOINT
+    write_manifest(out, recorded)
+    return recorded
 
 
 def main(argv: list[str] | None = None) -> int:
