@@ -20,7 +20,7 @@ the budget) and shapiq's Shapley approximators when shapiq is installed (a bench
 ``pip install shapiq``). The schedule section runs candidate schedules (cap, minimum, round size) with the
 default stopping rule.
 
-    python -m eac.bench.study_estimators                  # full study (~1 h on 2 busy cores)
+    python -m eac.bench.study_estimators                  # full study (5 minutes on the 2-core VM, 2026-12-04)
     python -m eac.bench.study_estimators --quick          # smoke run (< 30 s), labelled QUICK
     python -m eac.bench.study_estimators --json out.json  # also write the rows elsewhere
 
@@ -123,6 +123,8 @@ SCHEDULES: dict[str, Callable[[int], dict]] = {
     "cap 32·N ≥ 512, min ¾ cap, rounds cap/8": lambda n: _scaled(max(512, 32 * n), 0.75),
     "cap 32·N ≥ 512, min ½ cap, rounds cap/8": lambda n: _scaled(max(512, 32 * n), 0.5),
     "cap 32·N ≥ 512, min 384, rounds cap/8": lambda n: {**_scaled(max(512, 32 * n), 0.5), "min_evaluations": 384},
+    "cap 32·N ≥ 512, min ¼ cap, rounds cap/8": lambda n: _scaled(max(512, 32 * n), 0.25),
+    "cap 32·N ≥ 512, min 256, rounds cap/8": lambda n: {**_scaled(max(512, 32 * n), 0.5), "min_evaluations": 256},
     "default": default_options,
 }
 
