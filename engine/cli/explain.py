@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     for path in bar:
         bar.set_postfix_str(path.name)
-        name = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
+        name = unique_name(path.stem, used)
         used.add(name)
         folder = None if out is None else out if single else out / name
         try:
@@ -275,6 +275,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"eac: {done} of {len(paths)} images explained in {seconds:.1f}s"
           + (f"; {len(failures)} failed" if failures else "") + where, file=sys.stderr)
     return EXIT_SOME_FAILED if failures else 0
+
+
+def unique_name(stem: str, used: set[str]) -> str:
+    """The result folder name of an image: its stem, or ``stem_2``, ``stem_3``, … the first one not in ``used``.
+
+    >>> unique_name("c", {"c", "c_2"})
+    'c_3'
+    """
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+    return name
 
 
 def check_target_flag(args: argparse.Namespace) -> None:

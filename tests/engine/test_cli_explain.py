@@ -89,6 +89,21 @@ def test_explain_folder_skips_bad_images_and_keeps_the_rest(tmp_path, demo_class
         assert results[i]["targets"] == [scene.label]
 
 
+def test_images_of_one_name_get_folders_of_their_own(tmp_path, demo_classifier_folder, capsys):
+    """d1/c.png, d1/c_2.png and d2/c.png: the second 'c' was named c_<count of names so far> = c_2, the folder of
+    d1/c_2.png, and overwrote it (exit 0, one result silently gone)."""
+    for folder, stem, seed in (("d1", "c", 1), ("d1", "c_2", 2), ("d2", "c", 3)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        _write_scene(tmp_path / folder / f"{stem}.png", seed)
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "d1"), str(tmp_path / "d2"), "--classifier", str(demo_classifier_folder),
+                 "--concepts", "grid", "--n-segments", "4", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    saved = {p.parent.name: json.loads(p.read_text())["info"]["image"] for p in out.glob("*/explanation.json")}
+    assert len(saved) == 3 and len(set(saved.values())) == 3
+    assert Path(saved["c_2"]).parent.name == "d1"  # d1/c_2.png keeps its own folder
+
+
 def test_explain_with_label_masks_target_name_and_metrics(tmp_path, demo_classifier_folder, capsys):
     scene = _write_scene(tmp_path / "scene.png", 7)
     labels = np.zeros((128, 128), np.uint8)
