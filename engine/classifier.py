@@ -45,6 +45,17 @@ _ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _REEXPORT = "re-run `eac export classifier` or `eac import-onnx`"
 
 
+#: Fewest classes eac explains: values are changes of a softmax probability, which one output cannot move.
+MIN_CLASSES = 2
+
+
+def single_output(count: int) -> str:
+    """Why a classifier with ``count`` (< 2) outputs cannot be explained, and what to do instead."""
+    return (f"the classifier has {count} output{'s' if count != 1 else ''}, but eac explains a softmax over "
+            f"K ≥ {MIN_CLASSES} classes (one output's probability is always 1, so every value would be 0); "
+            "for a binary model with one logit z, export the two logits (0, z)")
+
+
 @dataclass(frozen=True)
 class ClassifierOutput:
     """What :meth:`Classifier.run` returns.
@@ -116,6 +127,8 @@ class Classifier:
         self.feature_map_name = m.feature_map_output
         self.output_kind = m.output_kind
         self.num_classes = m.num_classes
+        if self.num_classes < MIN_CLASSES:
+            raise ModelFolderError(f"{folder}: {single_output(self.num_classes)}")
         self.feature_dim = m.feature_dim
         self.labels = m.labels
         pre = m.preprocess

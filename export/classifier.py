@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.classifier import MIN_CLASSES, single_output
 from ..engine.manifest import (
     CHANNEL_ORDERS,
     IMAGENET_MEAN,
@@ -192,6 +193,8 @@ def export_classifier(
         fmap = find_feature_map(model, trace_x, head, feature_map_layer, head_name)
         reference = _reference_outputs(model, head, fmap, val_x, what)
         num_classes = int(reference["logits"].shape[1])
+        if num_classes < MIN_CLASSES:
+            raise ExportError(f"{what}: {single_output(num_classes)}")
         check_labels(label_list, num_classes, labels)
         outputs = CLASSIFIER.output_names(*([_FEATURE_MAP] if fmap is not None else []))
         export_model = _capture(half_with_fp32_norms(model) if fp16 else model, head_name, fmap)

@@ -205,6 +205,11 @@ def small_cnn() -> nn.Module:
     return _init(SmallCNN())
 
 
+def single_logit_cnn() -> nn.Module:
+    """A binary model with one logit: nothing for a softmax over classes to explain."""
+    return _init(SmallCNN(num_classes=1))
+
+
 def sequential_head_cnn() -> nn.Module:
     return _init(SequentialHeadCNN())
 

@@ -13,7 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from eac.engine import Classifier
 from eac.engine.cli import main
+from eac.engine.errors import ModelFolderError
 from eac.export import classifier as export_mod
 from eac.export.classifier import export_classifier
 from eac.export.errors import CheckpointError, ExportError, ValidationError
@@ -140,6 +142,22 @@ def test_model_with_softmax_after_head_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--feature-layer" in err
     assert not (tmp_path / "sm").exists() and _no_leftovers(tmp_path)
+
+
+def test_a_single_output_is_refused_at_export_and_at_load(tmp_path, capsys):
+    """One logit: its softmax probability is always 1, so every explanation was all zeros, exit 0."""
+    assert _export_cli(tmp_path / "one", "--module", "tests.tiny_models:single_logit_cnn") != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 output" in err and "(0, z)" in err
+    assert not (tmp_path / "one").exists() and _no_leftovers(tmp_path)
+    # a folder written by other means (here: an eac folder edited to one class) is refused when loaded
+    folder = tmp_path / "edited"
+    export_classifier(folder, module="tests.tiny_models:small_cnn", input_size=SIZE, resize=RESIZE)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["num_classes"] = 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="1 output"):
+        Classifier.from_folder(folder, verify=False)
 
 
 def test_validation_failure_raises_and_leaves_nothing(tmp_path):
