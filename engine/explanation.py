@@ -13,7 +13,7 @@ The explanation is data and its files; pictures are made from it by
     two files come from one save.
 ``crop.png``
     the image the explanation lives in (the classifier's crop).
-``overlay.png``, ``heatmap.png``, ``values.png``, ``concept_<rank>.png``
+``overlay.png``, ``heatmap.png``, ``values.png``, ``top<rank>_concept<index>.png``
     the pictures (:func:`eac.engine.render.write_pictures`): the top concepts
     on the image with a legend (one panel per target), every concept's value
     painted over the image, the values with their 95 % intervals (only with

@@ -7,7 +7,7 @@
 ``values.png``
     :func:`~eac.engine.render.values.render_values_figure`, only when matplotlib
     (the ``plot`` extra) is installed.
-``concept_<rank>.png``
+``top<rank>_concept<index>.png``
     :func:`~eac.engine.render.cutout.cutout` of each top concept (first target).
 """
 
