@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...kernels.shapley import kernel_coalitions
+from ..errors import ExplainError
 from .base import Method, MethodInput, MethodResult
 
 
@@ -31,6 +32,9 @@ class KernelShap(Method):
         v0, v1 = ends[0], ends[1]
         if n == 1:
             return MethodResult((v1 - v0)[:, None])
+        if self.options["num_samples"] < n - 1:  # fewer rows than unknowns: one of infinitely many solutions
+            raise ExplainError(f"kernelshap needs at least {n - 1} sampled coalitions for {n} concepts (one per "
+                               f"unknown of its regression); raise --evaluations to {n - 1}")
         z = kernel_coalitions(self.options["num_samples"], n, inp.rng, paired=True)
         y = inp.probabilities(z, desc="kernelshap")  # M×T
         with inp.timed("fit"):

@@ -163,6 +163,18 @@ def test_a_budget_below_the_minimum_asks_for_what_is_needed(tmp_path, demo_class
     assert result["num_concepts"] == 4 and result["info"]["stop_reason"] == "enumerated"
 
 
+def test_kernelshap_refuses_fewer_samples_than_unknowns(tmp_path, demo_classifier_folder, capsys):
+    """5 samples for 16 concepts: the regression has 15 unknowns, so its values were one of infinitely many
+    least-squares solutions, printed as a confident ranking (exit 0)."""
+    _write_scene(tmp_path / "scene.png", 12)
+    base = ["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+            "--concepts", "grid", "--n-segments", "16", "--method", "kernelshap", "--json", "--out"]
+    assert main([*base, str(tmp_path / "a"), "--evaluations", "5"]) == 1
+    assert "raise --evaluations to 15" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "b"), "--evaluations", "15"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["num_concepts"] == 16
+
+
 def _as_shown(line: str) -> str:
     """What a terminal shows for one output line: each carriage return goes back to column 0 and overwrites."""
     shown: list[str] = []
