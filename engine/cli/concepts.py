@@ -8,6 +8,7 @@ from pathlib import Path
 from ..atomic import creation_blocker, write_file
 from ..errors import ConfigError
 from .options import (
+    MAX_CROP_N_LAYERS,
     MAX_POINTS_PER_SIDE,
     add_sam_args,
     add_session_args,
@@ -37,6 +38,10 @@ def check_sam_limits(args: argparse.Namespace) -> None:
     if args.points_per_side > MAX_POINTS_PER_SIDE and not args.allow_large:
         raise ConfigError(f"--points-per-side {args.points_per_side} means {args.points_per_side ** 2} decoder "
                           f"prompts; the limit is {MAX_POINTS_PER_SIDE} (pass --allow-large to go beyond)")
+    if args.crop_n_layers > MAX_CROP_N_LAYERS and not args.allow_large:
+        runs = sum(4**k for k in range(args.crop_n_layers + 1))
+        raise ConfigError(f"--crop-n-layers {args.crop_n_layers} means {runs} SAM runs per image (each crop is "
+                          f"encoded and decoded); the limit is {MAX_CROP_N_LAYERS} (pass --allow-large to go beyond)")
 
 
 def npz_path(out: str) -> Path:

@@ -24,6 +24,8 @@ SAM_FLAGS = {
 }
 #: Largest SAM point grid side accepted without --allow-large (128² = 16 384 prompts).
 MAX_POINTS_PER_SIDE = 128
+#: Most --crop-n-layers without --allow-large: layer k adds 4^k crops, each a whole SAM run (2 layers: 21 runs).
+MAX_CROP_N_LAYERS = 2
 
 
 def int_at_least(low: int, name: str = "value") -> Callable[[str], int]:
@@ -118,7 +120,8 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--points-per-side", type=positive_int, default=SAM_FLAGS["points_per_side"],
                    help=f"point grid side (at most {MAX_POINTS_PER_SIDE} unless --allow-large)")
     g.add_argument("--allow-large", action="store_true",
-                   help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE} (memory and time grow with its square)")
+                   help=f"allow --points-per-side above {MAX_POINTS_PER_SIDE} (memory and time grow with its square) "
+                        f"and --crop-n-layers above {MAX_CROP_N_LAYERS}")
     g.add_argument("--points-per-batch", type=positive_int, default=SAM_FLAGS["points_per_batch"])
     g.add_argument("--pred-iou-thresh", type=unit, default=SAM_FLAGS["pred_iou_thresh"])
     g.add_argument("--stability-score-thresh", type=unit, default=SAM_FLAGS["stability_score_thresh"])
@@ -126,7 +129,8 @@ def add_sam_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-area", type=non_negative_int, default=0,
                    help="remove masks (and holes) smaller than this, in pixels")
     g.add_argument("--crop-n-layers", type=int_at_least(0), default=0,
-                   help="extra layers of overlapping crops (0: the image only, as EAC uses)")
+                   help="extra layers of overlapping crops (0: the image only, as EAC uses; layer k adds 4^k "
+                        f"crops, each a whole SAM run; at most {MAX_CROP_N_LAYERS} unless --allow-large)")
     g.add_argument("--prompt-schedule", choices=PROMPT_SCHEDULES, default=None,
                    help="grid: decode every grid point (the reference); coarse-to-fine: decode every 4th, then "
                         "every 2nd row/column, then the rest, skipping points inside masks already kept with "

@@ -419,6 +419,11 @@ def test_every_command_with_a_point_grid_takes_the_flag_its_refusal_names(comman
     with pytest.raises(ConfigError, match="pass --allow-large"):
         check_sam_limits(args)
     check_sam_limits(parser.parse_args([*command, "--points-per-side", "200", "--allow-large"]))
+    # crop layers: layer k adds 4^k whole SAM runs (5 layers: 1365; a walkthrough waited 11 minutes for nothing)
+    with pytest.raises(ConfigError, match=r"1365 SAM runs.*pass --allow-large"):
+        check_sam_limits(parser.parse_args([*command, "--crop-n-layers", "5"]))
+    check_sam_limits(parser.parse_args([*command, "--crop-n-layers", "2"]))
+    check_sam_limits(parser.parse_args([*command, "--crop-n-layers", "5", "--allow-large"]))
 
 
 #: What the ``eac`` console script runs.
