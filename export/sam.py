@@ -62,7 +62,7 @@ from ..engine.manifest import (
 )
 from ._torch_utils import onnx_export, require_torch
 from .common import StagedFolder, check_output_folder, cpu_session, file_entries, first_line, save_onnx
-from .errors import CheckpointError, ExportError
+from .errors import CheckpointError, ExportError, ValidationError
 from .sam_loader import RECOMMENDED_SETTINGS, architecture, ensure_checkpoint, load_sam
 from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_DECODER_CONTEXT, SAM_ENCODER, SAM_PROMPT_DECODER
 from .validate import check_io_names, compare_outputs
@@ -576,8 +576,19 @@ def export_sam_model(
         files.update(file_entries(tmp, "decoder", decoder_files))
 
         if validate:
-            validation = _validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context,
-                                   decoder_low=decoder_fp16 or decoder_precision == "int8")
+            try:
+                validation = _validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context,
+                                       decoder_low=decoder_fp16 or decoder_precision == "int8")
+            except ValidationError as exc:
+                if decoder_precision == "fp32" or not str(exc).startswith("SAM decoder (") or exc.kind != "values":
+                    raise
+                # not an export fault: the quantised decoder's own error on this model's weights
+                raise ValidationError(
+                    f"{exc}: the {decoder_precision} decoder is too far from PyTorch on these weights (trained SAMs "
+                    "have mask logits in the hundreds); --decoder-precision fp32 keeps the decoder exact, or "
+                    "--skip-validation keeps this one and records its measured deviation from the fp32 decoder "
+                    "in the manifest", output=exc.output, kind=exc.kind, max_abs_diff=exc.max_abs_diff,
+                    index=exc.index, tolerance=exc.tolerance) from exc
         else:
             validation = {"skipped": True}
         if decoder_precision != "fp32":

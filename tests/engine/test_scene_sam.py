@@ -247,6 +247,24 @@ def test_a_checkpoint_of_another_architecture_fails_in_one_line(tmp_path, capsys
     assert "not a vit_b checkpoint" in err and "looks like scene" in err
 
 
+def test_an_int8_decoder_too_far_from_pytorch_says_it_is_the_quantisation(tmp_path, capsys):
+    """On the trained SAM (mask logits in the hundreds) the int8 decoder misses the tolerance: the refusal names
+    the quantisation and the two ways on (it read like an export bug); --skip-validation keeps it, measured."""
+    pytest.importorskip("torch")
+    from eac.bench.scene_sam_bench import SCENE_SAM_CHECKPOINT
+    from eac.engine.manifest import read_manifest
+
+    base = ["export", "sam", "--model-type", "scene", "--checkpoint", str(SCENE_SAM_CHECKPOINT),
+            "--decoder-precision", "int8", "--out"]
+    assert main([*base, str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "the int8 decoder is too far from PyTorch" in err
+    assert "--skip-validation" in err and not (tmp_path / "a").exists()
+    assert main([*base, str(tmp_path / "b"), "--skip-validation"]) == 0
+    check = read_manifest(tmp_path / "b", "sam")["validation"]["decoder_precision"]
+    assert check["precision"] == "int8" and check["mask_iou_same_candidate"]["mean"] < 1.0
+
+
 def test_demo_explains_sam_concepts_by_default(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "sam")]) == 0
     out = capsys.readouterr().out
