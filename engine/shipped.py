@@ -70,8 +70,10 @@ def resolve_model_folder(kind: str, name_or_path: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if path.exists():
+        adopt = (f"; an ONNX classifier of your own becomes a folder with `eac import-onnx {path} --out FOLDER`"
+                 if kind == "classifier" and path.suffix.lower() == ".onnx" else "")
         raise ModelFolderError(f"{path}: is a file, not a model folder; give a {kind} folder or a shipped "
-                               f"{kind} name ({names})")
+                               f"{kind} name ({names}){adopt}")
     raise ModelFolderError(f"{path}: no such model folder, and not the name of a shipped {kind} ({names})")
 
 

@@ -284,6 +284,8 @@ def _load(src: Path):
     """Stage 1: read the file."""
     import onnx
 
+    if src.is_dir():
+        raise ExportError(f"{src}: is a folder; give the .onnx file to adopt (a folder eac wrote is used as it is)")
     if not src.is_file():
         raise ExportError(f"{src}: no such ONNX file")
     try:

@@ -349,6 +349,14 @@ def test_non_classifiers_refused(tmp_path, capsys, make, words):
 def test_bad_files_and_folders(tmp_path):
     with pytest.raises(ExportError, match="no such ONNX file"):
         import_onnx(tmp_path / "missing.onnx", tmp_path / "a")
+    with pytest.raises(ExportError, match=r"is a folder; give the \.onnx file"):  # it said "no such ONNX file"
+        import_onnx(tmp_path, tmp_path / "a")
+    from eac.engine import Classifier
+    from eac.engine.errors import ModelFolderError
+
+    onnx_file = _graph_classifier(tmp_path / "mine.onnx")
+    with pytest.raises(ModelFolderError, match="eac import-onnx"):  # a file where a folder is expected: how to adopt
+        Classifier.from_folder(onnx_file)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not a protobuf" * 10)
     with pytest.raises(ExportError, match="not a readable ONNX model"):
