@@ -19,6 +19,7 @@ import copy
 import importlib
 import inspect
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -121,10 +122,7 @@ def load_state_dict(model, path: str | os.PathLike, what: str = "checkpoint") ->
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        raise CheckpointError(
-            f"{path}: cannot read the {what} ({type(exc).__name__}: {first_line(exc)}); the file is truncated, "
-            "corrupt, or not a PyTorch state dict"
-        ) from exc
+        raise unreadable_checkpoint(path, exc, what, "give the state dict the model was trained to") from exc
     if isinstance(state, dict):
         for key in _NESTED_STATE_KEYS:
             if key in state and isinstance(state[key], dict):
@@ -141,6 +139,24 @@ def load_state_dict(model, path: str | os.PathLike, what: str = "checkpoint") ->
         )
     model.load_state_dict(state, strict=True)
     return {"path": str(path), "bytes": path.stat().st_size, "tensors": len(state)}
+
+
+#: How ``torch.load(weights_only=True)`` says a file holds pickled objects other than tensors.
+_PICKLED_OBJECTS = "weights only load failed"
+
+
+def unreadable_checkpoint(path: Path, exc: BaseException, what: str, fix: str) -> CheckpointError:
+    """The one-line error for a checkpoint ``torch.load(..., weights_only=True)`` could not read.
+
+    A whole pickled model (``torch.save(model)``) is named as such, with the fix (eac never unpickles code);
+    anything else is a truncated or foreign file, and ``fix`` says what to give instead.
+    """
+    if _PICKLED_OBJECTS in str(exc).lower():
+        return CheckpointError(f"{path}: the {what} holds pickled Python objects (a whole model saved with "
+                               "torch.save(model)?), which eac does not load; save model.state_dict() instead")
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc))[:160]  # no terminal colour codes in the line
+    return CheckpointError(f"{path}: cannot read the {what} ({type(exc).__name__}: {detail}); the file is "
+                           f"truncated, corrupt or not a PyTorch state dict; {fix}")
 
 
 def state_dict_mismatch(expected: dict, state: dict) -> str | None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..engine.distribution import export_hint
 from ..engine.manifest import file_sha256
-from ._torch_utils import state_dict_mismatch
+from ._torch_utils import state_dict_mismatch, unreadable_checkpoint
 from .errors import CheckpointError, ExportError
 
 #: Name under which segment_anything's folder is mounted when its ``__init__`` cannot run.
@@ -432,10 +432,8 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint, probably truncated ({first[:160]}); download it again"
-        ) from exc
+        raise unreadable_checkpoint(path, exc, "checkpoint", "download an official one again (--download), or "
+                                    "pass the .pth file training wrote") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not state:

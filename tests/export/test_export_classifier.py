@@ -241,16 +241,19 @@ def test_bad_checkpoints(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     other = tmp_path / "other.pt"
     torch.save(tiny_models.sequential_head_cnn().state_dict(), other)
+    whole = tmp_path / "whole.pt"
+    torch.save(tiny_models.small_cnn(), whole)  # the model object, not its state dict
     cases = {
         tmp_path / "missing.pt": "not found",
         truncated: "cannot read",
         other: "does not fit this model",
+        whole: r"pickled Python objects .*save model\.state_dict\(\) instead",  # torch's text, colour codes and all
     }
     for i, (path, message) in enumerate(cases.items()):
         with pytest.raises(CheckpointError, match=message) as info:
             export_classifier(tmp_path / f"o{i}", module="tests.tiny_models:small_cnn", checkpoint=path,
                               input_size=SIZE, resize=RESIZE)
-        assert "\n" not in str(info.value)
+        assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
         assert not (tmp_path / f"o{i}").exists()
     assert _no_leftovers(tmp_path)
 
