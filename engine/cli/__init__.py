@@ -48,6 +48,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"eac: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but arguments no parser took are reported with the subcommand's help to see."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(EXIT_USAGE, f"eac: error: unrecognized arguments: {' '.join(extras)} (see `{prog} --help`)\n")
+        return parsed
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``eac`` argument parser with every subcommand."""

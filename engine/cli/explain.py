@@ -31,7 +31,7 @@ from ..batching import DEFAULT_BATCH_SIZE
 from ..concepts import DEFAULT_MAX_CONCEPTS
 from ..distribution import install_hint
 from ..errors import ConfigError, EacError, ExplainError, ImageError
-from ..images import DEFAULT_MAX_PIXELS, list_images, load_image
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images, load_image
 from ..methods import get_method, method_names, registry
 from ..sources import DEFAULT_SEGMENTS
 from .concepts import check_sam_limits
@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
     paths = list_images(args.images)
     if not paths:
-        raise ImageError(f"no images found in {' '.join(args.images)}")
+        raise ImageError(f"no images found in {' '.join(args.images)} (a folder's own {'/'.join(IMAGE_SUFFIXES)} "
+                         "files are taken; sub-folders are not searched: name them too)")
     resolve_models(args)
     check_target_flag(args)
     if _dataset_mode(args):

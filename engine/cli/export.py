@@ -17,6 +17,11 @@ class MissingExtraError(EacError):
     """A command needs an optional extra that is not installed."""
 
 
+
+def _count(n: object, noun: str) -> str:
+    """"1 class", "3 classes"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
 def _exporters(module: str):
     """Import ``eac.export.<module>``; without torch, one line saying which extra to install."""
     import importlib
@@ -54,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=export_sam)
 
     p = export_sub.add_parser("classifier", help="export a PyTorch classifier with logits and features outputs")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--torchvision", metavar="NAME",
                      help="a torchvision model name, e.g. resnet50 (needs torchvision built for your torch)")
@@ -96,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("import-onnx", help="adopt a classifier that already is an ONNX file")
     p.add_argument("model", help="the .onnx file")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--features-output", default=None, help="name of a B×D features tensor, if the graph has one")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--probabilities", action="store_true",
@@ -178,7 +183,7 @@ def print_export_summary(out: str, manifest: dict) -> None:
         batch = inp.get("batch")
         print(f"input {inp.get('name')} {inp.get('layout', 'NCHW')} {inp.get('height')}×{inp.get('width')}, "
               f"batch {'dynamic' if batch is None else f'fixed at {batch} (the engine loops)'}; "
-              f"outputs are {manifest.get('output_kind')}; {manifest.get('num_classes')} classes")
+              f"outputs are {manifest.get('output_kind')}; {_count(manifest.get('num_classes'), 'class')}")
         source = manifest.get("source", {})
         outputs = manifest.get("outputs", {})
         print(f"features: {outputs.get('features') or 'none'}; feature map: {outputs.get('feature_map') or 'none'}; "

@@ -26,8 +26,9 @@ def summary_lines(explanation: Explanation, top_k: int = 5,
     name = explanation.labels[0] if explanation.labels else f"class {explanation.target}"
     lines = [
         f"explained {name} (p={explanation.probability:.3f}) with {explanation.method} "
-        f"({explanation.value_type} values) over {explanation.num_concepts} concepts, "
-        f"{explanation.num_evaluations} classifier evaluations on {explanation.provider or '?'}"
+        f"({explanation.value_type} values) over {explanation.num_concepts} "
+        f"concept{'' if explanation.num_concepts == 1 else 's'}, {explanation.num_evaluations} classifier "
+        f"evaluation{'' if explanation.num_evaluations == 1 else 's'} on {explanation.provider or '?'}"
     ]
     values = explanation.values_2d[0]
     stderr = None if explanation.stderr is None else np.atleast_2d(explanation.stderr)[0]

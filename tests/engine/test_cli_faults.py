@@ -94,6 +94,10 @@ CASES = [
     Case("negative seed", lambda ws: _explain(ws, "--seed", "-1"), 2, "--seed", usage=True),
     Case("negative top-k", lambda ws: _explain(ws, "--top-k", "-3"), 2, "--top-k", usage=True),
     Case("zero threads", lambda ws: _explain(ws, "--threads", "0"), 2, "--threads", usage=True),
+    Case("folder with images only in a sub-folder", lambda ws: _explain(ws, images="nested"), 2,
+         "sub-folders are not searched", setup=lambda ws: (ws / "nested" / "inner").mkdir(parents=True)),
+    # argparse reports arguments no parser took from the top parser: it named `eac --help`
+    Case("unknown flag", lambda ws: _explain(ws, "--nonsense"), 2, "unrecognized arguments: --nonsense", usage=True),
     # checked against the manifest before any work (it was a failure of every image, exit 1)
     Case("target out of range", lambda ws: _explain(ws, "--out", str(ws / "o"), "--target", "9"), 2,
          "--target: target class 9 is out of range", absent=("o",)),
@@ -126,7 +130,7 @@ def test_fault_table(case, workspace, capsys):
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == case.err_lines, err
     if case.usage:
-        assert err.strip().splitlines() == errors and errors[0].startswith("eac: error: argument "), err
+        assert err.strip().splitlines() == errors and errors[0].startswith("eac: error: "), err
         assert errors[0].endswith("(see `eac explain --help`)"), err
     assert case.err in errors[0], err
     for rel in case.exists:
