@@ -158,6 +158,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def concept_source_from_args(args: argparse.Namespace, runtime=None):
     """The concept source asked for on the command line (SAM, masks file, superpixels or grid)."""
+    check_concept_flags(args)
     if getattr(args, "sam", None):
         from ..sam import SamConceptGenerator
 
@@ -177,6 +178,14 @@ def concept_source_from_args(args: argparse.Namespace, runtime=None):
         raise ConfigError(f"--n-segments {n} is above --max-concepts {limit}: each concept costs a mask in memory "
                           "and evaluations; raise --max-concepts to allow it")
     return make_source(getattr(args, "concepts", None) or DEFAULT_CONCEPTS, n)
+
+
+def check_concept_flags(args: argparse.Namespace) -> None:
+    """ConfigError when a flag would be ignored: --n-segments with concepts from --sam or --masks."""
+    if getattr(args, "n_segments", None) is not None and (getattr(args, "sam", None) or getattr(args, "masks", None)):
+        given = "--sam" if getattr(args, "sam", None) else "--masks"
+        raise ConfigError(f"--n-segments applies to --concepts superpixels/slic/grid; with {given} the concepts "
+                          "are what it gives: leave --n-segments out")
 
 
 def method_options(method: str, evaluations: int | None) -> dict[str, Any]:
@@ -204,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
                          "files are taken; sub-folders are not searched: name them too)")
     resolve_models(args)
     check_target_flag(args)
+    check_concept_flags(args)
     if _dataset_mode(args):
         if args.out is None:
             raise ConfigError("--format parquet writes a table: give --out FOLDER")

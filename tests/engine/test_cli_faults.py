@@ -96,6 +96,9 @@ CASES = [
     Case("zero threads", lambda ws: _explain(ws, "--threads", "0"), 2, "--threads", usage=True),
     Case("folder with images only in a sub-folder", lambda ws: _explain(ws, images="nested"), 2,
          "sub-folders are not searched", setup=lambda ws: (ws / "nested" / "inner").mkdir(parents=True)),
+    Case("--n-segments with --masks (was ignored)", lambda ws: [
+        "explain", str(ws / "images/s0.png"), "--classifier", str(demo_classifier_path()), "--masks",
+        str(ws / "empty_masks.npy"), "--n-segments", "9", "--no-progress"], 2, "leave --n-segments out"),
     # argparse reports arguments no parser took from the top parser: it named `eac --help`
     Case("unknown flag", lambda ws: _explain(ws, "--nonsense"), 2, "unrecognized arguments: --nonsense", usage=True),
     # checked against the manifest before any work (it was a failure of every image, exit 1)
