@@ -51,6 +51,10 @@ def summary_lines(explanation: Explanation, top_k: int = 5,
     if metrics and metrics.get("insertion_auc") is not None:
         lines.append(f"  insertion AUC {metrics['insertion_auc']:.2f} (higher is better), "
                      f"deletion AUC {metrics['deletion_auc']:.2f} (lower is better)")
+    targets = len(explanation.targets)
+    if targets > 1:
+        lines.append(f"  (the ranking, ties and metrics above are {name}'s, the first of {targets} targets; "
+                     "explanation.json and overlay.png hold every target)")
     return lines
 
 

@@ -120,6 +120,13 @@ def test_explain_with_label_masks_target_name_and_metrics(tmp_path, demo_classif
     assert data["num_concepts"] == len(scene.object_masks)
     assert data["value_type"] == "shapley"
     assert 0 <= data["info"]["metrics"]["insertion_auc"] <= 100
+    # two targets: the printed ranking is the first one's, and says so (it did not)
+    first, second = SHAPES[scene.label], other
+    assert main(["explain", str(tmp_path / "scene.png"), "--classifier", str(demo_classifier_folder),
+                 "--masks", str(tmp_path / "labels.png"), "--target", first, "--target", second,
+                 "--method", "shapley-exact", "--no-progress", "--out", str(tmp_path / "two")]) == 0
+    printed = capsys.readouterr().out
+    assert f"are {first}'s, the first of 2 targets" in printed
 
 
 def test_explain_errors_are_one_line(tmp_path, demo_classifier_folder, capsys):
