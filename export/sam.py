@@ -63,7 +63,7 @@ from ..engine.manifest import (
 from ._torch_utils import onnx_export, require_torch
 from .common import StagedFolder, check_output_folder, cpu_session, file_entries, first_line, save_onnx
 from .errors import CheckpointError, ExportError, ValidationError
-from .sam_loader import RECOMMENDED_SETTINGS, architecture, ensure_checkpoint, load_sam
+from .sam_loader import OFFICIAL_CHECKPOINTS, RECOMMENDED_SETTINGS, architecture, ensure_checkpoint, load_sam
 from .spec import DEFAULT_OPSET, MIN_OPSET, SAM_DECODER, SAM_DECODER_CONTEXT, SAM_ENCODER, SAM_PROMPT_DECODER
 from .validate import check_io_names, compare_outputs
 
@@ -687,13 +687,14 @@ def export_sam(
             f"no checkpoint given for {model_type}; pass --checkpoint PATH or --download"
         )
     sam = load_efficientvit_sam(model_type, path) if efficientvit else load_sam(model_type, path)
-    source = {"checkpoint": str(path), "checkpoint_bytes": path.stat().st_size, "architecture": arch.describe()}
-    if efficientvit:
-        from ..engine.manifest import file_sha256
+    from ..engine.manifest import file_sha256
+
+    source = {"checkpoint": str(path), "checkpoint_bytes": path.stat().st_size, "architecture": arch.describe(),
+              "checkpoint_sha256": file_sha256(path)}
+    if download:  # the official release, fetched here (a --checkpoint file may be anyone's)
         from .efficientvit_sam import EFFICIENTVIT_CHECKPOINTS
 
-        source["checkpoint_sha256"] = file_sha256(path)
-        source["official_url"] = EFFICIENTVIT_CHECKPOINTS[model_type].url
+        source["official_url"] = (EFFICIENTVIT_CHECKPOINTS if efficientvit else OFFICIAL_CHECKPOINTS)[model_type].url
     return export_sam_model(sam, out, model_type, opset=opset, fp16=fp16, validate=validate,
                             source=source, log=log, decoder_precision=decoder_precision)
 
