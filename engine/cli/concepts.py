@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..atomic import creation_blocker, write_file
@@ -93,5 +94,10 @@ def run(args: argparse.Namespace) -> int:
 
     write_file(out, write)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in concepts.timings.items())
-    print(f"{len(concepts)} concepts ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
+    count = f"{len(concepts)} concept{'' if len(concepts) == 1 else 's'}"
+    print(f"{count} ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
+    if not len(concepts):  # a valid, empty file: say what to change, as eac explain does
+        from .explain import zero_concepts_hint
+
+        print(f"eac: note: {zero_concepts_hint(args)}", file=sys.stderr)
     return 0

@@ -319,6 +319,24 @@ def test_concepts_creates_the_folders_of_its_file(workspace, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["c.npz"]  # no temporary file left
 
 
+def test_concepts_with_no_mask_kept_says_what_to_change(workspace, capsys, monkeypatch):
+    """SAM keeps no mask: a valid empty file, exit 0, and the hint eac explain gives (it printed only
+    "0 concepts")."""
+    from eac.engine.concepts import Concepts, Frame
+    from eac.engine.sam import SamConceptGenerator
+
+    def nothing(self, image):
+        return Concepts(masks=np.zeros((0, *image.shape[:2]), bool), scores=np.zeros(0, np.float32), source="sam",
+                        frame=Frame.identity(image.shape[:2]), timings={}, info={})
+
+    monkeypatch.setattr(SamConceptGenerator, "generate", nothing)
+    out = workspace / "none.npz"
+    assert main(_concepts(workspace, str(out))) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("0 concepts") and "lower --pred-iou-thresh" in captured.err
+    assert out.is_file()
+
+
 @pytest.mark.parametrize("out, image, fragment", [
     ("images.npz", "images/s0.png", "is a folder; give a file path"),  # a folder of that name
     ("afile/c.npz", "images/s0.png", "cannot create its folder, "),  # under a file
