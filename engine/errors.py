@@ -34,6 +34,14 @@ class ConceptError(EacError):
     """Concept masks are malformed (wrong shape, wrong frame, unreadable file)."""
 
 
+class TooManyConceptsError(ConceptError):
+    """An image has more concepts than the explainer's ``max_concepts`` (``count`` > ``limit``)."""
+
+    def __init__(self, message: str, count: int, limit: int):
+        super().__init__(message)
+        self.count, self.limit = count, limit
+
+
 class ExplainError(EacError):
     """An explanation cannot be computed as asked (bad target, method limits)."""
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..kernels.surrogate import softmax
 from .concepts import DEFAULT_MAX_CONCEPTS, Concepts, Frame
-from .errors import ConceptError, ExplainError
+from .errors import ExplainError, TooManyConceptsError
 from .evaluator import MaskedEvaluator
 from .explanation import Explanation
 from .images import load_image
@@ -200,9 +200,9 @@ class Explainer:
                                f"{crop.shape[0]}×{crop.shape[1]}; make them in the crop frame "
                                "(classifier.crop(image))")
         if len(found) > self.max_concepts:
-            raise ConceptError(f"{len(found)} concepts is more than the limit of {self.max_concepts} "
-                               "(memory and evaluations grow with it); raise max_concepts (--max-concepts) "
-                               "or ask the concept source for fewer")
+            raise TooManyConceptsError(f"{len(found)} concepts is more than the limit of {self.max_concepts} "
+                                       "(memory and evaluations grow with it); raise max_concepts (--max-concepts) "
+                                       "or ask the concept source for fewer", len(found), self.max_concepts)
         masks = found.masks
         evaluator = MaskedEvaluator(self.classifier, crop, masks, baseline=self.baseline,
                                     batch_size=self.batch_size, progress=self.progress,

@@ -28,7 +28,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConceptError, ConfigError, EacError, ExplainError, ImageError, InputShapeError
+from ..errors import (
+    ConceptError,
+    ConfigError,
+    EacError,
+    ExplainError,
+    ImageError,
+    InputShapeError,
+    TooManyConceptsError,
+)
 from .batcher import BatchedClassifier, BatcherClosed, CancelToken, ClassifierBatcher, DirectClient, RequestCancelled
 from .limits import (
     STATUS_CLIENT_GONE,
@@ -292,6 +300,9 @@ class Service:
             raise ServiceError(STATUS_CLIENT_GONE, "cancelled", str(exc)) from exc
         except BatcherClosed as exc:
             raise ServiceError(STATUS_UNAVAILABLE, "not_ready", str(exc), {"Retry-After": str(RETRY_AFTER_S)}) from exc
+        except TooManyConceptsError as exc:  # the client cannot change the server's flags: say what it can do
+            raise bad_request(f"the image has {exc.count} concepts, more than this server's limit of {exc.limit}; "
+                              "send a simpler or smaller image, or ask the operator (--max-concepts)") from exc
         except CLIENT_ERRORS as exc:
             raise bad_request(str(exc)) from exc
         except EacError as exc:

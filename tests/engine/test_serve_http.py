@@ -320,6 +320,15 @@ def test_a_body_cut_short_is_named_as_such(server):
     assert "cut short" in json.loads(body)["error"]
 
 
+def test_too_many_concepts_tells_the_client_what_it_can_do():
+    """The limit is the operator's: the 400 names the image's count and the server's limit, not a flag to raise
+    (it said "raise max_concepts (--max-concepts)" to an HTTP client)."""
+    with running(config=demo_config(max_concepts=2)) as srv:
+        wait_ready(srv.url)
+        message = assert_one_line_error(post_image(srv.url, scene_png(11), {"evaluations": EVALUATIONS}), 400)
+        assert "more than this server's limit of 2" in message and "raise max_concepts" not in message
+
+
 def test_a_full_queue_answers_503_with_retry_after():
     with running({"concurrency": 1, "max_queue": 1}) as srv:
         wait_ready(srv.url)
