@@ -27,9 +27,12 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..engine.distribution import install_hint
 from ..engine.manifest import PIXEL_SCALE
@@ -43,6 +46,8 @@ TORCHVISION_HINT = ("install the torchvision release built for your torch, toget
                     "fails to import)")
 #: The file of a transformers model folder that holds its image processor's settings.
 HF_PREPROCESSOR_FILE = "preprocessor_config.json"
+#: The Hugging Face hub, unless $HF_ENDPOINT names another.
+HF_HUB_URL = "https://huggingface.co"
 #: transformers' ConvNext processor: below this shortest edge it resizes to shortest_edge / crop_pct,
 #: then centre-crops shortest_edge; at or above it, it resizes to a square without cropping.
 HF_CROP_PCT_MAX_EDGE = 384
@@ -216,8 +221,12 @@ def _build_hf(name_or_path: str) -> BuiltModel:
                           f"{install_hint('export', 'hf')}") from exc
     folder = Path(str(name_or_path)).expanduser()
     local = folder.is_dir()
+    # Without a network the hub client retries each file five times (25 s of "Retrying in 8s" lines) before it
+    # looks in its cache: when the hub's name does not resolve, read the cache at once.
+    cache_only = not local and not _hub_resolves()
     try:
-        model = transformers.AutoModelForImageClassification.from_pretrained(str(folder) if local else name_or_path)
+        model = transformers.AutoModelForImageClassification.from_pretrained(
+            str(folder) if local else name_or_path, **({"local_files_only": True} if cache_only else {}))
     except (OSError, ValueError, KeyError) as exc:  # missing files, no network, an unknown architecture
         if local:
             raise ExportError(f"--hf {name_or_path}: cannot load the image classifier in that folder "
@@ -230,7 +239,7 @@ def _build_hf(name_or_path: str) -> BuiltModel:
     config = model.config
     source: dict[str, Any] = {"hf": str(name_or_path), "hf_class": type(model).__name__,
                               "transformers_version": transformers.__version__}
-    processor = _hf_processor_config(folder if local else None, str(name_or_path))
+    processor = _hf_processor_config(folder if local else None, str(name_or_path), cache_only)
     notes: list[str] = []
     if processor is not None:
         recommended, origin = hf_preprocess(processor, notes), f"the model's {HF_PREPROCESSOR_FILE}"
@@ -262,7 +271,17 @@ def _check_kernels_not_shadowed() -> None:
                       "import path); run the `eac` command, or python from another folder")
 
 
-def _hf_processor_config(folder: Path | None, name: str) -> dict[str, Any] | None:
+def _hub_resolves() -> bool:
+    """Whether the Hugging Face hub's host name resolves (``$HF_ENDPOINT`` or huggingface.co): no network, no."""
+    host = urlparse(os.environ.get("HF_ENDPOINT") or HF_HUB_URL).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _hf_processor_config(folder: Path | None, name: str, cache_only: bool = False) -> dict[str, Any] | None:
     """The model's ``preprocessor_config.json`` as a dict: from the folder, or the hub (cache), or None."""
     if folder is not None:
         path = folder / HF_PREPROCESSOR_FILE
@@ -272,7 +291,7 @@ def _hf_processor_config(folder: Path | None, name: str) -> dict[str, Any] | Non
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(name, HF_PREPROCESSOR_FILE))
+            path = Path(hf_hub_download(name, HF_PREPROCESSOR_FILE, local_files_only=cache_only))
         except Exception:  # no such file in the repository, or no network and nothing cached: none to read
             return None
     try:

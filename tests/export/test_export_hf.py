@@ -141,6 +141,25 @@ def test_hf_hub_id_offline_says_what_to_fetch(tmp_path, transformers, offline_hu
     assert not (tmp_path / "o").exists()
 
 
+def test_hf_hub_id_without_a_network_reads_the_cache_at_once(tmp_path, transformers, monkeypatch, capsys):
+    """No HF_HUB_OFFLINE, and the hub's name does not resolve (this machine): the hub client retried every file five
+    times (25 s of "Retrying in 8s" lines) before eac's line. Now the name is looked up once and the cache read."""
+    import socket
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    lookups = []
+
+    def no_network(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert main(["export", "classifier", "--hf", "someorg/some-classifier", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hf download someorg/some-classifier" in err[0]
+    assert lookups == ["huggingface.co"]  # one look-up, no retries
+
+
 def _kernels_distribution_installed() -> bool:
     try:
         importlib.metadata.version(HF_KERNELS_PACKAGE)
