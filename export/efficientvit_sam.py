@@ -125,6 +125,8 @@ _L_WIDTHS = (32, 64, 128, 256, 512)
 _XL_WIDTHS = (32, 64, 128, 256, 512, 1024)
 
 #: The official variants (``efficientvit/models/efficientvit/sam.py``: efficientvit_sam_l0 … xl1).
+#: Parameter names of an EfficientViT-SAM image encoder begin so (a SAM ViT's: ``image_encoder.patch_embed``).
+BACKBONE_PREFIX = "image_encoder.backbone."
 EFFICIENTVIT_ARCHITECTURES: dict[str, EfficientVitSamArchitecture] = {
     "efficientvit_l0": EfficientVitSamArchitecture(512, _L_WIDTHS, (1, 1, 1, 4, 4), _L_STAGES, 4, 1),
     "efficientvit_l1": EfficientVitSamArchitecture(512, _L_WIDTHS, (1, 1, 1, 6, 6), _L_STAGES, 8, 1),
@@ -357,16 +359,37 @@ def read_efficientvit_state_dict(path: str | os.PathLike) -> dict:
     return state
 
 
-def load_efficientvit_sam(model_type: str, checkpoint: str | os.PathLike):
-    """Build ``model_type`` and load ``checkpoint`` strictly (CheckpointError naming the mismatch)."""
+def guess_efficientvit_type(state: dict) -> str | None:
+    """The official EfficientViT-SAM model type whose parameter names and shapes ``state`` has exactly, or None.
+
+    The candidates are built on PyTorch's ``meta`` device (shapes only, no memory, no initialisation).
+    """
+    import torch
+
     from ._torch_utils import state_dict_mismatch
+
+    if not any(k.startswith(BACKBONE_PREFIX) for k in state):
+        return None
+    for name in EFFICIENTVIT_ARCHITECTURES:
+        with torch.device("meta"):
+            candidate = build_efficientvit_sam(name)
+        if not state_dict_mismatch(candidate.state_dict(), state):
+            return name
+    return None
+
+
+def load_efficientvit_sam(model_type: str, checkpoint: str | os.PathLike):
+    """Build ``model_type`` and load ``checkpoint`` strictly (CheckpointError naming the mismatch and, when the
+    file is another official type or a SAM ViT checkpoint, which one it looks like)."""
+    from ._torch_utils import state_dict_mismatch
+    from .sam_loader import describe_state_dict
 
     model = build_efficientvit_sam(model_type)
     state = read_efficientvit_state_dict(checkpoint)
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
-        raise CheckpointError(f"{checkpoint}: not an {model_type} checkpoint ({problems}); pass the --model-type "
-                              "that matches the file")
+        raise CheckpointError(f"{checkpoint}: not an {model_type} checkpoint ({describe_state_dict(state)}; "
+                              f"{problems}); pass the --model-type that matches the file")
     model.load_state_dict(state, strict=True)
     return model.float().eval()
 

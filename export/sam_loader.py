@@ -445,6 +445,12 @@ def describe_state_dict(state: dict) -> str:
     """A short guess of which SAM a state dict belongs to ("ViT embed dim 1024, depth 24")."""
     patch = state.get("image_encoder.patch_embed.proj.weight")
     if patch is None:
+        from .efficientvit_sam import BACKBONE_PREFIX, guess_efficientvit_type
+
+        if any(k.startswith(BACKBONE_PREFIX) for k in state):
+            kind = guess_efficientvit_type(state)
+            return (f"an EfficientViT-SAM checkpoint (looks like {kind})" if kind else
+                    "an EfficientViT-SAM checkpoint of none of the official sizes")
         return "not a SAM checkpoint (no image_encoder.patch_embed)"
     blocks = {k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}
     dim, depth = int(patch.shape[0]), len(blocks)

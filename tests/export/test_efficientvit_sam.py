@@ -131,6 +131,11 @@ def test_cli_exports_a_checkpoint_and_refuses_the_wrong_type(tiny_model, tmp_pat
                str(tmp_path / "wrong")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "not an efficientvit_l1 checkpoint" in err
+    assert "looks like efficientvit_l0" in err  # another size: which one (it gave no guess)
+    rc = main(["export", "sam", "--model-type", "vit_b", "--checkpoint", str(ckpt), "--out", str(tmp_path / "vit")])
+    err = capsys.readouterr().err.strip()  # an EfficientViT file as a SAM ViT (it said "not a SAM checkpoint")
+    assert rc != 0 and len(err.splitlines()) == 1
+    assert "an EfficientViT-SAM checkpoint (looks like efficientvit_l0)" in err
 
 
 def test_download_offline_says_which_file_and_where(tmp_path, monkeypatch):
