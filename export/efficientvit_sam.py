@@ -124,9 +124,10 @@ _XL_FEWER_NORM = (False, False, False, False, True, True)
 _L_WIDTHS = (32, 64, 128, 256, 512)
 _XL_WIDTHS = (32, 64, 128, 256, 512, 1024)
 
-#: The official variants (``efficientvit/models/efficientvit/sam.py``: efficientvit_sam_l0 … xl1).
 #: Parameter names of an EfficientViT-SAM image encoder begin so (a SAM ViT's: ``image_encoder.patch_embed``).
 BACKBONE_PREFIX = "image_encoder.backbone."
+
+#: The official variants (``efficientvit/models/efficientvit/sam.py``: efficientvit_sam_l0 … xl1).
 EFFICIENTVIT_ARCHITECTURES: dict[str, EfficientVitSamArchitecture] = {
     "efficientvit_l0": EfficientVitSamArchitecture(512, _L_WIDTHS, (1, 1, 1, 4, 4), _L_STAGES, 4, 1),
     "efficientvit_l1": EfficientVitSamArchitecture(512, _L_WIDTHS, (1, 1, 1, 6, 6), _L_STAGES, 8, 1),

@@ -58,6 +58,7 @@ from ..engine.manifest import (
     SamDecoderSpec,
     SamEncoderSpec,
     SamManifest,
+    file_sha256,
     read_manifest,
 )
 from ._torch_utils import onnx_export, require_torch
@@ -580,7 +581,7 @@ def export_sam_model(
                 validation = _validate(sam, tmp, fp16, (emb_h, emb_w), image_size, log, context,
                                        decoder_low=decoder_fp16 or decoder_precision == "int8")
             except ValidationError as exc:
-                if decoder_precision == "fp32" or not str(exc).startswith("SAM decoder (") or exc.kind != "values":
+                if decoder_precision == "fp32" or exc.output not in SAM_DECODER.outputs or exc.kind != "values":
                     raise
                 # not an export fault: the quantised decoder's own error on this model's weights
                 raise ValidationError(
@@ -670,7 +671,12 @@ def export_sam(
         See :func:`export_sam_model`.
     """
     require_torch("eac export sam")
-    from .efficientvit_sam import efficientvit_architecture, is_efficientvit, load_efficientvit_sam
+    from .efficientvit_sam import (
+        EFFICIENTVIT_CHECKPOINTS,
+        efficientvit_architecture,
+        is_efficientvit,
+        load_efficientvit_sam,
+    )
 
     efficientvit = is_efficientvit(model_type)
     arch = efficientvit_architecture(model_type) if efficientvit else architecture(model_type)  # unknown → one line
@@ -687,14 +693,13 @@ def export_sam(
             f"no checkpoint given for {model_type}; pass --checkpoint PATH or --download"
         )
     sam = load_efficientvit_sam(model_type, path) if efficientvit else load_sam(model_type, path)
-    from ..engine.manifest import file_sha256
-
+    # the official release when --download fetched it (a --checkpoint file may be anyone's)
+    official = (EFFICIENTVIT_CHECKPOINTS if efficientvit else OFFICIAL_CHECKPOINTS)[model_type] if download else None
     source = {"checkpoint": str(path), "checkpoint_bytes": path.stat().st_size, "architecture": arch.describe(),
-              "checkpoint_sha256": file_sha256(path)}
-    if download:  # the official release, fetched here (a --checkpoint file may be anyone's)
-        from .efficientvit_sam import EFFICIENTVIT_CHECKPOINTS
-
-        source["official_url"] = (EFFICIENTVIT_CHECKPOINTS if efficientvit else OFFICIAL_CHECKPOINTS)[model_type].url
+              # a published hash was checked by the download: the file is not read again for it
+              "checkpoint_sha256": official.sha256 if official and official.sha256 else file_sha256(path)}
+    if official:
+        source["official_url"] = official.url
     return export_sam_model(sam, out, model_type, opset=opset, fp16=fp16, validate=validate,
                             source=source, log=log, decoder_precision=decoder_precision)
 

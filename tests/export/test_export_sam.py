@@ -414,6 +414,27 @@ def test_download_verifies_and_reuses(tmp_path, monkeypatch):
         sam_loader.ensure_checkpoint("vit_l", cache=tmp_path, opener=opener)
 
 
+def test_manifest_records_the_checkpoint_hash_and_the_official_url_only_when_downloaded(
+        tmp_path, monkeypatch, tiny_checkpoint, tiny_as_vit_b):
+    """Every checkpoint's SHA-256 is recorded; the official URL only for --download, whose published hash the
+    download already checked (the file is not hashed again for the manifest)."""
+    digest = file_sha256(tiny_checkpoint)
+    official = sam_loader.OfficialCheckpoint("vit_b", tiny_checkpoint.name, "https://example.invalid/tiny.pth",
+                                             tiny_checkpoint.stat().st_size, digest)
+    monkeypatch.setitem(sam_loader.OFFICIAL_CHECKPOINTS, "vit_b", official)
+    monkeypatch.setenv(sam_loader.CACHE_ENV, str(tiny_checkpoint.parent))
+    hashed = []
+    monkeypatch.setattr(sam_export, "file_sha256", lambda path: hashed.append(Path(path)) or file_sha256(path))
+    base = ["export", "sam", "--model-type", "vit_b", "--skip-validation", "--out"]
+    assert main([*base, str(tmp_path / "given"), "--checkpoint", str(tiny_checkpoint)]) == 0
+    given = read_manifest(tmp_path / "given", "sam")["source"]
+    assert given["checkpoint_sha256"] == digest and "official_url" not in given
+    assert main([*base, str(tmp_path / "fetched"), "--download"]) == 0
+    fetched = read_manifest(tmp_path / "fetched", "sam")["source"]
+    assert fetched["checkpoint_sha256"] == digest and fetched["official_url"] == official.url
+    assert hashed.count(tiny_checkpoint) == 1  # the --checkpoint run only
+
+
 def test_official_checkpoint_table():
     for model_type, entry in sam_loader.OFFICIAL_CHECKPOINTS.items():
         assert entry.url.endswith(entry.filename) and model_type in entry.filename
