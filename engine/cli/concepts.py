@@ -19,6 +19,7 @@ from .options import (
     runtime_from_args,
     sam_settings_from_args,
 )
+from .report import plural
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     write_file(out, write)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in concepts.timings.items())
-    count = f"{len(concepts)} concept{'' if len(concepts) == 1 else 's'}"
-    print(f"{count} ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
+    print(f"{plural(len(concepts), 'concept')} ({concepts.hw[0]}×{concepts.hw[1]}) → {out}; {timing}")
     if not len(concepts):  # a valid, empty file: say what to change, as eac explain does
         from .explain import zero_concepts_hint
 

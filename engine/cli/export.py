@@ -8,6 +8,7 @@ import json
 from ..distribution import export_hint, install_hint
 from ..errors import EacError
 from .options import add_preprocess_args, positive_int
+from .report import plural
 
 SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l1", "efficientvit_l2",
                    "efficientvit_xl0", "efficientvit_xl1", "scene")
@@ -16,11 +17,6 @@ SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h", "efficientvit_l0", "efficientvit_l
 class MissingExtraError(EacError):
     """A command needs an optional extra that is not installed."""
 
-
-
-def _count(n: object, noun: str) -> str:
-    """"1 class", "3 classes"."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 def _exporters(module: str):
     """Import ``eac.export.<module>``; without torch, one line saying which extra to install."""
@@ -183,7 +179,7 @@ def print_export_summary(out: str, manifest: dict) -> None:
         batch = inp.get("batch")
         print(f"input {inp.get('name')} {inp.get('layout', 'NCHW')} {inp.get('height')}×{inp.get('width')}, "
               f"batch {'dynamic' if batch is None else f'fixed at {batch} (the engine loops)'}; "
-              f"outputs are {manifest.get('output_kind')}; {_count(manifest.get('num_classes'), 'class')}")
+              f"outputs are {manifest.get('output_kind')}; {plural(manifest.get('num_classes'), 'class')}")
         source = manifest.get("source", {})
         outputs = manifest.get("outputs", {})
         print(f"features: {outputs.get('features') or 'none'}; feature map: {outputs.get('feature_map') or 'none'}; "

@@ -16,6 +16,11 @@ VALUE_DIGITS = 4
 TIME_STAGES = ("concepts", "evaluations", "fit", "values")
 
 
+def plural(n: object, noun: str) -> str:
+    """A count and its noun: ``1 class``, ``3 classes``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def summary_lines(explanation: Explanation, top_k: int = 5,
                   annotate: Callable[[int], str] | None = None) -> list[str]:
     """Human-readable ranking: one line per top concept, then timings and metrics.
@@ -26,9 +31,8 @@ def summary_lines(explanation: Explanation, top_k: int = 5,
     name = explanation.labels[0] if explanation.labels else f"class {explanation.target}"
     lines = [
         f"explained {name} (p={explanation.probability:.3f}) with {explanation.method} "
-        f"({explanation.value_type} values) over {explanation.num_concepts} "
-        f"concept{'' if explanation.num_concepts == 1 else 's'}, {explanation.num_evaluations} classifier "
-        f"evaluation{'' if explanation.num_evaluations == 1 else 's'} on {explanation.provider or '?'}"
+        f"({explanation.value_type} values) over {plural(explanation.num_concepts, 'concept')}, "
+        f"{plural(explanation.num_evaluations, 'classifier evaluation')} on {explanation.provider or '?'}"
     ]
     values = explanation.values_2d[0]
     stderr = None if explanation.stderr is None else np.atleast_2d(explanation.stderr)[0]

@@ -8,6 +8,7 @@ import sys
 from tqdm import tqdm
 
 from .options import non_negative_int, positive_int
+from .report import plural
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,11 +45,6 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     extra = "".join([f", {summary.failed} failed" if summary.failed else "",
                      f", {summary.problems} images not shown (see the page)" if summary.problems else ""])
-    print(f"wrote {summary.page} ({_count(summary.images, 'image')}, {_count(summary.rows, 'row')}{extra}); "
+    print(f"wrote {summary.page} ({plural(summary.images, 'image')}, {plural(summary.rows, 'row')}{extra}); "
           "it opens offline")
     return 0
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
