@@ -20,7 +20,7 @@ the budget) and shapiq's Shapley approximators when shapiq is installed (a bench
 ``pip install shapiq``). The schedule section runs candidate schedules (cap, minimum, round size) with the
 default stopping rule.
 
-    python -m eac.bench.study_estimators                  # full study (5 minutes on the 2-core VM, 2026-12-04)
+    python -m eac.bench.study_estimators                  # full study (~5 min on the 2-core VM beside other jobs)
     python -m eac.bench.study_estimators --quick          # smoke run (< 30 s), labelled QUICK
     python -m eac.bench.study_estimators --json out.json  # also write the rows elsewhere
 
