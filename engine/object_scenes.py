@@ -28,8 +28,9 @@ OBJECT_SHAPES = ("disk", "square", "triangle", "cross", "ellipse", "rectangle", 
 #: Objects tried per scene (inclusive range); fewer may survive the visibility rules.
 MIN_OBJECTS, MAX_OBJECTS = 1, 6
 #: Object radius as a fraction of the scene side (11.5–25.6 px at 128: from the demo's smallest shapes up).
-#: The shipped SAM sees 8×8-pixel patches: a first run with radii down to 7.7 px gave objects under 300 px
-#: an IoU ≥ 0.85 mask from its best candidate only half the time (the larger ones 84–96 %).
+#: A first SAM with 8×8-pixel patches, trained with radii down to 7.7 px, gave objects under 300 px an
+#: IoU ≥ 0.85 mask from its best candidate only half the time (the larger ones 84–96 %); the smallest radius
+#: stayed the demo's when the shipped SAM moved to 4×4-pixel patches.
 MIN_RADIUS_FRAC, MAX_RADIUS_FRAC = 0.09, 0.2
 #: Probability that an object's centre may lie anywhere (so it may be cut by the border); otherwise it
 #: stays one radius inside.

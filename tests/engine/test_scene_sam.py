@@ -4,19 +4,19 @@ With the reference's default filters (32×32 grid, predicted IoU 0.88, stability
 box NMS 0.7) on held-out generated scenes (seed streams training never used):
 
 * concepts are objects: most objects recovered by a concept of IoU ≥ 0.85, few
-  concepts near-duplicates of another. The issue's recall target (≥ 90 % recovered) is
-  NOT reached by the shipped checkpoint: on the 24 scenes below it recovers 85.3 % (64
-  of 75 objects) with 2.2 % near-duplicates (2 of 91 concepts); on 96 scenes 81.0 % and
-  9.7 % (the near-duplicate target, ≤ 5 %, holds on these 24 and on the demo's scenes,
-  4.1 % of 48, not on 96 object scenes). The thresholds hold that level with a margin,
-  and each is one a weaker generator fails;
+  concepts near-duplicates of another. On the 24 scenes below the shipped checkpoint
+  recovers 93.3 % (70 of 75 objects) with 2.1 % near-duplicates (2 of 97 concepts); on
+  96 scenes 96.3 % and 6.1 % (`python -m eac.bench.study_prompts`): the issue's recall
+  target (≥ 90 %) holds, its near-duplicate target (≤ 5 %) holds on these 24 scenes but
+  NOT on 96. The thresholds hold that level with a margin, and each is one a weaker
+  generator fails;
 * the engine gives segment-anything's masks: ``SamAutomaticMaskGenerator`` on the
   checkpoint the folder was exported from keeps the same number of masks (±1) with
   mean best IoU ≥ 0.97 both ways, and the same predicted IoU and stability score per
   matched mask (tolerances below);
 * the folder recommends the coarse-to-fine prompt schedule (its manifest's ``recommended_settings``), which
-  ``from_folder`` applies unless told otherwise: on the 24 scenes it decodes 14 % of the prompts and keeps the
-  same objects (85.3 %) with no near-duplicate; the tests of the reference's behaviour ask for ``"grid"``;
+  ``from_folder`` applies unless told otherwise: on the 24 scenes it decodes 12 % of the prompts and keeps the
+  same objects (93.3 %) with no near-duplicate; the tests of the reference's behaviour ask for ``"grid"``;
 * the demo's red shape is the top concept (with the default, coarse-to-fine, as ``eac demo`` runs it);
 * a manifest naming another SAM size, and a checkpoint of another architecture, fail
   in one line.
@@ -36,15 +36,16 @@ from eac.engine.errors import ModelFolderError
 from eac.engine.object_scenes import held_out_scenes
 from eac.engine.sam import SamConceptGenerator
 
-#: Held-out object scenes of the recall test (slow: about 2 CPU seconds per scene), and of the parity test
+#: Held-out object scenes of the recall test (slow: about 3 CPU seconds per scene), and of the parity test
 #: (segment-anything's generator takes about 6 CPU seconds per scene: it upsamples all 3072 candidates).
 RECALL_SCENES = 24
 PARITY_SCENES = 3
-#: What the shipped SAM reaches on these scenes (85.3 % recall, 2.2 % near-duplicates), less a margin
-#: of about 4 objects / 4 concepts (ONNX Runtime builds may differ at the filters' edges). The recall
-#: threshold is below the issue's target (90 %): see the module docstring.
-MIN_RECALL = 0.80
-MAX_DUPLICATE_FRACTION = 0.07
+#: What the shipped SAM reaches on these scenes (93.3 % recall, 2.1 % near-duplicates), less a margin
+#: of about 4 objects / 3 concepts (ONNX Runtime builds may differ at the filters' edges). The
+#: near-duplicate threshold is the issue's target (5 %); the recall threshold is 4 objects below the
+#: measured 70 of 75, so 2 below the issue's 90 %.
+MIN_RECALL = 0.88
+MAX_DUPLICATE_FRACTION = 0.05
 MIN_MEAN_BEST_IOU = 0.97
 #: Measured on the 3 parity scenes: 5/5, 3/3 and 3/3 masks kept, mean best IoU 0.999 both ways (scene means
 #: 0.997, 1.000, 1.000: one object's mask kept from a neighbouring grid point on one side, IoU 0.985); largest
@@ -54,11 +55,11 @@ IOU_PREDICTION_ATOL = 2e-3
 #: Stability score of matched masks: the engine counts pixels of the 64×64 low-resolution logits,
 #: segment-anything of the logits upsampled to the 128×128 image; the two counts differ at the edges.
 STABILITY_ATOL = 0.03
-#: A concept source that is clearly worse must fail the recall threshold: a 4×4 grid of prompts (52 %).
+#: A concept source that is clearly worse must fail the recall threshold: a 4×4 grid of prompts (64 %).
 WEAK_POINTS_PER_SIDE = 4
-#: ... and one with a weaker box NMS must fail the near-duplicate threshold (0.9 instead of 0.7: 33 % on
-#: the first 6 scenes).
-WEAK_BOX_NMS = 0.9
+#: ... and one without box NMS must fail the near-duplicate threshold (a box IoU above 1 never suppresses:
+#: MEASURED on the first 6 scenes).
+WEAK_BOX_NMS = 1.0
 WEAK_NMS_SCENES = 6
 
 
@@ -85,7 +86,7 @@ def test_shipped_folder_is_small_and_named():
     folder = demo_sam_path()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model_type"] == "scene" and manifest["encoder"]["input_size"] == 128
-    assert manifest["architecture"]["patch_size"] == 8
+    assert manifest["architecture"]["patch_size"] == 4
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 10 * 2**20
 
 
@@ -281,15 +282,19 @@ def test_demo_explains_sam_concepts_by_default(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--concepts superpixels" in err
 
 
-#: A photo-sized frame for the post-processing memory test (1.08 megapixels), and the bound on its peak.
+#: A photo-sized frame for the post-processing memory test (1.08 megapixels), and the bound on its peak: the
+#: low-res logits of the candidates that pass the filters wait for NMS (at most 3072 × 128² float32 = 192 MB
+#: with the shipped SAM's 128×128 logits; 381 MB measured with the decoder's batch buffers), against 1616 MB
+#: for the old path that kept full-frame masks (with the first scene SAM's 64×64 logits).
 LARGE_HW = (900, 1200)
-LARGE_PEAK_MB = 200
+LARGE_PEAK_MB = 450
 
 
 def test_post_processing_memory_does_not_grow_with_the_candidates_on_a_large_photo(generator):
     """Every filtered candidate was once kept as a full-frame mask until NMS (and upsampled as float32 logits a whole
     decoder batch at a time): this grid-schedule run peaked at 1616 MB of numpy allocations, and a 3000×2250 photo at
-    10 GB of RSS; now only the low-res logits wait for NMS and masks are upsampled a few at a time (74 MB here). The
+    10 GB of RSS; now only the low-res logits wait for NMS and masks are upsampled a few at a time (74 MB with the
+    first scene SAM's 64×64 logits, 381 MB with the shipped SAM's 128×128). The
     masks are the same: the engine-vs-segment-anything parity tests above run the same code."""
     import tracemalloc
 
