@@ -608,6 +608,20 @@ def training_stream(s: TrainSettings, rank: int) -> list[int]:
     return [TRAIN_STREAM, s.seed, rank] + ([s.stream] if s.stream else [])
 
 
+#: Losses logged by the training loops, in this order.
+LOGGED = ("loss", "mask", "iou")
+
+
+def initial_model(s: TrainSettings, init: str | None = None) -> torch.nn.Module:
+    """The model a run starts from: ``s.seed``'s random weights, or the checkpoint ``init`` (a refinement)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        sam = build_sam_model(s.architecture)
+    if init is not None:
+        sam.load_state_dict(torch.load(init, weights_only=True))
+    return sam
+
+
 def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None = None
                 ) -> tuple[torch.nn.Module, dict[str, object]]:
     """One worker's training loop; with ``world`` > 1 gradients (and logged losses) are averaged every step.
@@ -617,20 +631,13 @@ def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None =
     import torch.distributed as dist
 
     torch.set_num_threads(s.threads)
-    arch = s.architecture
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s.seed)
-        sam = build_sam_model(arch)  # the same initial weights in every worker
-    if init is not None:
-        sam.load_state_dict(torch.load(init, weights_only=True))
-    sam.train()
+    sam = initial_model(s, init).train()  # the same initial weights in every worker
     params = [p for p in sam.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     rng = np.random.default_rng(training_stream(s, rank))
     per_worker = s.scenes_per_step // world
     curve: list[dict[str, float]] = []
-    keys = ("loss", "mask", "iou")
-    window = torch.zeros(len(keys), dtype=torch.float64)
+    window = torch.zeros(len(LOGGED), dtype=torch.float64)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for step in range(s.steps):
         images, prompts, targets = [], [], []
@@ -642,11 +649,11 @@ def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None =
             targets.append(torch.from_numpy(masks))
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, s)
-        logits, iou_pred = predict(sam, normalise(np.stack(images), arch), prompts, images[0].shape[:2])
+        logits, iou_pred = predict(sam, normalise(np.stack(images), s.architecture), prompts, images[0].shape[:2])
         parts = losses(logits, iou_pred, torch.cat(targets), s, margin_weight(step, s))
         opt.zero_grad(set_to_none=False)
         parts["loss"].backward()
-        stats = torch.stack([parts[k].detach() for k in keys]).double()
+        stats = torch.stack([parts[k].detach() for k in LOGGED]).double()
         if world > 1:  # one all-reduce: every gradient and the three logged losses, averaged over workers
             flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
                               for p in params] + [stats.float()])
@@ -665,7 +672,7 @@ def _train_loop(rank: int, world: int, s: TrainSettings, log, init: str | None =
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             n = (step % s.log_every) + 1
             cpu = (time.process_time() - cpu0) * world  # the workers run the same code in lockstep
-            point = {"step": step + 1, **{k: float(v) / n for k, v in zip(keys, window)},
+            point = {"step": step + 1, **{k: float(v) / n for k, v in zip(LOGGED, window)},
                      "lr": learning_rate(step, s), "cpu_s": cpu}
             curve.append(point)
             window.zero_()
@@ -765,10 +772,6 @@ def unpack_masks(packed: torch.Tensor, width: int) -> torch.Tensor:
     return bits.flatten(-2)[..., :width].bool()
 
 
-#: Losses logged by the training loops, in this order.
-LOGGED = ("loss", "mask", "iou")
-
-
 def _device_step(sam, opt, s: TrainSettings, step: int, batch: tuple[np.ndarray, ...]) -> torch.Tensor:
     """One optimisation step on the model's device from a :func:`make_batch` batch; returns :data:`LOGGED`."""
     images, coords, index, packed = batch
@@ -804,13 +807,13 @@ def probe_rate(s: TrainSettings) -> dict[str, float]:
     data = (time.perf_counter() - t0) / s.loaders
     sam = build_sam_model(s.architecture).to(s.device).train()
     opt = torch.optim.AdamW(sam.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    for step in range(PROBE_STEPS):
-        if step == PROBE_WARMUP:
-            float(_device_step(sam, opt, s, step, batch)[0])  # synchronises
-            t0 = time.perf_counter()
-            continue
-        _device_step(sam, opt, s, step, batch)
-    float(_device_step(sam, opt, s, PROBE_STEPS, batch)[0])
+    for step in range(PROBE_WARMUP + 1):
+        last = _device_step(sam, opt, s, step, batch)
+    float(last[0])  # waits for the device
+    t0 = time.perf_counter()
+    for step in range(PROBE_WARMUP + 1, PROBE_STEPS + 1):
+        last = _device_step(sam, opt, s, step, batch)
+    float(last[0])
     device = (time.perf_counter() - t0) / (PROBE_STEPS - PROBE_WARMUP)
     return {"steps_per_s": 1.0 / max(device, data), "device_s_per_step": device, "loader_s_per_step": data}
 
@@ -825,14 +828,8 @@ def _device_loop(s: TrainSettings, log, init: str | None = None) -> tuple[torch.
     import multiprocessing as mp
     from collections import deque
 
-    arch = s.architecture
     device = torch.device(s.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(s.seed)
-        sam = build_sam_model(arch)
-    if init is not None:
-        sam.load_state_dict(torch.load(init, weights_only=True))
-    sam.to(device).train()
+    sam = initial_model(s, init).to(device).train()
     opt = torch.optim.AdamW([p for p in sam.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay)
     curve: list[dict[str, float]] = []
     window = torch.zeros(len(LOGGED), dtype=torch.float64, device=device)
