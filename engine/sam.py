@@ -485,14 +485,15 @@ class SamConceptGenerator:
         empty = _empty_mask_data((h, w))
         empty.pop("crop_index")
         empty.pop("masks")
-        empty.update(logits=np.zeros((0, self.low_res_size, self.low_res_size), np.float32),
-                     boxes=np.zeros((0, 4), np.int64))
-        data = MaskData.cat(kept, empty)
+        empty.update(boxes=np.zeros((0, 4), np.int64))
+        data = MaskData.cat(kept, empty)  # the fields of `empty`: every field but the logits
         counts["after_filters"] += len(data)
         keep = mk.nms(data["boxes"], data["iou"], s.box_nms_thresh)
         counts["after_nms"] += len(keep)
+        logits = (mk.take_rows([part["logits"] for part in kept], keep) if len(keep)
+                  else np.zeros((0, self.low_res_size, self.low_res_size), np.float32))
         data = data.filter(keep)
-        data = MaskData(masks=self._masks(data["logits"], (h, w), valid_hw),
+        data = MaskData(masks=self._masks(logits, (h, w), valid_hw),
                         **{name: data[name] for name in ("iou", "stability", "points")})
         if not full:
             data["points"] = data["points"] + np.array([x0, y0], np.float64)

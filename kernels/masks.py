@@ -11,7 +11,8 @@ survivors straight into the output frame (one bilinear resampling, no
 * :func:`stability_scores` — IoU of the masks thresholded at ``t ± offset``;
 * :func:`logits_to_frame` — low-res logits → logits over an h×w output frame;
 * :func:`masks_to_boxes`, :func:`box_iou`, :func:`nms` — boxes and greedy NMS;
-* :func:`remove_small_regions` — fill small holes and drop small islands.
+* :func:`remove_small_regions` — fill small holes and drop small islands;
+* :class:`MaskData` and :func:`take_rows` — per-candidate fields kept in step.
 
 Conventions follow segment-anything: boxes are ``x0, y0, x1, y1`` with
 *inclusive* pixel coordinates (a one-pixel mask has the box ``x, y, x, y``)
@@ -25,8 +26,8 @@ import math
 import cv2
 import numpy as np
 
-#: Largest number of boxes whose pairwise IoU matrix :func:`nms` builds at once.
-NMS_BLOCK = 2048
+#: Boxes :func:`nms` compares with each other at once (its block×block IoU matrix).
+NMS_BLOCK = 256
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
@@ -199,6 +200,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     -------
     ndarray of int64, K
         Indices of kept boxes, highest score first.
+
+    Notes
+    -----
+    The boxes are taken :data:`NMS_BLOCK` at a time: a block is compared with
+    the boxes kept so far (K×block) and with itself (block×block), never with
+    the boxes after it, so the work is O(N·(K + block)) rather than O(N²) — a
+    SAM grid's 2 000 candidates of a few dozen objects cost milliseconds.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     n = boxes.shape[0]
@@ -206,20 +214,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         return np.zeros(0, np.int64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     boxes = boxes[order]
-    removed = np.zeros(n, dtype=bool)
-    keep = []
+    keep: list[int] = []
     for start in range(0, n, NMS_BLOCK):
         stop = min(n, start + NMS_BLOCK)
-        # Suppression of this block by boxes kept in earlier blocks.
-        if keep:
-            kept = np.asarray(keep)
-            removed[start:stop] |= (box_iou(boxes[kept], boxes[start:stop]) > iou_threshold).any(axis=0)
-        iou = box_iou(boxes[start:stop], boxes[start:])  # block × rest
-        for i in range(stop - start):
-            if removed[start + i]:
-                continue
-            keep.append(start + i)
-            removed[start:] |= iou[i] > iou_threshold
+        block = boxes[start:stop]
+        alive = np.ones(stop - start, dtype=bool)
+        if keep:  # suppressed by a box kept in an earlier block
+            alive &= ~(box_iou(boxes[np.asarray(keep)], block) > iou_threshold).any(axis=0)
+        iou = box_iou(block, block)
+        for i in np.flatnonzero(alive):
+            if alive[i]:
+                keep.append(start + int(i))
+                alive &= ~(iou[i] > iou_threshold)
     return order[np.asarray(keep, dtype=np.int64)]
 
 
@@ -381,3 +387,32 @@ class MaskData:
         if not parts:
             return cls(**empty)
         return cls(**{name: np.concatenate([p[name] for p in parts]) for name in empty})
+
+
+def take_rows(parts: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+    """``np.concatenate(parts)[index]`` without building the concatenation.
+
+    Parameters
+    ----------
+    parts : list of ndarray, each Nᵢ×...
+        Arrays with the same trailing shape (at least one).
+    index : ndarray of int, K
+        Rows of the (virtual) concatenation, in the order wanted.
+
+    Returns
+    -------
+    ndarray, K×...
+        The generator's candidates hold 64 kB of logits each: concatenating a
+        whole grid's survivors to keep a few dozen would copy ~100 MB.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    if index.size and (index.min() < 0 or index.max() >= starts[-1]):
+        raise IndexError(f"row index out of range for {starts[-1]} rows")
+    out = np.empty((len(index), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    which = np.searchsorted(starts, index, side="right") - 1
+    for k, (part, row) in enumerate(zip(which, index - starts[which], strict=True)):
+        out[k] = parts[part][row]
+    return out
+

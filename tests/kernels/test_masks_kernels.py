@@ -106,14 +106,18 @@ def test_nms_matches_brute_force_and_shim(thresh):
         assert len(got) == 80
 
 
-def test_nms_blocks_agree_with_one_block(monkeypatch):
+@pytest.mark.parametrize("block", [1, 17, 256, 1000])
+def test_nms_in_blocks_matches_brute_force(monkeypatch, block):
+    # A crowd (many boxes suppressed by boxes kept in earlier blocks) and zero-area boxes.
     rng = np.random.default_rng(3)
-    xy = rng.integers(0, 100, size=(300, 2))
-    boxes = np.concatenate([xy, xy + rng.integers(1, 40, size=(300, 2))], axis=1)
+    xy = rng.integers(0, 50, size=(300, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(5, 40, size=(300, 2))], axis=1).astype(np.float64)
+    boxes[::37, 2:] = boxes[::37, :2]
     scores = rng.random(300)
-    whole = mk.nms(boxes, scores, 0.5)
-    monkeypatch.setattr(mk, "NMS_BLOCK", 17)
-    np.testing.assert_array_equal(mk.nms(boxes, scores, 0.5), whole)
+    monkeypatch.setattr(mk, "NMS_BLOCK", block)
+    got = mk.nms(boxes, scores, 0.5)
+    assert got.tolist() == brute_force_nms(boxes, scores, 0.5)
+    assert 30 < len(got) < 250  # both outcomes occur
     assert mk.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
 
 
@@ -191,3 +195,13 @@ def test_boxes_near_crop_edge_match_segment_anything():
     got = mk.boxes_near_crop_edge(boxes, np.array(crop_box), (300, 400))
     np.testing.assert_array_equal(got, ref)
     assert got.any() and not got.all()
+
+
+def test_take_rows_is_concatenate_then_index():
+    parts = [np.arange(6).reshape(3, 2), np.arange(10, 12).reshape(1, 2), np.arange(20, 24).reshape(2, 2)]
+    got = mk.take_rows(parts, np.array([5, 0, 3, 3, 2]))
+    np.testing.assert_array_equal(got, [[22, 23], [0, 1], [10, 11], [10, 11], [4, 5]])
+    assert mk.take_rows(parts, np.zeros(0, np.int64)).shape == (0, 2)
+    with pytest.raises(IndexError):
+        mk.take_rows(parts, np.array([6]))
+
