@@ -53,6 +53,8 @@ DEFAULT_RECALL_MARGIN = 0.01
 DEFAULT_SCENES = 24
 DEFAULT_DEMO_SCENES = 10
 HERE = Path(__file__).resolve().parent
+#: The checkout's (or installed package's) root: ``bench/`` and ``engine/`` lie in it.
+CHECKOUT = HERE.parent
 DEFAULT_OUT = HERE / "results"
 
 
@@ -84,11 +86,19 @@ def lost_against(reference: tuple[list[sm.SceneScore], list[np.ndarray]],
             "concepts_lost_fraction": concepts_lost / max(ref_concepts, 1)}
 
 
+def shown_path(folder: str | Path) -> str:
+    """``folder`` as a record shows it: relative to the checkout when inside it (records travel), else as given."""
+    try:
+        return Path(folder).resolve().relative_to(CHECKOUT).as_posix()
+    except ValueError:
+        return str(folder)
+
+
 def study(sam_folder: str | Path, n_scenes: int, n_demo: int, log=print) -> dict[str, Any]:
     """Run every schedule on both scene sets; returns the JSON record."""
     sets = {"object scenes": held_out_scenes(n_scenes), "demo scenes": held_out_scenes(n_demo, demo=True)}
     record: dict[str, Any] = {
-        "command": "python -m eac.bench.study_prompts", "sam": str(sam_folder),
+        "command": "python -m eac.bench.study_prompts", "sam": shown_path(sam_folder),
         "filters": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7},
         "recall_iou": sm.RECALL_IOU, "duplicate_iou": sm.DUPLICATE_IOU, "sets": {},
         "versions": {"python": platform.python_version()},

@@ -37,3 +37,11 @@ def test_markdown_has_a_row_per_schedule_and_the_default_rule():
     for name, _ in sp.SCHEDULES:
         assert f"| {name} | 100.0 % |" in text
     assert text.count("| yes |") == len(sp.SCHEDULES) - 1 and text.count("| no |") == 1
+
+
+def test_the_record_names_the_sam_folder_relative_to_the_checkout(tmp_path):
+    from eac.bench.study_prompts import shown_path
+    from eac.engine.demo import demo_sam_path
+
+    assert shown_path(demo_sam_path()) == "engine/data/demo_sam"
+    assert shown_path(tmp_path) == str(tmp_path)  # outside the checkout: as given
