@@ -10,7 +10,9 @@ computes:
 * **near-duplicates**: concepts with IoU ≥ ``DUPLICATE_IOU`` with another concept
   (they split an object's credit between them);
 * **leftovers**: what each concept that recovers no object is
-  (:data:`LEFTOVER_KINDS`).
+  (:data:`LEFTOVER_KINDS`);
+* **intervals** of recall and the near-duplicate fraction, resampling scenes
+  (:func:`ratio_interval`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ ON_REGION_FRACTION = 0.9
 IMPRECISE_IOU = 0.5
 #: ... and it "merges" objects when it holds this fraction of each of two or more objects.
 MERGE_FRACTION = 0.5
+#: Scene-bootstrap intervals of the summaries: level, resamples and the resampling's seed (fixed: a record's
+#: interval is reproducible from its scenes).
+INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 4000
+BOOTSTRAP_SEED = 0
 #: What a concept that recovers no object can be, in the order they are tested.
 LEFTOVER_KINDS = ("imprecise object", "background", "background piece", "object part", "merged objects", "mixed")
 
@@ -101,8 +108,43 @@ def score_scene(concepts: np.ndarray, objects: np.ndarray) -> SceneScore:
     return SceneScore(len(objects), int((best >= RECALL_IOU).sum()), n, duplicates, leftovers, best)
 
 
+def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: float = INTERVAL_LEVEL,
+                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(numerators) / sum(denominators)``, resampling scenes.
+
+    Objects and concepts of one scene are not independent (one hard scene holds several misses or a
+    duplicate pair), so the scene is the unit that is resampled.
+
+    Parameters
+    ----------
+    numerators, denominators : ndarray, S
+        Per-scene counts (e.g. recovered objects and objects).
+    level : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    (float, float)
+        Lower and upper bound; ``(nan, nan)`` with no scene or nothing counted.
+    """
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    if num.size == 0 or den.sum() <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, num.size, size=(resamples, num.size))
+    totals = den[picks].sum(axis=1)
+    ratios = num[picks].sum(axis=1) / np.where(totals > 0, totals, np.nan)
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def summarise(scores: list[SceneScore]) -> dict[str, object]:
-    """Totals over scenes: recall, concepts per scene, near-duplicate fraction, leftover kinds per scene."""
+    """Totals over scenes: recall, concepts per scene, near-duplicate fraction, leftover kinds per scene.
+
+    ``recall_interval`` and ``duplicate_interval`` are :func:`ratio_interval`'s scene-bootstrap intervals.
+    """
     objects = sum(s.objects for s in scores)
     concepts = sum(s.concepts for s in scores)
     leftovers: Counter = Counter()
@@ -113,9 +155,11 @@ def summarise(scores: list[SceneScore]) -> dict[str, object]:
         "scenes": len(scores),
         "objects": objects,
         "recall": sum(s.recovered for s in scores) / max(objects, 1),
+        "recall_interval": ratio_interval([s.recovered for s in scores], [s.objects for s in scores]),
         "concepts_per_scene": concepts / n,
         "objects_per_scene": objects / n,
         "duplicate_fraction": sum(s.duplicates for s in scores) / max(concepts, 1),
+        "duplicate_interval": ratio_interval([s.duplicates for s in scores], [s.concepts for s in scores]),
         "leftovers_per_scene": {k: leftovers[k] / n for k in LEFTOVER_KINDS},
         "mean_best_iou": float(np.mean(np.concatenate([s.best_iou for s in scores]))) if objects else float("nan"),
     }

@@ -129,6 +129,12 @@ def study(sam_folder: str | Path, n_scenes: int, n_demo: int, log=print) -> dict
     return record
 
 
+def _percent(value: float, interval: tuple[float, float] | None) -> str:
+    """``96.3 % (93.6–98.5)``: a fraction and its interval, in per cent."""
+    text = f"{100 * value:.1f} %"
+    return text if interval is None else f"{text} ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The study's tables."""
     lines = [
@@ -138,7 +144,9 @@ def markdown(record: dict[str, Any]) -> str:
         "stability 0.95, box NMS 0.7) on held-out generated scenes (seed streams training never used). "
         f"An object is recovered by a concept of IoU ≥ {record['recall_iou']}; near-duplicates are concepts with "
         f"IoU ≥ {record['duplicate_iou']} with another concept; *lost* = against the 32×32 grid (objects it "
-        "recovers and the schedule does not; its concepts with no IoU ≥ 0.9 match in the schedule's output).",
+        "recovers and the schedule does not; its concepts with no IoU ≥ 0.9 match in the schedule's output). "
+        f"In brackets: {100 * sm.INTERVAL_LEVEL:.0f} % intervals, resampling scenes "
+        f"({sm.BOOTSTRAP_RESAMPLES} resamples).",
         "",
     ]
     for set_name, rows in record["sets"].items():
@@ -147,8 +155,10 @@ def markdown(record: dict[str, Any]) -> str:
                   "objects lost | concepts lost / scene | recall within 1 point |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
-            lines.append(f"| {r['schedule']} | {100 * r['recall']:.1f} % | {r['concepts_per_scene']:.2f} | "
-                         f"{100 * r['duplicate_fraction']:.1f} % | {r['prompts_per_scene']:.0f} | "
+            lines.append(f"| {r['schedule']} | {_percent(r['recall'], r.get('recall_interval'))} | "
+                         f"{r['concepts_per_scene']:.2f} | "
+                         f"{_percent(r['duplicate_fraction'], r.get('duplicate_interval'))} | "
+                         f"{r['prompts_per_scene']:.0f} | "
                          f"{100 * r['decoder_runs_saved']:.0f} % | {r['objects_lost']} | "
                          f"{r['concepts_lost_per_scene']:.2f} | {'yes' if r['recall_within_margin'] else 'no'} |")
         lines += ["", "Leftover concepts (recovering no object) per scene:", "",

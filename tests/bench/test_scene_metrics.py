@@ -32,3 +32,42 @@ def test_recall_duplicates_and_leftovers():
     summary = sm.summarise([score, sm.score_scene(np.zeros((0, 40, 40), bool), objects)])
     assert summary["recall"] == 0.25 and summary["concepts_per_scene"] == 3.5
     assert summary["duplicate_fraction"] == 2 / 7
+
+
+def test_ratio_interval_inline_cases():
+    lo, hi = sm.ratio_interval(np.array([1, 1, 1]), np.array([4, 4, 4]))
+    assert lo == hi == 0.25  # identical scenes: nothing to resample
+    assert all(np.isnan(sm.ratio_interval(np.zeros(0), np.zeros(0))))
+    assert all(np.isnan(sm.ratio_interval(np.zeros(3), np.zeros(3))))
+    lo, hi = sm.ratio_interval(np.array([0, 2, 0, 2]), np.array([4, 4, 4, 4]))
+    assert 0.0 <= lo < 0.25 < hi <= 0.5
+
+
+def test_ratio_interval_covers_the_true_fraction_where_a_per_concept_interval_does_not():
+    # Near-duplicates come in pairs (both concepts count), so concepts are not independent draws: a binomial
+    # interval over concepts is too narrow; resampling scenes is not. 300 simulated 96-scene studies.
+    rng = np.random.default_rng(5)
+    q = 0.06
+    truth = 2 * 2 * q / 4.5  # E[duplicates] / E[concepts] per scene
+    scene_bootstrap = per_concept = 0
+    trials = 300
+    for t in range(trials):
+        concepts = rng.integers(4, 6, 96)
+        duplicates = 2 * rng.binomial(2, q, 96)
+        lo, hi = sm.ratio_interval(duplicates, concepts, resamples=1000, seed=t)
+        scene_bootstrap += lo <= truth <= hi
+        p = duplicates.sum() / concepts.sum()
+        half = 1.96 * np.sqrt(p * (1 - p) / concepts.sum())
+        per_concept += p - half <= truth <= p + half
+    assert scene_bootstrap / trials >= 0.9
+    assert per_concept / trials < 0.9
+
+
+def test_summary_carries_intervals_around_its_estimates():
+    a = box(2, 12, 2, 12)
+    found = sm.score_scene(a[None], a[None])
+    missed = sm.score_scene(np.zeros((0, 40, 40), bool), a[None])
+    summary = sm.summarise([found, missed, found, found])
+    lo, hi = summary["recall_interval"]
+    assert lo <= summary["recall"] == 0.75 <= hi and lo < hi
+    assert summary["duplicate_interval"] == (0.0, 0.0)
