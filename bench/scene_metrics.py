@@ -17,6 +17,7 @@ computes:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ MERGE_FRACTION = 0.5
 INTERVAL_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 4000
 BOOTSTRAP_SEED = 0
+#: Bisection steps of the exact binomial bounds (2⁻⁴⁰: far below the printed precision).
+BISECTION_STEPS = 40
 #: What a concept that recovers no object can be, in the order they are tested.
 LEFTOVER_KINDS = ("imprecise object", "background", "background piece", "object part", "merged objects", "mixed")
 
@@ -108,12 +111,52 @@ def score_scene(concepts: np.ndarray, objects: np.ndarray) -> SceneScore:
     return SceneScore(len(objects), int((best >= RECALL_IOU).sum()), n, duplicates, leftovers, best)
 
 
+def _binomial_at_most(k: int, n: int, p: float) -> float:
+    """P(X ≤ k) for X ~ Binomial(n, p)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+            + (n - i) * math.log1p(-p) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def exact_binomial_interval(k: int, n: int, level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+    """Clopper–Pearson interval of a proportion from ``k`` successes in ``n`` independent trials.
+
+    The upper bound solves P(X ≤ k | p) = (1 − level)/2, the lower P(X ≥ k | p) = (1 − level)/2
+    (bisection); 0 when k = 0, 1 when k = n. ``(nan, nan)`` for n = 0.
+    """
+    k, n = int(k), int(n)
+    if n <= 0 or not 0 <= k <= n:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+
+    def bisect(too_small) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if too_small(mid) else (lo, mid)
+        return 0.5 * (lo + hi)
+
+    upper = 1.0 if k == n else bisect(lambda p: _binomial_at_most(k, n, p) > tail)
+    lower = 0.0 if k == 0 else bisect(lambda p: 1.0 - _binomial_at_most(k - 1, n, p) < tail)
+    return lower, upper
+
+
 def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: float = INTERVAL_LEVEL,
                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``sum(numerators) / sum(denominators)``, resampling scenes.
+    """Interval of ``sum(numerators) / sum(denominators)``: a scene bootstrap joined with Clopper–Pearson.
 
     Objects and concepts of one scene are not independent (one hard scene holds several misses or a
-    duplicate pair), so the scene is the unit that is resampled.
+    duplicate pair), so the scene is the unit that is resampled (percentile bootstrap). At the ends
+    (no miss, no duplicate) a bootstrap has nothing to resample and would print a zero-width interval;
+    the exact binomial interval of the totals (:func:`exact_binomial_interval`) covers that case. The
+    interval returned spans both.
 
     Parameters
     ----------
@@ -137,7 +180,8 @@ def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: floa
     ratios = num[picks].sum(axis=1) / np.where(totals > 0, totals, np.nan)
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(ratios, [tail, 100 - tail])
-    return float(low), float(high)
+    exact_low, exact_high = exact_binomial_interval(round(num.sum()), round(den.sum()), level)
+    return float(min(low, exact_low)), float(max(high, exact_high))
 
 
 def summarise(scores: list[SceneScore]) -> dict[str, object]:

@@ -34,13 +34,26 @@ def test_recall_duplicates_and_leftovers():
     assert summary["duplicate_fraction"] == 2 / 7
 
 
+def test_exact_binomial_interval_inline_values():
+    # Clopper-Pearson bounds (as scipy.stats.binomtest(k, n).proportion_ci(method="exact") gives them).
+    np.testing.assert_allclose(sm.exact_binomial_interval(5, 100), (0.0164319, 0.1128349), atol=1e-6)
+    np.testing.assert_allclose(sm.exact_binomial_interval(1, 4), (0.0063095, 0.8058796), atol=1e-6)
+    np.testing.assert_allclose(sm.exact_binomial_interval(0, 48), (0.0, 0.0739728), atol=1e-6)
+    np.testing.assert_allclose(sm.exact_binomial_interval(48, 48), (0.9260272, 1.0), atol=1e-6)
+    assert all(np.isnan(sm.exact_binomial_interval(0, 0)))
+
+
 def test_ratio_interval_inline_cases():
     lo, hi = sm.ratio_interval(np.array([1, 1, 1]), np.array([4, 4, 4]))
-    assert lo == hi == 0.25  # identical scenes: nothing to resample
+    # identical scenes: the bootstrap has nothing to resample; the exact interval of 3 in 12 remains
+    np.testing.assert_allclose((lo, hi), sm.exact_binomial_interval(3, 12))
+    assert lo < 0.25 < hi
+    lo, hi = sm.ratio_interval(np.array([4, 4]), np.array([4, 4]))
+    assert hi == 1.0 and lo < 1.0  # all recovered: still an interval, not 100-100
     assert all(np.isnan(sm.ratio_interval(np.zeros(0), np.zeros(0))))
     assert all(np.isnan(sm.ratio_interval(np.zeros(3), np.zeros(3))))
     lo, hi = sm.ratio_interval(np.array([0, 2, 0, 2]), np.array([4, 4, 4, 4]))
-    assert 0.0 <= lo < 0.25 < hi <= 0.5
+    assert 0.0 <= lo < 0.25 < hi < 1.0
 
 
 def test_ratio_interval_covers_the_true_fraction_where_a_per_concept_interval_does_not():
@@ -70,4 +83,5 @@ def test_summary_carries_intervals_around_its_estimates():
     summary = sm.summarise([found, missed, found, found])
     lo, hi = summary["recall_interval"]
     assert lo <= summary["recall"] == 0.75 <= hi and lo < hi
-    assert summary["duplicate_interval"] == (0.0, 0.0)
+    lo, hi = summary["duplicate_interval"]  # no duplicate among 3 concepts: 0 to the exact upper bound
+    assert lo == 0.0 and hi == sm.exact_binomial_interval(0, 3)[1]

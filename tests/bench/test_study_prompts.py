@@ -35,7 +35,7 @@ def test_markdown_has_a_row_per_schedule_and_the_default_rule():
     text = sp.markdown({"command": "python -m eac.bench.study_prompts", "recall_iou": sm.RECALL_IOU,
                         "duplicate_iou": sm.DUPLICATE_IOU, "sets": {"object scenes": rows}})
     for name, _ in sp.SCHEDULES:
-        assert f"| {name} | 100.0 % |" in text
+        assert f"| {name} | 100.0 % (2.5–100.0) |" in text  # one object recovered: the exact interval
     assert text.count("| yes |") == len(sp.SCHEDULES) - 1 and text.count("| no |") == 1
 
 
