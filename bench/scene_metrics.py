@@ -33,8 +33,8 @@ ON_REGION_FRACTION = 0.9
 IMPRECISE_IOU = 0.5
 #: ... and it "merges" objects when it holds this fraction of each of two or more objects.
 MERGE_FRACTION = 0.5
-#: Scene-bootstrap intervals of the summaries: level, resamples and the resampling's seed (fixed: a record's
-#: interval is reproducible from its scenes).
+#: Intervals of the summaries (:func:`ratio_interval`): level, bootstrap resamples and the resampling's seed
+#: (fixed: a record's interval is reproducible from its scenes).
 INTERVAL_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 4000
 BOOTSTRAP_SEED = 0
@@ -187,7 +187,8 @@ def ratio_interval(numerators: np.ndarray, denominators: np.ndarray, level: floa
 def summarise(scores: list[SceneScore]) -> dict[str, object]:
     """Totals over scenes: recall, concepts per scene, near-duplicate fraction, leftover kinds per scene.
 
-    ``recall_interval`` and ``duplicate_interval`` are :func:`ratio_interval`'s scene-bootstrap intervals.
+    ``recall_interval`` and ``duplicate_interval`` are :func:`ratio_interval`'s intervals (a scene bootstrap
+    joined with the exact binomial interval of the totals).
     """
     objects = sum(s.objects for s in scores)
     concepts = sum(s.concepts for s in scores)
