@@ -146,7 +146,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"IoU ≥ {record['duplicate_iou']} with another concept; *lost* = against the 32×32 grid (objects it "
         "recovers and the schedule does not; its concepts with no IoU ≥ 0.9 match in the schedule's output). "
         f"In brackets: {100 * sm.INTERVAL_LEVEL:.0f} % intervals, resampling scenes "
-        f"({sm.BOOTSTRAP_RESAMPLES} resamples).",
+        f"({sm.BOOTSTRAP_RESAMPLES} resamples) and spanning the exact binomial interval of the totals.",
         "",
     ]
     for set_name, rows in record["sets"].items():
