@@ -129,9 +129,10 @@ def test_refinement_stage_starts_from_its_checkpoint_and_says_so(tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--stage", "refine"], "--init CHECKPOINT goes with a refinement stage"),
-    (["--stage", "edges"], "--init CHECKPOINT goes with a refinement stage"),
-    (["--init", "x.pth"], "--init CHECKPOINT goes with a refinement stage"),
+    (["--stage", "refine"], "--init CHECKPOINT goes with a stage that starts from one"),
+    (["--stage", "edges"], "--init CHECKPOINT goes with a stage that starts from one"),
+    (["--stage", "shift"], "--init CHECKPOINT goes with a stage that starts from one"),
+    (["--init", "x.pth"], "--init CHECKPOINT goes with a stage that starts from one"),
     (["--stage", "refine", "--init", "no/such.pth"], "no checkpoint at no/such.pth"),
     (["--eval-scenes", "2"], "--eval-scenes must be at least 3"),
     (["--seconds", "60"], "--seconds sizes a one-process run"),
@@ -156,16 +157,22 @@ def test_recipe_runs_its_stages_in_order_each_from_the_previous_checkpoint(monke
         calls.append((settings, None if init is None else ts.file_sha256(init)))
         return sam, {"held_out": {}, "steps": settings.steps}
 
+    def fake_shift(init, settings, log=print):
+        calls.append((settings, ts.file_sha256(init)))
+        return ts.initial_model(settings, init), {"stage": "shift", "held_out": {}}
+
     monkeypatch.setattr(ts, "train", fake_train)
+    monkeypatch.setattr(ts, "shift_stage", fake_shift)
     base = ts.TrainSettings(steps=3)
     settings = {stage: ts.stage_settings(base, stage) for stage in ts.STAGES[1:]}
     _, record = ts.train_recipe(settings, log=lambda m: None)
-    assert [r["stage"] for r in record["stages"]] == ["base", "refine", "edges"] and record["stage"] == "strays"
+    assert [r["stage"] for r in record["stages"]] == ["base", "refine", "edges", "strays"]
+    assert record["stage"] == "shift" and len(calls) == 5
     assert calls[0][1] is None  # the base run starts from random weights
-    assert [c[0].stray_weight for c in calls] == [0.0, 0.2, 0.5, ts.REFINEMENTS["strays"]["stray_weight"]]
+    assert [c[0].stray_weight for c in calls[:4]] == [0.0, 0.2, 0.5, ts.REFINEMENTS["strays"]["stray_weight"]]
     assert calls[2][0].edge_fraction == 0.5
-    # each refinement starts from the checkpoint the previous stage saved (the same model's weights)
-    for k in (1, 2, 3):
+    # each later stage starts from the checkpoint the previous stage saved (the same model's weights)
+    for k in (1, 2, 3, 4):
         assert record["stages"][k - 1]["stage"] == ts.STAGES[k]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(k - 1)
@@ -214,18 +221,70 @@ def test_shipped_checkpoint_record():
     record = json.loads((folder / ts.RECORD_NAME).read_text())
     assert (folder / ts.CHECKPOINT_NAME).stat().st_size <= 10 * 2**20
     # the base run and two refinements on a GPU lent for a few minutes (about 5.5 minutes of training), the
-    # last refinement on the 2-core CPU (about 15 minutes of 2 quiet cores)
+    # last refinement on the 2-core CPU (about 15 minutes of 2 quiet cores), then the logit shift (no training)
     stages = [*record["stages"], record]
     assert [r["stage"] for r in stages] == list(ts.STAGES[1:])
-    assert all(r["device"] == "NVIDIA H200" for r in stages[:3]) and "device" not in record
+    assert all(r["device"] == "NVIDIA H200" for r in stages[:3]) and all("device" not in r for r in stages[3:])
     assert sum(r["seconds"]["wall"] for r in stages[:3]) <= 6 * 60
-    assert record["seconds"]["quiet_wall_estimate"] <= 20 * 60
+    assert stages[3]["seconds"]["quiet_wall_estimate"] <= 20 * 60
+    assert record["steps"] == 0 and record["logit_shift"]["shift"] == ts.LOGIT_SHIFT
+    spread = record["logit_shift"]["spread"]
+    assert record["logit_shift"]["channel"] == int(np.argmin(spread))
     for earlier, later in itertools.pairwise(stages):
         assert later["init"]["sha256"] != earlier.get("init", {}).get("sha256")
     held = record["held_out"]
     assert held["best_of_3_miou"] >= 0.85
     assert held["iou_head"]["pearson"] >= 0.9
     assert np.isfinite(held["best_mask_stability"]["mean"])
+
+
+def test_shift_lowers_every_mask_logit_but_for_the_channel_given_up():
+    """shift_logits_: new logits = old − shift − the given-up channel's old share; predicted IoUs unchanged."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sam = build_sam_model(replace(SCENE_SAM, patch_size=8)).eval()
+        embeddings = torch.randn(2, SCENE_SAM.prompt_embed_dim, 16, 16)
+    coords = torch.tensor([[10.0, 20.0], [64.0, 64.0], [100.5, 3.25]])
+    index = torch.tensor([0, 1, 1])
+    md = sam.mask_decoder
+    features, hyper = [], []
+    hooks = [md.output_upscaling.register_forward_hook(lambda m, a, out: features.append(out))]
+    hooks += [mlp.register_forward_hook(lambda m, a, out: hyper.append(out)) for mlp in md.output_hypernetworks_mlps]
+    with torch.no_grad():
+        before, iou_before = ts.decode(sam, embeddings, index, coords)
+    for h in hooks:
+        h.remove()
+    channel = 5
+    share = torch.stack(hyper, dim=1)[:, 1:, channel, None, None] * features[0][:, None, channel]  # N×3×H×W
+    ts.shift_logits_(sam, 2.0, channel)
+    with torch.no_grad():
+        after, iou_after = ts.decode(sam, embeddings, index, coords)
+    torch.testing.assert_close(after, before - 2.0 - share, atol=1e-4, rtol=0)
+    assert float(share.abs().max()) > 1e-3  # the channel did contribute: the comparison above can fail
+    torch.testing.assert_close(iou_after, iou_before, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="channel 99"):
+        ts.shift_logits_(sam, 2.0, 99)
+
+
+def test_shift_stage_records_where_it_started_and_what_it_gave_up(tmp_path, capsys):
+    init = tmp_path / "strays"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        ts.save(build_sam_model(replace(SCENE_SAM, patch_size=8)), {"stage": "strays", "stages": [{"stage": "a"}]},
+                init)
+    out = tmp_path / "shifted"
+    rc = ts.main(["--stage", "shift", "--init", str(init / ts.CHECKPOINT_NAME), "--out", str(out), "--eval-scenes",
+                  "3", "--patch-size", "8"])
+    assert rc == 0
+    record = json.loads((out / ts.RECORD_NAME).read_text())
+    assert record["stage"] == "shift" and record["init"]["sha256"] == ts.file_sha256(init / ts.CHECKPOINT_NAME)
+    assert [r["stage"] for r in record["stages"]] == ["a", "strays"]  # the earlier stages, as the recipe keeps them
+    channel = record["logit_shift"]["channel"]
+    assert channel == int(np.argmin(record["logit_shift"]["spread"]))
+    shifted = build_sam_model(replace(SCENE_SAM, patch_size=8))
+    shifted.load_state_dict(torch.load(out / ts.CHECKPOINT_NAME, weights_only=True))
+    assert float(shifted.mask_decoder.output_upscaling[-2].weight[:, channel].detach().abs().max()) == 0.0
+    assert f"upscaling channel {channel}" in capsys.readouterr().out
 
 
 def test_unpack_masks_undoes_packbits():
