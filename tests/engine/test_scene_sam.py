@@ -5,18 +5,19 @@ box NMS 0.7) on held-out generated scenes (seed streams training never used):
 
 * concepts are objects: most objects recovered by a concept of IoU ≥ 0.85, few
   concepts near-duplicates of another. On the 24 scenes below the shipped checkpoint
-  recovers 93.3 % (70 of 75 objects) with 2.1 % near-duplicates (2 of 97 concepts); on
-  96 scenes 96.3 % and 6.1 % (`python -m eac.bench.study_prompts`): the issue's recall
-  target (≥ 90 %) holds, its near-duplicate target (≤ 5 %) holds on these 24 scenes but
-  NOT on 96. The thresholds hold that level with a margin, and each is one a weaker
-  generator fails;
+  (with its logit shift) recovers 89.3 % (67 of 75 objects) with no near-duplicate (0 of
+  94 concepts); on 96 scenes 93.3 % and 3.6 % (`python -m eac.bench.study_prompts`): the
+  issue's targets (recall ≥ 90 %, near-duplicates ≤ 5 %) hold on 96 scenes; these 24 are
+  a harder draw for recall (before the shift: 93.3 % and 2.1 % here, 96.3 % and 6.1 % on
+  96). The thresholds hold that level with a margin, and each is one a weaker generator
+  fails;
 * the engine gives segment-anything's masks: ``SamAutomaticMaskGenerator`` on the
   checkpoint the folder was exported from keeps the same number of masks (±1) with
   mean best IoU ≥ 0.97 both ways, and the same predicted IoU and stability score per
   matched mask (tolerances below);
 * the folder recommends the coarse-to-fine prompt schedule (its manifest's ``recommended_settings``), which
   ``from_folder`` applies unless told otherwise: on the 24 scenes it decodes 12 % of the prompts and keeps the
-  same objects (93.3 %) with no near-duplicate; the tests of the reference's behaviour ask for ``"grid"``;
+  same objects (89.3 %) with no near-duplicate; the tests of the reference's behaviour ask for ``"grid"``;
 * the demo's red shape is the top concept (with the default, coarse-to-fine, as ``eac demo`` runs it);
 * a manifest naming another SAM size, and a checkpoint of another architecture, fail
   in one line.
@@ -40,15 +41,16 @@ from eac.engine.sam import SamConceptGenerator
 #: (segment-anything's generator takes about 6 CPU seconds per scene: it upsamples all 3072 candidates).
 RECALL_SCENES = 24
 PARITY_SCENES = 3
-#: What the shipped SAM reaches on these scenes (93.3 % recall, 2.1 % near-duplicates), less a margin
-#: of about 4 objects / 3 concepts (ONNX Runtime builds may differ at the filters' edges). The
+#: What the shipped SAM reaches on these scenes (89.3 % recall, no near-duplicate), less a margin
+#: of about 4 objects / 4 concepts (ONNX Runtime builds may differ at the filters' edges). The
 #: near-duplicate threshold is the issue's target (5 %); the recall threshold is 4 objects below the
-#: measured 70 of 75, so 2 below the issue's 90 %.
-MIN_RECALL = 0.88
+#: measured 67 of 75 (on 96 scenes the study measures 93.3 %; a 4×4 grid reaches 60 % here).
+MIN_RECALL = 0.84
 MAX_DUPLICATE_FRACTION = 0.05
 MIN_MEAN_BEST_IOU = 0.97
-#: Measured on the 3 parity scenes: 8/8, 3/3 and 3/3 masks kept, mean best IoU 1.000 both ways, all 14 from
-#: the same grid point on both sides; largest differences 3.6e-7 in predicted IoU and 0 in stability score.
+#: Measured on the 3 parity scenes: 7/7, 3/3 and 3/3 masks kept, mean best IoU 1.000 both ways. Before the
+#: logit shift: 8/8, 3/3, 3/3, all 14 from the same grid point on both sides, largest differences 3.6e-7 in
+#: predicted IoU and 0 in stability score.
 #: Predicted IoU of matched masks: the same decoder (ONNX Runtime vs PyTorch) on the same prompt.
 IOU_PREDICTION_ATOL = 1e-4
 #: Stability score of matched masks: the engine counts pixels of the 128×128 low-resolution logits,
