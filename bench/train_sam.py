@@ -1174,8 +1174,11 @@ def main(argv: list[str] | None = None) -> int:
     chosen = ([args.stage] if args.stage != "recipe" else list(STAGES[1:STAGES.index(last) + 1]))
     scale = args.steps_scale
     if args.seconds is not None:
-        rate = probe_rate(settings[chosen[0]])
-        scale = args.seconds * rate["steps_per_s"] / sum(settings[stage].steps for stage in chosen)
+        trained = [stage for stage in chosen if stage != "shift"]  # the shift stage takes no steps
+        if not trained:
+            parser.error("--seconds sizes training stages; the shift stage does not train")
+        rate = probe_rate(settings[trained[0]])
+        scale = args.seconds * rate["steps_per_s"] / sum(settings[stage].steps for stage in trained)
         log(f"probe: {rate['device_s_per_step'] * 1e3:.1f} ms per step on {args.device}, loaders "
             f"{rate['loader_s_per_step'] * 1e3:.1f} ms per step: steps scaled by {scale:.3f}")
     if scale is not None:

@@ -139,6 +139,7 @@ def test_refinement_stage_starts_from_its_checkpoint_and_says_so(tmp_path, capsy
     (["--device", "cuda", "--loaders", "0"], "--loaders must be at least 1"),
     (["--stage", "base", "--last-stage", "refine"], "--last-stage ends the recipe"),
     (["--steps", "5", "--steps-scale", "0.5"], "give it or --steps-scale/--seconds"),
+    (["--stage", "shift", "--init", __file__, "--device", "cuda", "--seconds", "60"], "the shift stage does not train"),
 ])
 def test_stage_arguments_fail_in_one_line(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
