@@ -12,6 +12,9 @@ lowered by :data:`LOGIT_SHIFT`, folded into the weights, see :func:`shift_stage`
     python -m eac.bench.train_sam --out bench/scene_sam --stage shift --init strays/checkpoint.pth
     eac export sam --model-type scene --checkpoint bench/scene_sam/checkpoint.pth --out engine/data/demo_sam
 
+(The "strays" checkpoint the shift started from is ``bench/scene_sam`` at commit c48f58c; the shipped
+``training.json`` keeps every earlier stage's record.)
+
 (The GPU run chose its step count with ``--seconds 280``: a probe of the machine's rate
 scaled every stage's steps by 0.42273, recorded.) The whole recipe runs on the CPU too
 (``python -m eac.bench.train_sam --out DIR``, two worker processes, 8 scenes a step):
@@ -241,10 +244,10 @@ REFINEMENTS: dict[str, dict[str, object]] = {
     "strays": {"steps": 400, "lr": 1e-4, "warmup_steps": 20, "margin_start": 0.0, "margin_ramp": 0.0,
                "stray_weight": 1.0, "stray_distance": 3, "edge_fraction": 0.5, "stream": 3},
 }
-#: Stages of ``--stage``: the whole recipe, or one of its runs.
 #: The stages that start from the previous stage's checkpoint: the refinements, then "shift" (no training: the mask
 #: logits lowered by :data:`LOGIT_SHIFT`, see :func:`shift_stage`).
 FROM_CHECKPOINT = (*REFINEMENTS, "shift")
+#: Stages of ``--stage``: the whole recipe, or one of its runs.
 STAGES = ("recipe", "base", *FROM_CHECKPOINT)
 
 
