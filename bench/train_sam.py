@@ -617,6 +617,20 @@ def calibrate_logit_scale(sam, arch: SamArchitecture, seed: int, demo_fraction: 
             "points_per_object": CALIBRATION_POINTS, "seed_stream": [CALIBRATION_STREAM, seed]}
 
 
+def model_record(sam, s: TrainSettings, log) -> dict[str, object]:
+    """What every stage's record says of its model: type, architecture, size, held-out metrics, versions."""
+    arch = s.architecture
+    log(f"evaluating on {s.eval_scenes} held-out object scenes and {s.eval_scenes // 3} demo scenes")
+    return {
+        "model_type": "scene",
+        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
+        "parameters": int(sum(p.numel() for p in sam.parameters())),
+        "held_out": evaluate(sam, held_out_scenes(s.eval_scenes), arch),
+        "held_out_demo_scenes": evaluate(sam, held_out_scenes(s.eval_scenes // 3, demo=True), arch),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
 # --- logit shift --------------------------------------------------------------------------
 
 #: The last stage ("shift") lowers every mask logit by this much, folded into the weights: a pixel joins a mask
@@ -662,9 +676,8 @@ def channel_contributions(sam, arch: SamArchitecture, seed: int, demo_fraction: 
     try:
         decode(sam, embeddings, index, coords)
     finally:
-        hook.remove()
-        for h in hooks:
-            h.remove()
+        for handle in (hook, *hooks):
+            handle.remove()
     f = features[0]  # P×C×H×W
     h = torch.stack(hyper, dim=1)[:, 1:]  # P×3×C: the multimask outputs' tokens
     return np.array([float((h[:, :, c, None, None] * f[:, None, c]).std()) for c in range(f.shape[1])])
@@ -709,12 +722,9 @@ def shift_stage(init: str | os.PathLike, s: TrainSettings, shift: float = LOGIT_
     shift_logits_(sam, shift, channel)
     log(f"mask logits lowered by {shift:g} through upscaling channel {channel} (its share's spread "
         f"{spread[channel]:.3f}; the others' {np.delete(spread, channel).min():.3f}–{spread.max():.3f})")
-    log(f"evaluating on {s.eval_scenes} held-out object scenes and {s.eval_scenes // 3} demo scenes")
     record = {
         "command": "python -m eac.bench.train_sam --stage shift --init PREVIOUS.pth",
-        "model_type": "scene",
-        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
-        "parameters": int(sum(p.numel() for p in sam.parameters())),
+        **model_record(sam, s, log),
         "stage": "shift",
         "init": {"sha256": file_sha256(init)},
         "steps": 0,
@@ -723,10 +733,7 @@ def shift_stage(init: str | os.PathLike, s: TrainSettings, shift: float = LOGIT_
         "logit_shift": {"shift": shift, "channel": channel, "spread": spread.tolist(),
                         "constant_pre_activation": CONSTANT_PRE_ACTIVATION, "scenes": SHIFT_SCENES,
                         "points_per_scene": SHIFT_POINTS, "seed_stream": [SHIFT_STREAM, s.seed]},
-        "held_out": evaluate(sam, held_out_scenes(s.eval_scenes), arch),
-        "held_out_demo_scenes": evaluate(sam, held_out_scenes(s.eval_scenes // 3, demo=True), arch),
         "seed_streams": {"held_out": HELD_OUT_STREAM},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     return sam, record
 
@@ -835,24 +842,16 @@ def _finish(sam, s: TrainSettings, curve: list[dict[str, float]], seconds: dict[
     scale_logits_(sam, calibration["scale"])
     log(f"logit scale {calibration['scale']}: " + ", ".join(
         f"{k}: recall {v['recall']:.3f} junk {v['junk']:.3f}" for k, v in calibration["table"].items()))
-    log(f"evaluating on {s.eval_scenes} held-out object scenes and {s.eval_scenes // 3} demo scenes")
-    held_out = evaluate(sam, held_out_scenes(s.eval_scenes), arch)
-    demo = evaluate(sam, held_out_scenes(s.eval_scenes // 3, demo=True), arch)
     settings_json = {k: v for k, v in asdict(s).items() if k != "architecture"}
     record = {
         "command": "python -m eac.bench.train_sam",
-        "model_type": "scene",
-        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
-        "parameters": int(sum(p.numel() for p in sam.parameters())),
+        **model_record(sam, s, log),
         "settings": settings_json,
         "steps": s.steps,
         "seconds": seconds,
         "loss_curve": curve,
         "logit_scale": calibration,
-        "held_out": held_out,
-        "held_out_demo_scenes": demo,
         "seed_streams": {"train": train_key, "held_out": HELD_OUT_STREAM},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
     if model_device(sam).type == "cuda":
         record["device"] = torch.cuda.get_device_name(model_device(sam))
